@@ -1,0 +1,55 @@
+"""linoverfit: catastrophic overtraining in deep linear networks, simulated and in closed form.
+
+Quick map::
+
+    lo.tasks        teachers, input covariances, shifted fine-tuning tasks
+    lo.DeepLinear   deep linear networks as plain tuples of matrices
+    lo.pretrain     one compiled pre-training run, every checkpoint kept
+    lo.finetune     every checkpoint x learning rate fine-tuned in one compiled call
+    lo.sensitivity  Monte Carlo sensitivity to Gaussian weight noise
+    lo.theory       the closed forms (mode dynamics, exact perturbed loss, turning point, flows)
+    lo.plotting     the house figure style and plotting helpers
+"""
+
+from . import checkpoints, networks, sensitivity, tasks, training
+from .checkpoints import linear_checkpoints, log_checkpoints
+from .networks import DeepLinear, end_to_end
+from .tasks import Dataset, Task
+from .training import (
+    DivergenceError,
+    DivergenceWarning,
+    FinetuneResult,
+    PretrainResult,
+    finetune,
+    pretrain,
+)
+from .sensitivity import SensitivityResult
+
+try:  # the theory subpackage is developed alongside; keep the core importable meanwhile
+    from . import theory
+except ImportError:  # pragma: no cover
+    pass
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "checkpoints",
+    "networks",
+    "sensitivity",
+    "tasks",
+    "training",
+    "theory",
+    "DeepLinear",
+    "end_to_end",
+    "Task",
+    "Dataset",
+    "pretrain",
+    "finetune",
+    "log_checkpoints",
+    "linear_checkpoints",
+    "PretrainResult",
+    "FinetuneResult",
+    "SensitivityResult",
+    "DivergenceError",
+    "DivergenceWarning",
+]

@@ -1,0 +1,321 @@
+r"""Regression tasks: a teacher map, an input covariance and label noise.
+
+A task is the triple :math:`(A, \Sigma, \sigma_\varepsilon^2)`: inputs
+:math:`x \sim \mathcal N(0, \Sigma)` with :math:`x \in \mathbb R^{d_{in}}`, labels
+:math:`y = A x + \varepsilon`, :math:`\varepsilon \sim \mathcal N(0, \sigma_\varepsilon^2 I_{d_{out}})`.
+A linear predictor :math:`P` (the end-to-end map of a network) has population loss
+
+.. math:: L(P) = \tfrac12 \operatorname{tr}\big((P - A)\Sigma(P - A)^\top\big) + \tfrac12 \sigma_\varepsilon^2 d_{out},
+
+and on a finite sample :math:`\{(x_n, y_n)\}_{n=1}^N` the loss is
+:math:`\tfrac1{2N}\sum_n \lVert P x_n - y_n\rVert^2` (:class:`Dataset`).
+Both are pytrees, so changing their *values* never recompiles a training run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import validation as _v
+
+__all__ = [
+    "Task",
+    "Dataset",
+    "power_law",
+    "geometric",
+    "from_spectrum",
+    "shifted",
+    "SHIFT_KINDS",
+]
+
+SHIFT_KINDS = ("rotate", "additive", "subspace", "spectrum")
+
+
+def _as_key(key, name: str = "key"):
+    if key is None:
+        raise TypeError(f"{name} is required: pass a jax.random key, e.g. jax.random.key(0)")
+    if isinstance(key, int):
+        return jax.random.key(key)
+    return key
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclass(frozen=True, eq=False)
+class Task:
+    r"""A linear-regression task :math:`(A, \Sigma, \sigma_\varepsilon^2)`.
+
+    Args:
+      teacher: :math:`A`, shape ``(d_out, d_in)``.
+      input_cov: :math:`\Sigma`, shape ``(d_in, d_in)``, symmetric PSD. ``None`` means :math:`I`.
+      noise: label-noise variance :math:`\sigma_\varepsilon^2 \ge 0`.
+
+    Raises ``ValueError`` naming the argument for NaN/inf, wrong shapes, a non-square or
+    non-PSD covariance, or negative noise.
+    """
+
+    teacher: jax.Array
+    input_cov: jax.Array | None = None
+    noise: float = 0.0
+
+    def __post_init__(self):
+        A = self.teacher
+        if not _v.is_traced(A):
+            _v.finite_matrix(A, "teacher")
+            A = jnp.asarray(A)
+            if not jnp.issubdtype(A.dtype, jnp.floating):
+                A = A.astype(jnp.result_type(float))
+            object.__setattr__(self, "teacher", A)
+        d_in = A.shape[1]
+        cov = self.input_cov
+        if cov is None:
+            cov = jnp.eye(d_in, dtype=A.dtype)
+        elif not _v.is_traced(cov):
+            _v.psd_matrix(cov, "input_cov", dim=d_in)
+            cov = jnp.asarray(cov, dtype=A.dtype)
+        object.__setattr__(self, "input_cov", cov)
+        if not _v.is_traced(self.noise):
+            _v.positive_scalar(self.noise, "noise", allow_zero=True)
+
+    # pytree protocol: children are arrays, so new values reuse compiled code
+    def tree_flatten(self):
+        return (self.teacher, self.input_cov, self.noise), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        for name, value in zip(("teacher", "input_cov", "noise"), children):
+            object.__setattr__(obj, name, value)
+        return obj
+
+    @property
+    def d_in(self) -> int:
+        return self.teacher.shape[1]
+
+    @property
+    def d_out(self) -> int:
+        return self.teacher.shape[0]
+
+    def loss(self, P):
+        r"""Population loss :math:`\tfrac12\operatorname{tr}((P-A)\Sigma(P-A)^\top) + \tfrac12\sigma_\varepsilon^2 d_{out}`.
+
+        ``P`` has shape ``(..., d_out, d_in)``; returns shape ``(...)``.
+        """
+        D = P - self.teacher
+        return 0.5 * jnp.sum(D * (D @ self.input_cov), axis=(-2, -1)) + 0.5 * self.noise * self.d_out
+
+    def grad(self, P):
+        r""":math:`\nabla_P L = (P - A)\Sigma`, shape of ``P``."""
+        return (P - self.teacher) @ self.input_cov
+
+    def svd(self):
+        """Teacher SVD ``(U, s, Vt)`` with ``A = U diag(s) Vt``, ``s`` descending, length ``min(d_out, d_in)``."""
+        return jnp.linalg.svd(self.teacher, full_matrices=False)
+
+    @property
+    def spectrum(self):
+        """Teacher singular values, descending."""
+        return jnp.linalg.svd(self.teacher, compute_uv=False)
+
+    def input_sqrt(self):
+        r"""Symmetric PSD square root :math:`\Sigma^{1/2}` (via eigh; negative round-off clipped)."""
+        w, Q = jnp.linalg.eigh(self.input_cov)
+        return (Q * jnp.sqrt(jnp.clip(w, 0.0))) @ Q.T
+
+    def sample(self, n: int, key) -> "Dataset":
+        r"""Draw ``n`` samples :math:`x_n \sim \mathcal N(0,\Sigma)`, :math:`y_n = A x_n + \varepsilon_n`.
+
+        Returns a :class:`Dataset` with ``x`` of shape ``(n, d_in)`` and ``y`` of shape ``(n, d_out)``.
+        """
+        n = _v.positive_int(n, "n")
+        kx, ke = jax.random.split(_as_key(key))
+        z = jax.random.normal(kx, (n, self.d_in), dtype=self.teacher.dtype)
+        x = z @ self.input_sqrt()
+        eps = jax.random.normal(ke, (n, self.d_out), dtype=self.teacher.dtype)
+        y = x @ self.teacher.T + jnp.sqrt(self.noise) * eps
+        return Dataset(x=x, y=y)
+
+    def with_(self, **changes) -> "Task":
+        """A copy with some fields replaced (validated again)."""
+        fields = {"teacher": self.teacher, "input_cov": self.input_cov, "noise": self.noise}
+        fields.update(changes)
+        return Task(**fields)
+
+    def __repr__(self) -> str:
+        return f"Task(d_out={self.d_out}, d_in={self.d_in}, noise={self.noise})"
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    r"""A finite sample ``x`` ``(N, d_in)``, ``y`` ``(N, d_out)`` with loss
+    :math:`\tfrac1{2N}\sum_n\lVert P x_n - y_n\rVert^2`."""
+
+    x: jax.Array
+    y: jax.Array
+
+    def __post_init__(self):
+        if _v.is_traced(self.x):
+            return
+        _v.finite_matrix(self.x, "x")
+        _v.finite_matrix(self.y, "y")
+        if np.shape(self.x)[0] != np.shape(self.y)[0]:
+            raise ValueError(f"x and y must have the same number of rows, got {np.shape(self.x)[0]} and {np.shape(self.y)[0]}")
+        object.__setattr__(self, "x", jnp.asarray(self.x))
+        object.__setattr__(self, "y", jnp.asarray(self.y))
+
+    def tree_flatten(self):
+        return (self.x, self.y), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "x", children[0])
+        object.__setattr__(obj, "y", children[1])
+        return obj
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def d_in(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def d_out(self) -> int:
+        return self.y.shape[1]
+
+    def loss(self, P):
+        r"""Full-sample loss :math:`\tfrac1{2N}\sum_n\lVert P x_n - y_n\rVert^2`; ``P`` ``(..., d_out, d_in)``."""
+        return self.batch_loss(P, self.x, self.y)
+
+    @staticmethod
+    def batch_loss(P, x, y):
+        r""":math:`\tfrac1{2B}\sum_b\lVert P x_b - y_b\rVert^2` for a (mini)batch ``x`` ``(B, d_in)``, ``y`` ``(B, d_out)``."""
+        r = jnp.einsum("...oi,bi->...bo", P, x) - y
+        return 0.5 * jnp.mean(jnp.sum(r * r, axis=-1), axis=-1)
+
+    def __repr__(self) -> str:
+        return f"Dataset(n={self.n}, d_in={self.d_in}, d_out={self.d_out})"
+
+
+# ----------------------------------------------------------------------------- factories
+
+
+def _orthonormal(key, n: int, k: int, dtype):
+    """``n x k`` matrix with orthonormal columns, Haar distributed."""
+    return jax.random.orthogonal(key, n, dtype=dtype)[:, :k]
+
+
+def from_spectrum(singular_values, d_in: int, d_out: int, key, input_cov=None, noise: float = 0.0, dtype=None) -> Task:
+    r"""Teacher :math:`A = U \operatorname{diag}(s) V^\top` with the given singular values.
+
+    ``U`` (``d_out x r``) and ``V`` (``d_in x r``) have Haar-random orthonormal columns,
+    ``r = len(singular_values) <= min(d_in, d_out)``. Singular values must be >= 0.
+    """
+    d_in = _v.positive_int(d_in, "d_in")
+    d_out = _v.positive_int(d_out, "d_out")
+    s = _v.positive_vector(singular_values, "singular_values", allow_zero=True)
+    if s.size > min(d_in, d_out):
+        raise ValueError(f"singular_values has {s.size} entries but min(d_in, d_out) = {min(d_in, d_out)}")
+    dtype = dtype or jnp.result_type(float)
+    ku, kv = jax.random.split(_as_key(key))
+    U = _orthonormal(ku, d_out, s.size, dtype)
+    V = _orthonormal(kv, d_in, s.size, dtype)
+    A = (U * jnp.asarray(s, dtype)) @ V.T
+    return Task(teacher=A, input_cov=input_cov, noise=noise)
+
+
+def power_law(d_in: int, d_out: int, alpha: float = 1.0, key=None, scale: float = 1.0, rank: int | None = None, **kw) -> Task:
+    r"""Teacher with power-law spectrum :math:`\sigma_i = \text{scale}\cdot i^{-\alpha}`, :math:`i = 1..r`.
+
+    ``r = rank`` or ``min(d_in, d_out)``; singular vectors Haar random (from ``key``).
+    Extra keywords (``input_cov``, ``noise``, ``dtype``) go to :func:`from_spectrum`.
+    """
+    alpha = _v.positive_scalar(alpha, "alpha", allow_zero=True)
+    scale = _v.positive_scalar(scale, "scale")
+    r = min(_v.positive_int(d_in, "d_in"), _v.positive_int(d_out, "d_out")) if rank is None else _v.positive_int(rank, "rank")
+    s = scale * np.arange(1, r + 1, dtype=np.float64) ** (-alpha)
+    return from_spectrum(s, d_in, d_out, key, **kw)
+
+
+def geometric(d_in: int, d_out: int, ratio: float = 0.8, key=None, scale: float = 1.0, rank: int | None = None, **kw) -> Task:
+    r"""Teacher with geometric spectrum :math:`\sigma_i = \text{scale}\cdot \text{ratio}^{\,i-1}`, :math:`0 < \text{ratio} \le 1`."""
+    ratio = _v.positive_scalar(ratio, "ratio")
+    if ratio > 1:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    scale = _v.positive_scalar(scale, "scale")
+    r = min(_v.positive_int(d_in, "d_in"), _v.positive_int(d_out, "d_out")) if rank is None else _v.positive_int(rank, "rank")
+    s = scale * ratio ** np.arange(r, dtype=np.float64)
+    return from_spectrum(s, d_in, d_out, key, **kw)
+
+
+def _plane_rotation(key, n: int, angle, dtype):
+    r"""Orthogonal :math:`R = Q\,\mathrm{blockdiag}(R_\theta, \dots)\,Q^\top`: every vector of the
+    ``2*floor(n/2)``-dimensional span is rotated by exactly ``angle`` (one axis fixed if ``n`` odd)."""
+    Q = jax.random.orthogonal(key, n, dtype=dtype)
+    c, s = jnp.cos(angle), jnp.sin(angle)
+    m = n // 2
+    blocks = jnp.zeros((n, n), dtype)
+    idx = jnp.arange(m)
+    blocks = blocks.at[2 * idx, 2 * idx].set(c).at[2 * idx + 1, 2 * idx + 1].set(c)
+    blocks = blocks.at[2 * idx, 2 * idx + 1].set(-s).at[2 * idx + 1, 2 * idx].set(s)
+    if n % 2:
+        blocks = blocks.at[n - 1, n - 1].set(1.0)
+    return Q @ blocks @ Q.T
+
+
+def shifted(task: Task, kind: str = "additive", size: float = 0.1, key=None, rank: int | None = None, spectrum=None) -> Task:
+    r"""A fine-tuning task derived from ``task`` (teacher :math:`A = U S V^\top`, covariance :math:`\Sigma`).
+
+    ``kind``:
+
+    * ``"rotate"``: :math:`A' = R_{out} A R_{in}^\top`, :math:`\Sigma' = \Sigma`, where :math:`R`
+      rotates every direction by exactly the angle ``size`` (radians) in random orthogonal planes,
+      so the singular values are kept and each singular subspace is turned by ``size``.
+    * ``"additive"``: :math:`A' = A + G`, :math:`G_{ij} \sim \mathcal N(0, \text{size}^2 / d_{in})`
+      (so :math:`\mathbb E\lVert G x\rVert^2 = \text{size}^2 d_{out}` for white inputs).
+    * ``"subspace"``: inputs confined to a random ``rank``-dimensional subspace, :math:`\Sigma' = Q_r Q_r^\top`
+      (``rank`` defaults to ``d_in // 4``), and the teacher shifted additively as above.
+    * ``"spectrum"``: same singular vectors, new singular values: ``spectrum`` if given, else
+      :math:`s_i' = s_i \exp(\text{size}\, z_i)`, :math:`z_i \sim \mathcal N(0,1)`.
+
+    Label noise is kept. ``size >= 0``; ``size = 0`` gives the same teacher (and for
+    ``subspace`` only the restricted inputs).
+    """
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a linoverfit Task, got {type(task).__name__}")
+    if kind not in SHIFT_KINDS:
+        raise ValueError(f"kind must be one of {SHIFT_KINDS}, got {kind!r}")
+    size = _v.positive_scalar(size, "size", allow_zero=True)
+    key = _as_key(key)
+    A, dtype = task.teacher, task.teacher.dtype
+    k1, k2 = jax.random.split(key)
+    if kind == "rotate":
+        R_out = _plane_rotation(k1, task.d_out, size, dtype)
+        R_in = _plane_rotation(k2, task.d_in, size, dtype)
+        return task.with_(teacher=R_out @ A @ R_in.T)
+    if kind == "additive":
+        G = jax.random.normal(k1, A.shape, dtype) * (size / np.sqrt(task.d_in))
+        return task.with_(teacher=A + G)
+    if kind == "subspace":
+        r = task.d_in // 4 if rank is None else _v.positive_int(rank, "rank")
+        if r > task.d_in:
+            raise ValueError(f"rank must be <= d_in = {task.d_in}, got {r}")
+        r = max(r, 1)
+        Q = _orthonormal(k2, task.d_in, r, dtype)
+        G = jax.random.normal(k1, A.shape, dtype) * (size / np.sqrt(task.d_in))
+        return task.with_(teacher=A + G, input_cov=Q @ Q.T)
+    # spectrum
+    U, s, Vt = task.svd()
+    if spectrum is None:
+        s_new = s * jnp.exp(size * jax.random.normal(k1, s.shape, dtype))
+    else:
+        s_new = jnp.asarray(_v.positive_vector(spectrum, "spectrum", allow_zero=True), dtype)
+        if s_new.shape != s.shape:
+            raise ValueError(f"spectrum must have {s.shape[0]} entries, got {s_new.shape[0]}")
+    return task.with_(teacher=(U * s_new) @ Vt)

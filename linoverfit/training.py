@@ -1,0 +1,478 @@
+r"""Checkpointed pre-training and fine-tuning sweeps, each one compiled call.
+
+Gradient descent on the layers, :math:`W_l \leftarrow W_l - \eta\,\partial L/\partial W_l`, with the
+gradient taken by ``jax.grad`` of the documented loss of the end-to-end map
+:math:`P = W_L\cdots W_1` (population loss of a :class:`~linoverfit.tasks.Task`, or the
+finite-sample loss of a :class:`~linoverfit.tasks.Dataset`, optionally on random minibatches).
+Gradient-flow time is :math:`t = \eta \cdot \text{steps}`.
+
+Step loops are ``lax.fori_loop`` inside a ``lax.scan`` over checkpoint segments; seeds,
+checkpoints and learning rates are ``vmap``-ed, so a whole sweep compiles once per shape and
+changing only values (learning rates, teachers, step counts) reuses the compiled code.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import validation as _v
+from .networks import DeepLinear, end_to_end
+from .results import Result
+from .tasks import Dataset, Task
+
+__all__ = [
+    "pretrain",
+    "finetune",
+    "PretrainResult",
+    "FinetuneResult",
+    "DivergenceError",
+    "DivergenceWarning",
+]
+
+#: A run counts as exploding once its loss exceeds this factor times the larger of its
+#: starting loss and the loss of the zero map (the natural scale of the task).
+DIVERGENCE_FACTOR = 1e4
+
+
+class DivergenceError(FloatingPointError):
+    """Pre-training produced a non-finite or exploding loss; ``.step`` and ``.seed`` say where."""
+
+    def __init__(self, message, step=None, seed=None, checkpoint=None):
+        super().__init__(message)
+        self.step, self.seed, self.checkpoint = step, seed, checkpoint
+
+
+class DivergenceWarning(RuntimeWarning):
+    """Some fine-tuning runs diverged; they are marked in ``FinetuneResult.diverged``."""
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, eq=False)
+class PretrainResult(Result):
+    r"""Checkpoints of one pre-training sweep.
+
+    Shapes (``C`` checkpoints, optional ``S`` seeds when the initialisation was batched):
+
+    * ``steps`` ``(C,)`` step counts; ``t`` = ``lr * steps`` gradient-flow time.
+    * ``loss`` ``(C[, S])`` training-objective loss at each checkpoint.
+    * ``weights``: tuple of ``L`` arrays ``(C[, S], n_l, n_{l-1})``, or ``None`` if
+      ``keep_weights=False``.
+    * ``task``: the pre-training objective (Task or Dataset); ``lr``, ``weight_decay``.
+    """
+
+    steps: np.ndarray
+    loss: jax.Array
+    weights: tuple | None
+    task: Task | Dataset
+    lr: float
+    weight_decay: float = 0.0
+
+    @property
+    def t(self) -> np.ndarray:
+        """Gradient-flow time ``lr * steps`` of each checkpoint."""
+        return self.lr * np.asarray(self.steps, dtype=np.float64)
+
+    @property
+    def batched(self) -> bool:
+        """True when the run carries a seed axis (``loss`` is ``(C, S)``)."""
+        return np.ndim(self.loss) == 2
+
+    @property
+    def end_to_end(self):
+        """End-to-end maps ``(C[, S], d_out, d_in)``."""
+        if self.weights is None:
+            raise ValueError("this run kept no weights (keep_weights=False)")
+        return end_to_end(self.weights)
+
+
+@dataclass(frozen=True, eq=False)
+class FinetuneResult(Result):
+    r"""Fine-tuning from every checkpoint at every learning rate.
+
+    Shapes (``C`` checkpoints, ``R`` learning rates, optional ``S`` seeds, ``K`` records):
+
+    * ``steps`` ``(C,)`` pre-training steps of the checkpoints; ``lr`` ``(R,)``.
+    * ``pretrain_loss_before`` / ``finetune_loss_before`` ``(C[, S])`` at the checkpoint.
+    * ``pretrain_loss_after`` / ``finetune_loss_after`` ``(C, R[, S])`` after ``ft_steps`` steps;
+      NaN where the run diverged.
+    * ``diverged`` ``(C, R[, S])`` bool and ``diverged_step`` (``-1`` if not).
+    * ``record_steps`` ``(K,)`` and ``pretrain_loss_trajectory`` / ``finetune_loss_trajectory``
+      ``(C, R[, S], K)`` when ``record_every`` was given, else ``None``.
+    * ``weights``: tuple of ``(C, R[, S], n_l, n_{l-1})`` when ``return_weights=True``.
+    """
+
+    steps: np.ndarray
+    lr: np.ndarray
+    ft_steps: int
+    l2: float
+    pretrain_lr: float
+    pretrain_loss_before: jax.Array
+    finetune_loss_before: jax.Array
+    pretrain_loss_after: jax.Array
+    finetune_loss_after: jax.Array
+    diverged: jax.Array
+    diverged_step: jax.Array
+    record_steps: np.ndarray | None = None
+    pretrain_loss_trajectory: jax.Array | None = None
+    finetune_loss_trajectory: jax.Array | None = None
+    weights: tuple | None = None
+
+    @property
+    def t(self) -> np.ndarray:
+        """Pre-training gradient-flow time of each checkpoint."""
+        return self.pretrain_lr * np.asarray(self.steps, dtype=np.float64)
+
+    @property
+    def forgetting(self):
+        """Pre-training loss after fine-tuning minus before, ``(C, R[, S])``."""
+        return self.pretrain_loss_after - jnp.expand_dims(self.pretrain_loss_before, 1)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _resolve_optimizer(optimizer):
+    """Normalise ``optimizer`` to a hashable factory ``lr -> GradientTransformation``."""
+    if optimizer is None:
+        return optax.sgd
+    if isinstance(optimizer, optax.GradientTransformation):
+        return _Fixed(optimizer)
+    if callable(optimizer):
+        return optimizer
+    raise TypeError(
+        "optimizer must be None (plain GD), an optax.GradientTransformation, or a callable lr -> GradientTransformation"
+    )
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    """Factory that ignores ``lr`` (the user's transformation carries its own step size)."""
+
+    tx: optax.GradientTransformation
+
+    def __call__(self, lr):
+        return self.tx
+
+    def __hash__(self):
+        return id(self.tx)
+
+
+def _check_objective(net: DeepLinear, task, name: str):
+    if not isinstance(task, (Task, Dataset)):
+        raise TypeError(f"{name} must be a linoverfit Task or Dataset, got {type(task).__name__}")
+    return net.check_task(task, name)
+
+
+def _check_batch_size(batch_size, task, name="batch_size"):
+    if batch_size is None:
+        return None
+    if not isinstance(task, Dataset):
+        raise ValueError(f"{name} needs a finite-sample Dataset task (population loss has no minibatches)")
+    batch_size = _v.positive_int(batch_size, name)
+    if batch_size > task.n:
+        raise ValueError(f"{name} ({batch_size}) exceeds the number of samples ({task.n})")
+    return batch_size
+
+
+def _objective_loss(task, P, key, step, batch_size):
+    """Loss used for the gradient: full objective, or a random minibatch (with replacement)."""
+    if batch_size is None:
+        return task.loss(P)
+    idx = jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, task.n)
+    return Dataset.batch_loss(P, task.x[idx], task.y[idx])
+
+
+def _zero_map_loss(task):
+    """Loss of the zero predictor: the task's natural loss scale."""
+    return task.loss(jnp.zeros((task.d_out, task.d_in), task.x.dtype if isinstance(task, Dataset) else task.teacher.dtype))
+
+
+def _learning_rates(lr, name="lr"):
+    return _v.positive_vector(lr, name)
+
+
+def _as_key(key):
+    if key is None:
+        return jax.random.key(0)
+    return jax.random.key(key) if isinstance(key, int) else key
+
+
+# ----------------------------------------------------------------------------- pre-training
+
+
+@partial(jax.jit, static_argnames=("make_opt", "batch_size", "keep_weights"))
+def _pretrain_core(W0, task, lr, weight_decay, seg_lengths, keys, factor, *, make_opt, batch_size, keep_weights):
+    """``W0``: tuple of ``(S, n_l, n_{l-1})``. Returns weights/losses ``(S, C, ...)`` and first bad step ``(S,)``."""
+    limit_scale = _zero_map_loss(task)
+
+    def one_seed(W_init, key):
+        tx = optax.chain(optax.add_decayed_weights(weight_decay), make_opt(lr))
+        limit = factor * jnp.maximum(task.loss(end_to_end(W_init)), limit_scale)
+
+        def step(i, carry):
+            W, state, bad_step = carry
+            loss, g = jax.value_and_grad(lambda w: _objective_loss(task, end_to_end(w), key, i, batch_size))(W)
+            bad = ~jnp.isfinite(loss) | (loss > limit)
+            bad_step = jnp.where((bad_step < 0) & bad, i, bad_step)
+            updates, state = tx.update(g, state, W)
+            return optax.apply_updates(W, updates), state, bad_step
+
+        def segment(carry, n):
+            W, state, bad_step, i0 = carry
+            W, state, bad_step = jax.lax.fori_loop(i0, i0 + n, step, (W, state, bad_step))
+            out = (W if keep_weights else None, task.loss(end_to_end(W)))
+            return (W, state, bad_step, i0 + n), out
+
+        init = (W_init, tx.init(W_init), jnp.asarray(-1, jnp.int32), jnp.asarray(0, jnp.int32))
+        (_, _, bad_step, _), (Ws, losses) = jax.lax.scan(segment, init, seg_lengths)
+        return Ws, losses, bad_step
+
+    return jax.vmap(one_seed)(W0, keys)
+
+
+def pretrain(
+    net: DeepLinear,
+    W0,
+    task,
+    lr: float = 0.05,
+    checkpoints=(1000,),
+    *,
+    optimizer=None,
+    weight_decay: float = 0.0,
+    batch_size: int | None = None,
+    key=None,
+    keep_weights: bool = True,
+    divergence_factor: float = DIVERGENCE_FACTOR,
+) -> PretrainResult:
+    r"""Pre-train ``net`` from ``W0`` on ``task`` and keep every checkpoint, in one compiled run.
+
+    Each step is :math:`W \leftarrow W - \eta\,(\nabla_W L(W) + \lambda W)` for plain GD
+    (``optimizer=None``), or the given optax transformation applied to
+    :math:`\nabla_W L + \lambda W` (weight decay :math:`\lambda` = ``weight_decay`` on every layer,
+    i.e. the gradient of :math:`L + \tfrac\lambda2\sum_l\lVert W_l\rVert_F^2`).
+
+    Args:
+      net: the network; ``W0`` must fit its widths.
+      W0: tuple of ``L`` arrays ``(n_l, n_{l-1})``, or ``(S, n_l, n_{l-1})`` for ``S`` seeds run together.
+      task: :class:`Task` (population loss) or :class:`Dataset` (finite-sample loss).
+      lr: learning rate :math:`\eta > 0` (time is :math:`t = \eta\cdot\text{steps}`).
+      checkpoints: strictly increasing step counts, e.g. :func:`log_checkpoints`.
+      optimizer: ``None`` (GD), an ``optax.GradientTransformation`` (used as is; ``lr`` then only sets
+        time units) or a callable ``lr -> GradientTransformation`` (``lr`` stays sweepable).
+      batch_size: minibatch SGD on a Dataset (batches drawn with replacement, from ``key`` and the step).
+      keep_weights: ``False`` keeps only losses (memory of one checkpoint).
+
+    Returns a :class:`PretrainResult` with a leading checkpoint axis (then the seed axis if batched).
+
+    Raises :class:`DivergenceError` (with ``.step``) when the loss becomes non-finite or exceeds
+    ``divergence_factor`` times its natural scale.
+    """
+    if not isinstance(net, DeepLinear):
+        raise TypeError(f"net must be a DeepLinear, got {type(net).__name__}")
+    task = _check_objective(net, task, "task")
+    W0 = net.check_weights(W0, "W0")
+    ndims = {np.ndim(w) for w in W0}
+    if ndims not in ({2}, {3}):
+        raise ValueError("W0 layers must all be 2-D (one network) or all 3-D (a batch of seeds)")
+    batched = ndims == {3}
+    if batched and len({np.shape(w)[0] for w in W0}) != 1:
+        raise ValueError("W0 layers must share the same leading seed axis")
+    lr = _v.positive_scalar(lr, "lr")
+    weight_decay = _v.positive_scalar(weight_decay, "weight_decay", allow_zero=True)
+    divergence_factor = _v.positive_scalar(divergence_factor, "divergence_factor")
+    steps = _v.step_grid(checkpoints, "checkpoints")
+    batch_size = _check_batch_size(batch_size, task)
+    make_opt = _resolve_optimizer(optimizer)
+
+    Wb = W0 if batched else tuple(w[None] for w in W0)
+    n_seeds = Wb[0].shape[0]
+    keys = jax.random.split(_as_key(key), n_seeds)
+    seg = np.diff(steps, prepend=0).astype(np.int32)
+    dtype = Wb[0].dtype
+    Ws, losses, bad_step = _pretrain_core(
+        tuple(jnp.asarray(w) for w in Wb), task, jnp.asarray(lr, dtype), jnp.asarray(weight_decay, dtype),
+        jnp.asarray(seg), keys, jnp.asarray(divergence_factor, dtype),
+        make_opt=make_opt, batch_size=batch_size, keep_weights=keep_weights,
+    )
+    bad_step = np.asarray(bad_step)
+    if np.any(bad_step >= 0):
+        seed = int(np.argmax(bad_step >= 0)) if batched else None
+        first = int(bad_step[bad_step >= 0].min())
+        ck = int(np.searchsorted(steps, first, side="right"))
+        where = f" (seed {seed})" if batched else ""
+        raise DivergenceError(
+            f"pre-training diverged at step {first}{where}, before checkpoint {ck} "
+            f"(step {steps[min(ck, len(steps) - 1)]}), with lr={lr}: the loss became non-finite or exceeded "
+            f"{divergence_factor:g} x its initial scale. Lower lr.",
+            step=first, seed=seed, checkpoint=ck,
+        )
+    # (S, C, ...) -> (C, S, ...)
+    losses = jnp.swapaxes(losses, 0, 1)
+    weights = tuple(jnp.swapaxes(w, 0, 1) for w in Ws) if keep_weights else None
+    if not batched:
+        losses = losses[:, 0]
+        weights = tuple(w[:, 0] for w in weights) if keep_weights else None
+    return PretrainResult(steps=steps, loss=losses, weights=weights, task=task, lr=lr, weight_decay=weight_decay)
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+@partial(jax.jit, static_argnames=("make_opt", "batch_size", "n_records"))
+def _finetune_core(W_start, ft_task, pre_task, lrs, l2, seg_len, keys, factor, *, make_opt, batch_size, n_records):
+    """``W_start``: tuple ``(B, ...)``; ``lrs`` ``(R,)``; ``keys`` ``(B, R)``. Outputs are ``(B, R, ...)``."""
+    limit_scale = _zero_map_loss(ft_task)
+
+    def one(W_init, lr, key):
+        tx = make_opt(lr)
+
+        def objective(W, i):
+            reg = sum(jnp.sum((w - w0) ** 2) for w, w0 in zip(W, W_init))
+            return _objective_loss(ft_task, end_to_end(W), key, i, batch_size) + 0.5 * l2 * reg
+
+        limit = factor * jnp.maximum(ft_task.loss(end_to_end(W_init)), limit_scale)
+
+        def step(i, carry):
+            W, state, bad_step = carry
+            loss, g = jax.value_and_grad(objective)(W, i)
+            bad_step = jnp.where((bad_step < 0) & (~jnp.isfinite(loss) | (loss > limit)), i, bad_step)
+            updates, new_state = tx.update(g, state, W)
+            new_W = optax.apply_updates(W, updates)
+            # freeze a diverged run at its last finite weights instead of propagating NaN
+            keep = bad_step >= 0
+            W = jax.tree.map(lambda old, new: jnp.where(keep, old, new), W, new_W)
+            state = jax.tree.map(lambda old, new: jnp.where(keep, old, new), state, new_state)
+            return W, state, bad_step
+
+        def segment(carry, _):
+            W, state, bad_step, i0 = carry
+            W, state, bad_step = jax.lax.fori_loop(i0, i0 + seg_len, step, (W, state, bad_step))
+            P = end_to_end(W)
+            return (W, state, bad_step, i0 + seg_len), (pre_task.loss(P), ft_task.loss(P))
+
+        init = (W_init, tx.init(W_init), jnp.asarray(-1, jnp.int32), jnp.asarray(0, jnp.int32))
+        (W, _, bad_step, _), (pre_traj, ft_traj) = jax.lax.scan(segment, init, None, length=n_records)
+        return W, bad_step, pre_traj, ft_traj
+
+    over_lr = jax.vmap(one, in_axes=(None, 0, 0))
+    return jax.vmap(over_lr, in_axes=(0, None, 0))(W_start, lrs, keys)
+
+
+def finetune(
+    net: DeepLinear,
+    run: PretrainResult,
+    task,
+    lr=(0.01,),
+    steps: int = 1000,
+    *,
+    l2: float = 0.0,
+    optimizer=None,
+    batch_size: int | None = None,
+    key=None,
+    record_every: int | None = None,
+    return_weights: bool = False,
+    pretrain_task=None,
+    divergence_factor: float = DIVERGENCE_FACTOR,
+) -> FinetuneResult:
+    r"""Fine-tune every checkpoint of ``run`` at every learning rate, in one compiled call.
+
+    From each checkpoint :math:`W^0` it runs ``steps`` steps of
+    :math:`W \leftarrow W - \eta\,\nabla_W\big(L_{ft}(W) + \tfrac{\lambda}{2}\sum_l\lVert W_l - W_l^0\rVert_F^2\big)`
+    (``l2`` = :math:`\lambda`, an l2 pull toward the pre-trained weights) and measures the
+    pre-training loss :math:`L_{pre}` (``run.task`` unless ``pretrain_task`` is given) and the
+    fine-tuning loss :math:`L_{ft}` before and after, so forgetting is
+    :math:`L_{pre}(W_{ft}) - L_{pre}(W^0)`.
+
+    Args:
+      run: a :class:`PretrainResult` with weights; ``task``: the fine-tuning Task or Dataset.
+      lr: one or more learning rates (all > 0); ``steps``: fine-tuning steps (>= 1).
+      record_every: also record both losses every ``record_every`` steps (must divide ``steps``).
+
+    Diverged runs (non-finite or exploding fine-tuning loss) are frozen, reported with a
+    :class:`DivergenceWarning` naming the checkpoint and learning rate, marked in
+    ``diverged``/``diverged_step``, and their after-losses are NaN.
+    """
+    if not isinstance(net, DeepLinear):
+        raise TypeError(f"net must be a DeepLinear, got {type(net).__name__}")
+    if not isinstance(run, PretrainResult):
+        raise TypeError(f"run must be a PretrainResult from lo.pretrain, got {type(run).__name__}")
+    if run.weights is None:
+        raise ValueError("run has no weights (it was pre-trained with keep_weights=False); fine-tuning needs them")
+    task = _check_objective(net, task, "task")
+    pre_task = _check_objective(net, run.task if pretrain_task is None else pretrain_task, "pretrain_task")
+    weights = net.check_weights(run.weights, "run.weights")
+    lrs = _learning_rates(lr)
+    steps = _v.positive_int(steps, "steps")
+    l2 = _v.positive_scalar(l2, "l2", allow_zero=True)
+    divergence_factor = _v.positive_scalar(divergence_factor, "divergence_factor")
+    batch_size = _check_batch_size(batch_size, task)
+    if record_every is None:
+        n_records, seg_len = 1, steps
+    else:
+        record_every = _v.positive_int(record_every, "record_every")
+        if steps % record_every:
+            raise ValueError(f"record_every ({record_every}) must divide steps ({steps})")
+        n_records, seg_len = steps // record_every, record_every
+    make_opt = _resolve_optimizer(optimizer)
+
+    lead = run.loss.shape  # (C,) or (C, S)
+    B = int(np.prod(lead))
+    W_start = tuple(jnp.reshape(jnp.asarray(w), (B,) + w.shape[-2:]) for w in weights)
+    dtype = W_start[0].dtype
+    R = lrs.size
+    keys = jax.random.split(_as_key(key), B * R).reshape(B, R)
+    W_end, bad_step, pre_traj, ft_traj = _finetune_core(
+        W_start, task, pre_task, jnp.asarray(lrs, dtype), jnp.asarray(l2, dtype), jnp.asarray(seg_len, jnp.int32),
+        keys, jnp.asarray(divergence_factor, dtype), make_opt=make_opt, batch_size=batch_size, n_records=n_records,
+    )
+
+    def to_cr(x):
+        """(B, R, ...) -> (C, R[, S], ...)."""
+        x = jnp.reshape(x, lead + x.shape[1:])
+        return jnp.moveaxis(x, len(lead), 1) if len(lead) == 2 else x
+
+    P0 = end_to_end(weights)
+    bad_step = to_cr(bad_step)
+    diverged = bad_step >= 0
+    nan_where = lambda x: jnp.where(diverged[..., None] if x.ndim > diverged.ndim else diverged, jnp.nan, x)
+    pre_traj, ft_traj = to_cr(pre_traj), to_cr(ft_traj)
+    result = FinetuneResult(
+        steps=np.asarray(run.steps),
+        lr=lrs,
+        ft_steps=steps,
+        l2=l2,
+        pretrain_lr=float(run.lr),
+        pretrain_loss_before=pre_task.loss(P0),
+        finetune_loss_before=task.loss(P0),
+        pretrain_loss_after=nan_where(pre_traj[..., -1]),
+        finetune_loss_after=nan_where(ft_traj[..., -1]),
+        diverged=diverged,
+        diverged_step=bad_step,
+        record_steps=None if record_every is None else record_every * np.arange(1, n_records + 1),
+        pretrain_loss_trajectory=None if record_every is None else nan_where(pre_traj),
+        finetune_loss_trajectory=None if record_every is None else nan_where(ft_traj),
+        weights=tuple(to_cr(w) for w in W_end) if return_weights else None,
+    )
+    if bool(jnp.any(diverged)):
+        idx = np.argwhere(np.asarray(diverged))
+        where = ", ".join(
+            f"checkpoint step {result.steps[c]} at lr={lrs[r]:g} (step {int(bad_step[tuple(i)])})"
+            for i in idx[:5] for c, r in [(i[0], i[1])]
+        )
+        more = f" and {len(idx) - 5} more" if len(idx) > 5 else ""
+        warnings.warn(
+            f"{len(idx)} fine-tuning run(s) diverged: {where}{more}. Their after-losses are NaN and "
+            "marked in result.diverged; lower the learning rate.",
+            DivergenceWarning,
+            stacklevel=2,
+        )
+    return result

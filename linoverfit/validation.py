@@ -1,0 +1,153 @@
+"""Argument checks shared by the public API.
+
+Every check raises at the API boundary with a message that names the offending
+argument, so a notebook user sees *which* input is wrong instead of a shape error
+from deep inside a compiled function.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+
+def is_traced(x) -> bool:
+    """True when ``x`` is a JAX tracer (inside jit/vmap), where values cannot be checked."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def finite_matrix(x, name: str, shape: tuple[int | None, int | None] | None = None):
+    """Return ``x`` as an array after checking it is a finite 2-D matrix.
+
+    ``shape`` entries that are not ``None`` must match exactly.
+    """
+    if is_traced(x):
+        return x
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D matrix, got an array of shape {arr.shape}")
+    if shape is not None:
+        for axis, (want, got) in enumerate(zip(shape, arr.shape)):
+            if want is not None and want != got:
+                raise ValueError(
+                    f"{name} has shape {arr.shape}, expected {tuple('?' if s is None else s for s in shape)}"
+                    f" (axis {axis} should be {want})"
+                )
+    if not np.issubdtype(arr.dtype, np.number):
+        raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return x
+
+
+def psd_matrix(x, name: str, dim: int | None = None, rtol: float = 1e-6):
+    """Check that ``x`` is a finite, square, symmetric positive semi-definite matrix.
+
+    Symmetry is checked to ``rtol`` relative to the largest entry and the smallest
+    eigenvalue must be >= ``-rtol * max|eigenvalue|`` (round-off of a PSD matrix).
+    """
+    finite_matrix(x, name)
+    if is_traced(x):
+        return x
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.shape[0] != arr.shape[1]:
+        raise ValueError(f"{name} must be square, got shape {arr.shape}")
+    if dim is not None and arr.shape[0] != dim:
+        raise ValueError(f"{name} has shape {arr.shape}, expected ({dim}, {dim})")
+    scale = max(float(np.max(np.abs(arr))), np.finfo(np.float64).tiny)
+    if np.max(np.abs(arr - arr.T)) > rtol * scale:
+        raise ValueError(f"{name} must be symmetric")
+    eig = np.linalg.eigvalsh(arr)
+    if eig[0] < -rtol * max(abs(eig[-1]), scale):
+        raise ValueError(f"{name} must be positive semi-definite; smallest eigenvalue is {eig[0]:.3g}")
+    return x
+
+
+def positive_scalar(x, name: str, allow_zero: bool = False) -> float:
+    """Check a finite real scalar that is > 0 (or >= 0 with ``allow_zero``)."""
+    if is_traced(x):
+        return x
+    arr = np.asarray(x)
+    if arr.ndim != 0 or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be a real scalar, got {x!r}")
+    val = float(arr)
+    if not np.isfinite(val):
+        raise ValueError(f"{name} must be finite, got {val}")
+    if val < 0 or (val == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {val}")
+    return val
+
+
+def positive_vector(x, name: str, allow_zero: bool = False) -> np.ndarray:
+    """Check a scalar or 1-D sequence of finite values > 0 (>= 0 with ``allow_zero``); return 1-D float array."""
+    arr = np.atleast_1d(np.asarray(x))
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a scalar or a 1-D sequence, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} must not be empty")
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be real numbers, got {x!r}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got {arr}")
+    bad = arr < 0 if allow_zero else arr <= 0
+    if np.any(bad):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {arr}")
+    return arr
+
+
+def positive_int(x, name: str) -> int:
+    """Check an integer >= 1."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {x!r}")
+    if x < 1:
+        raise ValueError(f"{name} must be >= 1, got {x}")
+    return int(x)
+
+
+def step_grid(x, name: str = "checkpoints") -> np.ndarray:
+    """Check a non-empty, strictly increasing grid of non-negative integer step counts."""
+    if isinstance(x, numbers.Integral) and not isinstance(x, bool):
+        x = [x]
+    arr = np.asarray(x)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D sequence of step counts, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} must not be empty")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise TypeError(f"{name} must contain integers, got dtype {arr.dtype}")
+    if np.any(arr < 0):
+        raise ValueError(f"{name} must be >= 0, got {arr[arr < 0][:3]}")
+    if np.any(np.diff(arr) <= 0):
+        raise ValueError(f"{name} must be strictly increasing")
+    return arr.astype(np.int64)
+
+
+def weights_tuple(weights, name: str = "weights") -> tuple:
+    """Check a non-empty tuple/list of finite arrays (any leading batch axes)."""
+    if not isinstance(weights, Sequence) or isinstance(weights, (str, bytes)) or len(weights) == 0:
+        raise TypeError(f"{name} must be a non-empty tuple of weight matrices (W_1, ..., W_L)")
+    out = tuple(weights)
+    for i, w in enumerate(out):
+        if is_traced(w):
+            continue
+        arr = np.asarray(w)
+        if arr.ndim < 2:
+            raise ValueError(f"{name}[{i}] must be at least 2-D, got shape {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name}[{i}] contains NaN or inf")
+    for i in range(1, len(out)):
+        if np.shape(out[i])[-1] != np.shape(out[i - 1])[-2]:
+            raise ValueError(
+                f"{name}[{i}] has shape {np.shape(out[i])} but {name}[{i - 1}] has shape "
+                f"{np.shape(out[i - 1])}: W_(l+1) must have as many columns as W_l has rows"
+            )
+    return out
