@@ -136,6 +136,11 @@ class FinetuneResult(Result):
         """Pre-training loss after fine-tuning minus before, ``(C, R[, S])``."""
         return self.pretrain_loss_after - jnp.expand_dims(self.pretrain_loss_before, 1)
 
+    @property
+    def plasticity(self):
+        """Fine-tuning loss before minus after (how much the new task was learnt), ``(C, R[, S])``."""
+        return jnp.expand_dims(self.finetune_loss_before, 1) - self.finetune_loss_after
+
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -443,8 +448,11 @@ def finetune(
     P0 = end_to_end(weights)
     bad_step = to_cr(bad_step)
     diverged = bad_step >= 0
-    nan_where = lambda x: jnp.where(diverged[..., None] if x.ndim > diverged.ndim else diverged, jnp.nan, x)
     pre_traj, ft_traj = to_cr(pre_traj), to_cr(ft_traj)
+    record_steps = seg_len * np.arange(1, n_records + 1)
+    # a record is invalid from the step where its run diverged on (the run is frozen there)
+    invalid = diverged[..., None] & (record_steps >= bad_step[..., None])
+    pre_traj, ft_traj = jnp.where(invalid, jnp.nan, pre_traj), jnp.where(invalid, jnp.nan, ft_traj)
     result = FinetuneResult(
         steps=np.asarray(run.steps),
         lr=lrs,
@@ -453,13 +461,13 @@ def finetune(
         pretrain_lr=float(run.lr),
         pretrain_loss_before=pre_task.loss(P0),
         finetune_loss_before=task.loss(P0),
-        pretrain_loss_after=nan_where(pre_traj[..., -1]),
-        finetune_loss_after=nan_where(ft_traj[..., -1]),
+        pretrain_loss_after=pre_traj[..., -1],
+        finetune_loss_after=ft_traj[..., -1],
         diverged=diverged,
         diverged_step=bad_step,
-        record_steps=None if record_every is None else record_every * np.arange(1, n_records + 1),
-        pretrain_loss_trajectory=None if record_every is None else nan_where(pre_traj),
-        finetune_loss_trajectory=None if record_every is None else nan_where(ft_traj),
+        record_steps=None if record_every is None else record_steps,
+        pretrain_loss_trajectory=None if record_every is None else pre_traj,
+        finetune_loss_trajectory=None if record_every is None else ft_traj,
         weights=tuple(to_cr(w) for w in W_end) if return_weights else None,
     )
     if bool(jnp.any(diverged)):

@@ -245,6 +245,9 @@ def test_finetune_divergence_is_marked_not_nan():
     assert bool(res.diverged[1, 1])
     assert int(res.diverged_step[1, 1]) >= 0
     assert np.isnan(res.pretrain_loss_after[1, 1]) and np.isfinite(res.pretrain_loss_after[:, 0]).all()
+    # the trajectory is kept up to the divergence and NaN from there on
+    traj, k = np.asarray(res.finetune_loss_trajectory[1, 1]), int(res.diverged_step[1, 1])
+    assert np.isfinite(traj[res.record_steps < k]).all() and np.isnan(traj[res.record_steps >= k]).all()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lo.finetune(net, run, ft, lr=0.05, steps=20)  # healthy runs warn nothing
