@@ -18,6 +18,11 @@ def log_checkpoints(total_steps: int, n: int, first: int = 1) -> np.ndarray:
     Points are :math:`\mathrm{round}(\text{first}\cdot(\text{total}/\text{first})^{k/(n-1)})`, pushed up
     by one where rounding would repeat a step, so exactly ``n`` steps are returned
     (``n <= total_steps - first + 1`` required).
+
+    Examples:
+      >>> import linoverfit as lo
+      >>> lo.log_checkpoints(1000, 5)
+      array([   1,    6,   32,  178, 1000])
     """
     total_steps = _v.positive_int(total_steps, "total_steps")
     n = _v.positive_int(n, "n")
@@ -40,7 +45,15 @@ def log_checkpoints(total_steps: int, n: int, first: int = 1) -> np.ndarray:
 
 
 def linear_checkpoints(total_steps: int, n: int, include_zero: bool = False) -> np.ndarray:
-    """``n`` evenly spaced step counts ending at ``total_steps`` (starting at 0 with ``include_zero``)."""
+    """``n`` evenly spaced step counts ending at ``total_steps`` (starting at 0 with ``include_zero``).
+
+    Examples:
+      >>> import linoverfit as lo
+      >>> lo.linear_checkpoints(1000, 4)
+      array([ 250,  500,  750, 1000])
+      >>> lo.linear_checkpoints(1000, 5, include_zero=True)
+      array([   0,  250,  500,  750, 1000])
+    """
     total_steps = _v.positive_int(total_steps, "total_steps")
     n = _v.positive_int(n, "n")
     start = 0 if include_zero else total_steps / n

@@ -22,7 +22,14 @@ INIT_SCHEMES = ("gaussian", "balanced", "aligned")
 
 
 def end_to_end(weights):
-    r"""End-to-end map :math:`P = W_L \cdots W_1`, shape ``(..., n_L, n_0)``."""
+    r"""End-to-end map :math:`P = W_L \cdots W_1`, shape ``(..., n_L, n_0)``.
+
+    Examples:
+      >>> import jax.numpy as jnp, linoverfit as lo
+      >>> W1, W2 = jnp.ones((3, 2)), jnp.full((1, 3), 2.0)
+      >>> lo.end_to_end((W1, W2))
+      Array([[6., 6.]], dtype=float32)
+    """
     return reduce(lambda acc, w: w @ acc, weights[1:], weights[0])
 
 
@@ -32,6 +39,12 @@ class DeepLinear:
 
     ``widths = (d_in, h_1, ..., h_{L-1}, d_out)``; depth ``L = len(widths) - 1 >= 1``
     (depth 1 is plain linear regression). Stateless: weights are passed explicitly.
+
+    Examples:
+      >>> import linoverfit as lo
+      >>> net = lo.DeepLinear((4, 8, 3))
+      >>> net.depth, net.shapes
+      (2, ((8, 4), (3, 8)))
     """
 
     widths: tuple[int, ...]
@@ -106,6 +119,18 @@ class DeepLinear:
 
         With ``seeds=S`` returns ``S`` independent initialisations stacked on a leading axis.
         Returns a tuple of ``L`` arrays of shape ``([S,] n_l, n_{l-1})``.
+
+        Examples:
+          >>> import jax, linoverfit as lo
+          >>> net = lo.DeepLinear((4, 8, 3))
+          >>> W = net.init(jax.random.key(0), scale=1e-3)
+          >>> [w.shape for w in W]
+          [(8, 4), (3, 8)]
+          >>> W = net.init(jax.random.key(0), scale=0.1, scheme="balanced")
+          >>> bool(jax.numpy.allclose(W[1].T @ W[1], W[0] @ W[0].T, atol=1e-6))
+          True
+          >>> [w.shape for w in net.init(jax.random.key(0), seeds=5)]
+          [(5, 8, 4), (5, 3, 8)]
         """
         if scheme not in INIT_SCHEMES:
             raise ValueError(f"scheme must be one of {INIT_SCHEMES}, got {scheme!r}")

@@ -55,6 +55,17 @@ class Task:
 
     Raises ``ValueError`` naming the argument for NaN/inf, wrong shapes, a non-square or
     non-PSD covariance, or negative noise.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, linoverfit as lo
+      >>> task = lo.Task(teacher=jnp.array([[2.0, 0.0], [0.0, 1.0]]))   # input_cov = I, noise 0
+      >>> task
+      Task(d_out=2, d_in=2, noise=0.0)
+      >>> float(task.loss(jnp.zeros((2, 2))))   # 1/2 ||A||_F^2
+      2.5
+      >>> data = task.sample(100, key=jax.random.key(0))
+      >>> data, float(data.loss(task.teacher))
+      (Dataset(n=100, d_in=2, d_out=2), 0.0)
     """
 
     teacher: jax.Array
@@ -216,6 +227,14 @@ def from_spectrum(singular_values, d_in: int, d_out: int, key, input_cov=None, n
 
     ``U`` (``d_out x r``) and ``V`` (``d_in x r``) have Haar-random orthonormal columns,
     ``r = len(singular_values) <= min(d_in, d_out)``. Singular values must be >= 0.
+
+    Examples:
+      >>> import jax, linoverfit as lo
+      >>> task = lo.tasks.from_spectrum([3.0, 1.0], d_in=5, d_out=4, key=jax.random.key(0))
+      >>> task.teacher.shape
+      (4, 5)
+      >>> print(task.spectrum.round(4))
+      [3. 1. 0. 0.]
     """
     d_in = _v.positive_int(d_in, "d_in")
     d_out = _v.positive_int(d_out, "d_out")
@@ -235,6 +254,14 @@ def power_law(d_in: int, d_out: int, alpha: float = 1.0, key=None, scale: float 
 
     ``r = rank`` or ``min(d_in, d_out)``; singular vectors Haar random (from ``key``).
     Extra keywords (``input_cov``, ``noise``, ``dtype``) go to :func:`from_spectrum`.
+
+    Examples:
+      >>> import jax, linoverfit as lo
+      >>> task = lo.tasks.power_law(d_in=4, d_out=3, alpha=1.0, key=jax.random.key(0))
+      >>> task
+      Task(d_out=3, d_in=4, noise=0.0)
+      >>> print(task.spectrum.round(3))   # 1, 1/2, 1/3
+      [1.    0.5   0.333]
     """
     alpha = _v.positive_scalar(alpha, "alpha", allow_zero=True)
     scale = _v.positive_scalar(scale, "scale")
@@ -244,7 +271,17 @@ def power_law(d_in: int, d_out: int, alpha: float = 1.0, key=None, scale: float 
 
 
 def geometric(d_in: int, d_out: int, ratio: float = 0.8, key=None, scale: float = 1.0, rank: int | None = None, **kw) -> Task:
-    r"""Teacher with geometric spectrum :math:`\sigma_i = \text{scale}\cdot \text{ratio}^{\,i-1}`, :math:`0 < \text{ratio} \le 1`."""
+    r"""Teacher with geometric spectrum :math:`\sigma_i = \text{scale}\cdot \text{ratio}^{\,i-1}`, :math:`0 < \text{ratio} \le 1`.
+
+    Teacher shape ``(d_out, d_in)``, rank ``r = rank`` or ``min(d_in, d_out)``; other keywords as
+    in :func:`power_law`.
+
+    Examples:
+      >>> import jax, linoverfit as lo
+      >>> task = lo.tasks.geometric(5, 5, ratio=0.5, key=jax.random.key(0))
+      >>> print(task.spectrum.round(4))
+      [1.     0.5    0.25   0.125  0.0625]
+    """
     ratio = _v.positive_scalar(ratio, "ratio")
     if ratio > 1:
         raise ValueError(f"ratio must be in (0, 1], got {ratio}")
@@ -286,6 +323,16 @@ def shifted(task: Task, kind: str = "additive", size: float = 0.1, key=None, ran
 
     Label noise is kept. ``size >= 0``; ``size = 0`` gives the same teacher (and for
     ``subspace`` only the restricted inputs).
+
+    Examples:
+      >>> import jax, linoverfit as lo
+      >>> task = lo.tasks.power_law(16, 16, alpha=1.0, key=jax.random.key(0))
+      >>> rot = lo.tasks.shifted(task, kind="rotate", size=0.1, key=jax.random.key(1))
+      >>> print(rot.spectrum[:3].round(3))   # a rotation keeps the singular values
+      [1.    0.5   0.333]
+      >>> sub = lo.tasks.shifted(task, kind="subspace", size=0.1, rank=4, key=jax.random.key(1))
+      >>> round(float(sub.input_cov.trace()), 3)   # inputs confined to 4 dimensions
+      4.0
     """
     if not isinstance(task, Task):
         raise TypeError(f"task must be a linoverfit Task, got {type(task).__name__}")
