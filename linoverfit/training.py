@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import parallel as _par
 from . import validation as _v
 from .networks import DeepLinear, end_to_end
 from .results import Result
@@ -205,6 +206,83 @@ def _learning_rates(lr, name="lr"):
     return _v.positive_vector(lr, name)
 
 
+def _identity_cov(task) -> bool:
+    r"""True when ``task`` is a :class:`Task` whose input covariance is exactly :math:`I`.
+
+    A *structural* flag chosen at the API boundary (a static argument of the compiled cores): the
+    matmul by :math:`\Sigma` is skipped. Changing teacher or covariance values never recompiles,
+    switching between identity and non-identity covariance compiles a second program once.
+    """
+    if not isinstance(task, Task) or _v.is_traced(task.input_cov):
+        return False
+    cov = np.asarray(task.input_cov)
+    return bool(np.array_equal(cov, np.eye(cov.shape[0], dtype=cov.dtype)))
+
+
+def _prepared(task):
+    r"""``task`` with :math:`\Sigma` symmetrised (inside jit, once per call), so that
+    :math:`\nabla_P L = (P - A)\Sigma` is exactly the gradient of the documented loss."""
+    if not isinstance(task, Task):
+        return task
+    cov = 0.5 * (task.input_cov + jnp.swapaxes(task.input_cov, -1, -2))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(task), [task.teacher, cov, task.noise])
+
+
+def _task_loss(task, P, identity_cov):
+    """Loss of ``P`` (population or full-sample); with ``identity_cov`` the Sigma matmul is skipped."""
+    if identity_cov:
+        D = P - task.teacher
+        return 0.5 * jnp.sum(D * D, axis=(-2, -1)) + 0.5 * task.noise * task.d_out
+    return task.loss(P)
+
+
+def _value_and_grad(task, W, key, step, batch_size, identity_cov):
+    r"""Objective value and its gradient with respect to the layers ``W``.
+
+    Population loss (:class:`Task`): the closed form :math:`G = \nabla_P L = (P - A)\Sigma` pulled
+    back through :math:`P = W_L\cdots W_1` by ``jax.vjp`` of the product, i.e.
+    :math:`\partial L/\partial W_l = (W_L\cdots W_{l+1})^\top G\,(W_{l-1}\cdots W_1)^\top`:
+    :math:`3(L-1)` matmuls, plus one for :math:`\Sigma \ne I`. (``jax.grad`` of the quadratic form
+    would also form :math:`(P-A)\Sigma^\top`, one matmul more per step.) ``task`` must come from
+    :func:`_prepared`. Finite-sample objectives (:class:`Dataset`) use ``jax.value_and_grad``.
+    """
+    if isinstance(task, Task):
+        P, pullback = jax.vjp(end_to_end, W)
+        D = P - task.teacher
+        G = D if identity_cov else D @ task.input_cov
+        loss = 0.5 * jnp.sum(D * G) + 0.5 * task.noise * task.d_out
+        (g,) = pullback(G)
+        return loss, g
+    return jax.value_and_grad(lambda w: _objective_loss(task, end_to_end(w), key, step, batch_size))(W)
+
+
+#: GD steps per iteration of the compiled step loops (fewer loop round trips, same arithmetic).
+UNROLL = 4
+
+
+def _fori(start, n, body, carry, unroll=UNROLL):
+    """``lax.fori_loop(start, start + n, body, carry)`` for a traced ``n``, ``unroll`` steps per iteration."""
+    if unroll == 1:
+        return jax.lax.fori_loop(start, start + n, body, carry)
+
+    def block(j, c):
+        i = start + j * unroll
+        for k in range(unroll):
+            c = body(i + k, c)
+        return c
+
+    n_blocks = n // unroll
+    carry = jax.lax.fori_loop(0, n_blocks, block, carry)
+    return jax.lax.fori_loop(start + n_blocks * unroll, start + n, body, carry)
+
+
+def _sweep(fn, runs, shared, mesh, chunk):
+    """Map ``fn(run, shared)`` over the leading axis of ``runs``: sharded over ``mesh``, ``chunk`` runs per vmap."""
+    if mesh is None:
+        return jax.lax.map(lambda r: fn(r, shared), runs, batch_size=chunk)
+    return _par.sweep_map(fn, runs, shared, mesh=mesh, chunk=chunk)
+
+
 def _as_key(key):
     if key is None:
         return jax.random.key(0)
@@ -214,18 +292,25 @@ def _as_key(key):
 # ----------------------------------------------------------------------------- pre-training
 
 
-@partial(jax.jit, static_argnames=("make_opt", "batch_size", "keep_weights"))
-def _pretrain_core(W0, task, lr, weight_decay, seg_lengths, keys, factor, *, make_opt, batch_size, keep_weights):
-    """``W0``: tuple of ``(S, n_l, n_{l-1})``. Returns weights/losses ``(S, C, ...)`` and first bad step ``(S,)``."""
-    limit_scale = _zero_map_loss(task)
+@partial(jax.jit, static_argnames=("make_opt", "batch_size", "keep_weights", "identity_cov", "mesh", "chunk"))
+def _pretrain_core(W0, task, lr, weight_decay, seg_lengths, keys, factor, *, make_opt, batch_size, keep_weights,
+                   identity_cov=False, mesh=None, chunk=1):
+    """``W0``: tuple of ``(S, n_l, n_{l-1})``. Returns weights/losses ``(S, C, ...)`` and first bad step ``(S,)``.
 
-    def one_seed(W_init, key):
+    Seeds are sharded over ``mesh`` (``None``: one device) and run ``chunk`` at a time per device.
+    """
+    task = _prepared(task)
+    shared = (task, lr, weight_decay, seg_lengths, factor)
+
+    def one_seed(run, shared):
+        W_init, key = run
+        task, lr, weight_decay, seg_lengths, factor = shared
         tx = optax.chain(optax.add_decayed_weights(weight_decay), make_opt(lr))
-        limit = factor * jnp.maximum(task.loss(end_to_end(W_init)), limit_scale)
+        limit = factor * jnp.maximum(_task_loss(task, end_to_end(W_init), identity_cov), _zero_map_loss(task))
 
         def step(i, carry):
             W, state, bad_step = carry
-            loss, g = jax.value_and_grad(lambda w: _objective_loss(task, end_to_end(w), key, i, batch_size))(W)
+            loss, g = _value_and_grad(task, W, key, i, batch_size, identity_cov)
             bad = ~jnp.isfinite(loss) | (loss > limit)
             bad_step = jnp.where((bad_step < 0) & bad, i, bad_step)
             updates, state = tx.update(g, state, W)
@@ -233,15 +318,15 @@ def _pretrain_core(W0, task, lr, weight_decay, seg_lengths, keys, factor, *, mak
 
         def segment(carry, n):
             W, state, bad_step, i0 = carry
-            W, state, bad_step = jax.lax.fori_loop(i0, i0 + n, step, (W, state, bad_step))
-            out = (W if keep_weights else None, task.loss(end_to_end(W)))
+            W, state, bad_step = _fori(i0, n, step, (W, state, bad_step))
+            out = (W if keep_weights else None, _task_loss(task, end_to_end(W), identity_cov))
             return (W, state, bad_step, i0 + n), out
 
         init = (W_init, tx.init(W_init), jnp.asarray(-1, jnp.int32), jnp.asarray(0, jnp.int32))
         (_, _, bad_step, _), (Ws, losses) = jax.lax.scan(segment, init, seg_lengths)
         return Ws, losses, bad_step
 
-    return jax.vmap(one_seed)(W0, keys)
+    return _sweep(one_seed, (W0, keys), shared, mesh, chunk)
 
 
 def pretrain(
@@ -257,6 +342,8 @@ def pretrain(
     key=None,
     keep_weights: bool = True,
     divergence_factor: float = DIVERGENCE_FACTOR,
+    devices=None,
+    chunk: int | None = None,
 ) -> PretrainResult:
     r"""Pre-train ``net`` from ``W0`` on ``task`` and keep every checkpoint, in one compiled run.
 
@@ -275,6 +362,9 @@ def pretrain(
         time units) or a callable ``lr -> GradientTransformation`` (``lr`` stays sweepable).
       batch_size: minibatch SGD on a Dataset (batches drawn with replacement, from ``key`` and the step).
       keep_weights: ``False`` keeps only losses (memory of one checkpoint).
+      devices: where the seeds run (see :mod:`linoverfit.parallel`): ``None`` = all devices, an int,
+        a sequence of devices or a ``Mesh``; seeds are sharded over them.
+      chunk: seeds per vmapped loop on a device (default: all of that device's seeds).
 
     Returns a :class:`PretrainResult` with a leading checkpoint axis (then the seed axis if batched).
 
@@ -303,11 +393,15 @@ def pretrain(
     keys = jax.random.split(_as_key(key), n_seeds)
     seg = np.diff(steps, prepend=0).astype(np.int32)
     dtype = Wb[0].dtype
-    Ws, losses, bad_step = _pretrain_core(
-        tuple(jnp.asarray(w) for w in Wb), task, jnp.asarray(lr, dtype), jnp.asarray(weight_decay, dtype),
+    plan = _par.Plan(devices, n_seeds, chunk, per_device_chunk=True)
+    W_run, keys = plan.put((tuple(jnp.asarray(w) for w in Wb), keys))
+    out = _pretrain_core(
+        W_run, task, jnp.asarray(lr, dtype), jnp.asarray(weight_decay, dtype),
         jnp.asarray(seg), keys, jnp.asarray(divergence_factor, dtype),
         make_opt=make_opt, batch_size=batch_size, keep_weights=keep_weights,
+        identity_cov=_identity_cov(task), mesh=plan.mesh, chunk=plan.chunk,
     )
+    Ws, losses, bad_step = plan.finish(out)
     bad_step = np.asarray(bad_step)
     if np.any(bad_step >= 0):
         seed = int(np.argmax(bad_step >= 0)) if batched else None
@@ -332,23 +426,34 @@ def pretrain(
 # ----------------------------------------------------------------------------- fine-tuning
 
 
-@partial(jax.jit, static_argnames=("make_opt", "batch_size", "n_records"))
-def _finetune_core(W_start, ft_task, pre_task, lrs, l2, seg_len, keys, factor, *, make_opt, batch_size, n_records):
-    """``W_start``: tuple ``(B, ...)``; ``lrs`` ``(R,)``; ``keys`` ``(B, R)``. Outputs are ``(B, R, ...)``."""
-    limit_scale = _zero_map_loss(ft_task)
+@partial(jax.jit, static_argnames=("make_opt", "batch_size", "n_records", "return_weights", "identity_cov", "mesh",
+                                   "chunk"))
+def _finetune_core(W_start, ft_task, pre_task, lrs, l2, seg_len, keys, factor, *, make_opt, batch_size, n_records,
+                   return_weights=True, identity_cov=False, mesh=None, chunk=4):
+    """One flat sweep of ``N`` runs: ``W_start`` tuple ``(N, ...)``, ``lrs`` ``(N,)``, ``keys`` ``(N,)``.
 
-    def one(W_init, lr, key):
+    Outputs are ``(N, ...)`` (final weights only with ``return_weights``). Runs are sharded over
+    ``mesh`` (``None``: one device) and processed ``chunk`` at a time per device.
+    """
+    ft_task = _prepared(ft_task)
+    shared = (ft_task, pre_task, l2, seg_len, factor)
+
+    def one(run, shared):
+        W_init, lr, key = run
+        ft_task, pre_task, l2, seg_len, factor = shared
         tx = make_opt(lr)
-
-        def objective(W, i):
-            reg = sum(jnp.sum((w - w0) ** 2) for w, w0 in zip(W, W_init))
-            return _objective_loss(ft_task, end_to_end(W), key, i, batch_size) + 0.5 * l2 * reg
-
-        limit = factor * jnp.maximum(ft_task.loss(end_to_end(W_init)), limit_scale)
+        limit = factor * jnp.maximum(_task_loss(ft_task, end_to_end(W_init), identity_cov), _zero_map_loss(ft_task))
 
         def step(i, carry):
             W, state, bad_step = carry
-            loss, g = jax.value_and_grad(objective)(W, i)
+            loss, g = _value_and_grad(ft_task, W, key, i, batch_size, identity_cov)
+            # l2 pull toward the checkpoint, + l2/2 sum ||W - W0||^2 (skipped at run time when l2 == 0)
+            def pull(args):
+                loss, g = args
+                diff = tuple(w - w0 for w, w0 in zip(W, W_init))
+                return loss + 0.5 * l2 * sum(jnp.sum(d * d) for d in diff), tuple(gl + l2 * d for gl, d in zip(g, diff))
+
+            loss, g = jax.lax.cond(l2 != 0, pull, lambda args: args, (loss, g))
             bad_step = jnp.where((bad_step < 0) & (~jnp.isfinite(loss) | (loss > limit)), i, bad_step)
             updates, new_state = tx.update(g, state, W)
             new_W = optax.apply_updates(W, updates)
@@ -360,16 +465,15 @@ def _finetune_core(W_start, ft_task, pre_task, lrs, l2, seg_len, keys, factor, *
 
         def segment(carry, _):
             W, state, bad_step, i0 = carry
-            W, state, bad_step = jax.lax.fori_loop(i0, i0 + seg_len, step, (W, state, bad_step))
+            W, state, bad_step = _fori(i0, seg_len, step, (W, state, bad_step))
             P = end_to_end(W)
-            return (W, state, bad_step, i0 + seg_len), (pre_task.loss(P), ft_task.loss(P))
+            return (W, state, bad_step, i0 + seg_len), (pre_task.loss(P), _task_loss(ft_task, P, identity_cov))
 
         init = (W_init, tx.init(W_init), jnp.asarray(-1, jnp.int32), jnp.asarray(0, jnp.int32))
         (W, _, bad_step, _), (pre_traj, ft_traj) = jax.lax.scan(segment, init, None, length=n_records)
-        return W, bad_step, pre_traj, ft_traj
+        return (W if return_weights else None), bad_step, pre_traj, ft_traj
 
-    over_lr = jax.vmap(one, in_axes=(None, 0, 0))
-    return jax.vmap(over_lr, in_axes=(0, None, 0))(W_start, lrs, keys)
+    return _sweep(one, (W_start, lrs, keys), shared, mesh, chunk)
 
 
 def finetune(
@@ -387,6 +491,8 @@ def finetune(
     return_weights: bool = False,
     pretrain_task=None,
     divergence_factor: float = DIVERGENCE_FACTOR,
+    devices=None,
+    chunk: int | None = None,
 ) -> FinetuneResult:
     r"""Fine-tune every checkpoint of ``run`` at every learning rate, in one compiled call.
 
@@ -401,6 +507,10 @@ def finetune(
       run: a :class:`PretrainResult` with weights; ``task``: the fine-tuning Task or Dataset.
       lr: one or more learning rates (all > 0); ``steps``: fine-tuning steps (>= 1).
       record_every: also record both losses every ``record_every`` steps (must divide ``steps``).
+      devices: where the runs go (see :mod:`linoverfit.parallel`): ``None`` = all devices, an int, a
+        sequence of devices or a ``Mesh``. The checkpoint x seed x learning-rate runs are flattened
+        into one sweep axis and sharded over them.
+      chunk: runs per vmapped loop on a device (default 4: batched matmuls that stay in cache).
 
     Diverged runs (non-finite or exploding fine-tuning loss) are frozen, reported with a
     :class:`DivergenceWarning` naming the checkpoint and learning rate, marked in
@@ -431,18 +541,25 @@ def finetune(
 
     lead = run.loss.shape  # (C,) or (C, S)
     B = int(np.prod(lead))
-    W_start = tuple(jnp.reshape(jnp.asarray(w), (B,) + w.shape[-2:]) for w in weights)
-    dtype = W_start[0].dtype
     R = lrs.size
-    keys = jax.random.split(_as_key(key), B * R).reshape(B, R)
-    W_end, bad_step, pre_traj, ft_traj = _finetune_core(
-        W_start, task, pre_task, jnp.asarray(lrs, dtype), jnp.asarray(l2, dtype), jnp.asarray(seg_len, jnp.int32),
-        keys, jnp.asarray(divergence_factor, dtype), make_opt=make_opt, batch_size=batch_size, n_records=n_records,
+    dtype = jnp.asarray(weights[0]).dtype
+    # flat sweep: run n = b * R + r starts from checkpoint-seed b at learning rate r
+    W_start = tuple(jnp.repeat(jnp.reshape(jnp.asarray(w), (B,) + w.shape[-2:]), R, axis=0) for w in weights)
+    lr_runs = jnp.tile(jnp.asarray(lrs, dtype), B)
+    keys = jax.random.split(_as_key(key), B * R)
+    plan = _par.Plan(devices, B * R, chunk)
+    runs = plan.put((W_start, lr_runs, keys))
+    del W_start
+    out = _finetune_core(
+        runs[0], task, pre_task, runs[1], jnp.asarray(l2, dtype), jnp.asarray(seg_len, jnp.int32),
+        runs[2], jnp.asarray(divergence_factor, dtype), make_opt=make_opt, batch_size=batch_size, n_records=n_records,
+        return_weights=return_weights, identity_cov=_identity_cov(task), mesh=plan.mesh, chunk=plan.chunk,
     )
+    W_end, bad_step, pre_traj, ft_traj = plan.finish(out)
 
     def to_cr(x):
-        """(B, R, ...) -> (C, R[, S], ...)."""
-        x = jnp.reshape(x, lead + x.shape[1:])
+        """(B * R, ...) -> (C, R[, S], ...)."""
+        x = jnp.reshape(x, lead + (R,) + x.shape[1:])
         return jnp.moveaxis(x, len(lead), 1) if len(lead) == 2 else x
 
     P0 = end_to_end(weights)

@@ -1,0 +1,186 @@
+r"""Sharding sweeps across devices (CPU cores, GPUs, TPUs, several hosts).
+
+Every sweep in linoverfit (seeds in :func:`~linoverfit.pretrain`, checkpoint x seed x learning
+rate in :func:`~linoverfit.finetune`, checkpoint x seed in
+:func:`~linoverfit.sensitivity.gaussian`) is a batch of independent runs. The batch is
+flattened to one axis, padded to a multiple of ``devices x chunk`` (padding repeats the last
+run and is dropped afterwards), sharded over a one-axis :class:`jax.sharding.Mesh` with
+:class:`~jax.sharding.NamedSharding` and run with :func:`jax.shard_map`; on each device the local
+runs are processed ``chunk`` at a time (``lax.map`` over chunks of a ``vmap``), so each device's
+working set stays in cache while the matmuls are batched. No communication happens between runs.
+
+Because every run is computed by the same per-chunk program whatever the number of devices,
+a sharded sweep reproduces the single-device one (bitwise in practice; the test suite checks it
+on 4 simulated CPU devices).
+
+``devices`` (the keyword of every sweep function) may be ``None`` (all devices of
+:func:`jax.devices`, i.e. every device of every process after :func:`jax.distributed.initialize`),
+an ``int`` ``n`` (the first ``n``), a sequence of devices, or a :class:`~jax.sharding.Mesh`
+(its devices, flattened).
+
+On a CPU-only machine JAX exposes one device by default, and small matmuls then run on one core.
+:func:`use_cpu_devices` (opt-in, before the first JAX computation) exposes one device per core so
+sweeps use every core.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+__all__ = ["use_cpu_devices", "resolve_devices", "sweep_mesh", "sweep_map", "Plan", "gather", "AXIS"]
+
+#: Name of the mesh axis that sweeps are sharded over.
+AXIS = "sweep"
+
+
+def use_cpu_devices(n: int | None = None) -> int:
+    """Expose ``n`` CPU devices (default ``n`` = the cores this process may run on) so sweeps use every core.
+
+    Must be called right after ``import jax`` / ``import linoverfit``, before any JAX computation
+    (it sets the ``jax_num_cpu_devices`` option, which JAX reads once when it starts its CPU
+    backend). Only the CPU platform is affected; it is opt-in because it changes what
+    ``jax.devices("cpu")`` returns for the rest of the process. Returns ``n``.
+    """
+    if n is None:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            n = os.cpu_count() or 1
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError as err:
+        raise RuntimeError(
+            "use_cpu_devices must be called before the first JAX computation (right after the imports); "
+            "alternatively start Python with XLA_FLAGS=--xla_force_host_platform_device_count=N"
+        ) from err
+    return n
+
+
+def resolve_devices(devices=None) -> tuple:
+    """Normalise a ``devices=`` argument to a non-empty tuple of devices, shape ``(k,)`` (see module docs)."""
+    if devices is None:
+        return tuple(jax.devices())
+    if isinstance(devices, Mesh):
+        return tuple(devices.devices.flat)
+    if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        all_devices = jax.devices()
+        if not 1 <= devices <= len(all_devices):
+            raise ValueError(f"devices={devices} but {len(all_devices)} device(s) are available")
+        return tuple(all_devices[: int(devices)])
+    if isinstance(devices, jax.Device):
+        return (devices,)
+    if isinstance(devices, Sequence) and devices and all(isinstance(d, jax.Device) for d in devices):
+        if len(set(devices)) != len(devices):
+            raise ValueError("devices contains the same device twice")
+        return tuple(devices)
+    raise TypeError("devices must be None (all devices), an int, a sequence of jax devices, or a jax.sharding.Mesh")
+
+
+def sweep_mesh(devices, n_runs: int) -> Mesh:
+    """One-axis mesh of shape ``(k,)``, ``k = min(len(devices), n_runs)`` (no device idles on padding only)."""
+    devices = resolve_devices(devices)
+    k = max(1, min(len(devices), int(n_runs)))
+    return Mesh(np.asarray(devices[:k], dtype=object), (AXIS,))
+
+
+def pad_runs(tree, n_padded: int):
+    """Pad every leaf from shape ``(n, ...)`` to ``(n_padded, ...)`` by repeating the last run."""
+
+    def pad(x):
+        n = x.shape[0]
+        if n == n_padded:
+            return x
+        return jnp.concatenate([x, jnp.repeat(x[-1:], n_padded - n, axis=0)], axis=0)
+
+    return jax.tree.map(pad, tree)
+
+
+def sweep_map(fn, runs, shared, *, mesh: Mesh, chunk: int):
+    """``vmap(fn, (0, None))(runs, shared)`` sharded over ``mesh`` and chunked on each device.
+
+    ``runs``: pytree whose leaves have shape ``(N, ...)``, ``N`` a multiple of ``mesh.size * chunk``;
+    ``shared``: pytree broadcast to every run. Call inside ``jit``. Returns ``fn``'s outputs with a
+    leading axis ``N``, sharded over ``mesh``.
+    """
+
+    def local(runs, shared):
+        return jax.lax.map(lambda r: fn(r, shared), runs, batch_size=chunk)
+
+    spec = PartitionSpec(AXIS)
+    mapped = jax.shard_map(local, mesh=mesh, in_specs=(spec, PartitionSpec()), out_specs=spec, check_vma=False)
+    runs = jax.lax.with_sharding_constraint(runs, NamedSharding(mesh, spec))
+    return mapped(runs, shared)
+
+
+def put_runs(tree, mesh: Mesh):
+    """Place the run axis of ``tree``'s leaves on ``mesh`` (works across processes: every process passes the same values)."""
+    sharding = NamedSharding(mesh, PartitionSpec(AXIS))
+    return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+
+
+def put_shared(tree, mesh: Mesh):
+    """Replicate ``tree`` on every device of ``mesh``."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+
+
+class Plan:
+    """How one sweep of ``n`` runs is laid out: ``mesh`` (``None``: the default device, no shard_map),
+    runs per vmapped ``chunk`` and the padded run count ``n_padded`` = a multiple of ``devices * chunk``.
+
+    ``put`` pads run arrays of shape ``(n, ...)`` to ``(n_padded, ...)`` and shards them; ``finish``
+    cuts outputs back to ``(n, ...)``. The default ``chunk`` is 4 runs per vmap (batched matmuls that
+    stay in cache; measured best on CPU for widths 64 and 256), or with ``per_device_chunk`` all of a
+    device's runs (pre-training: few seeds, long sequential loops). It never depends on the device
+    count unless ``per_device_chunk``, so sharded and single-device sweeps run the same per-chunk program.
+    """
+
+    def __init__(self, devices, n: int, chunk: int | None = None, per_device_chunk: bool = False):
+        self.n = int(n)
+        explicit = devices is not None
+        mesh = sweep_mesh(devices, self.n)
+        if chunk is None:
+            # all local runs in one vmapped loop (pre-training: few seeds, long sequential loops)
+            chunk = -(-self.n // mesh.size) if per_device_chunk else 4
+        self.chunk = max(1, int(chunk))
+        self.mesh = mesh if (mesh.size > 1 or explicit) else None
+        size = mesh.size if self.mesh is not None else 1
+        self.n_padded = -(-self.n // (size * self.chunk)) * size * self.chunk
+
+    def put(self, runs):
+        """Pad the runs and place them on the mesh."""
+        runs = pad_runs(runs, self.n_padded)
+        return put_runs(runs, self.mesh) if self.mesh is not None else runs
+
+    def finish(self, outputs):
+        """Drop the padding and bring the outputs back to one place every process can read."""
+        outputs = jax.tree.map(lambda x: x[: self.n], outputs)
+        return gather(outputs) if self.mesh is not None else outputs
+
+
+def gather(tree):
+    """Bring sharded outputs back (shapes unchanged) as arrays every process can read: an all-gather
+    across hosts where needed, else a copy onto the first local device."""
+
+    def one(x):
+        if not isinstance(x, jax.Array):
+            return x
+        if not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return jnp.asarray(multihost_utils.process_allgather(x, tiled=True))
+        if len(x.sharding.device_set) > 1:
+            # one device for all results, so later arithmetic never mixes device sets
+            return jax.device_put(x, jax.local_devices()[0])
+        return x
+
+    return jax.tree.map(one, tree)
