@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["use_cpu_devices", "resolve_devices", "sweep_mesh", "sweep_map", "Plan", "gather", "AXIS"]
+__all__ = ["use_cpu_devices", "resolve_devices", "sweep_mesh", "sweep", "sweep_map", "Plan", "gather", "AXIS"]
 
 #: Name of the mesh axis that sweeps are sharded over.
 AXIS = "sweep"
@@ -134,37 +134,54 @@ def put_shared(tree, mesh: Mesh):
 
 
 class Plan:
-    """How one sweep of ``n`` runs is laid out: ``mesh`` (``None``: the default device, no shard_map),
-    runs per vmapped ``chunk`` and the padded run count ``n_padded`` = a multiple of ``devices * chunk``.
+    """How a sweep of ``n`` runs is laid out: ``mesh`` (``None``: the default device, no shard_map)
+    and ``chunk``, the runs per vmapped loop on a device.
 
-    ``put`` pads run arrays of shape ``(n, ...)`` to ``(n_padded, ...)`` and shards them; ``finish``
-    cuts outputs back to ``(n, ...)``. The default ``chunk`` is 4 runs per vmap (batched matmuls that
-    stay in cache; measured best on CPU for widths 64 and 256), or with ``per_device_chunk`` all of a
-    device's runs (pre-training: few seeds, long sequential loops). It never depends on the device
-    count unless ``per_device_chunk``, so sharded and single-device sweeps run the same per-chunk program.
+    Inside the compiled sweep the run arrays, shape ``(n, ...)``, are padded to ``(n_padded, ...)``,
+    ``n_padded`` = a multiple of ``devices * chunk`` (see :func:`padded`), and cut back afterwards.
+    The default ``chunk`` is 4 runs per vmap (batched matmuls that stay in cache; measured best on
+    CPU for widths 64 and 256), or with ``per_device_chunk`` all of a device's runs (pre-training:
+    few seeds, long sequential loops). It never depends on the device count unless
+    ``per_device_chunk``, so sharded and single-device sweeps run the same per-chunk program.
     """
 
     def __init__(self, devices, n: int, chunk: int | None = None, per_device_chunk: bool = False):
         self.n = int(n)
-        explicit = devices is not None
         mesh = sweep_mesh(devices, self.n)
         if chunk is None:
-            # all local runs in one vmapped loop (pre-training: few seeds, long sequential loops)
             chunk = -(-self.n // mesh.size) if per_device_chunk else 4
         self.chunk = max(1, int(chunk))
-        self.mesh = mesh if (mesh.size > 1 or explicit) else None
-        size = mesh.size if self.mesh is not None else 1
-        self.n_padded = -(-self.n // (size * self.chunk)) * size * self.chunk
+        # one default device and no explicit request: plain jit, no mesh (arrays stay uncommitted)
+        self.mesh = mesh if (mesh.size > 1 or devices is not None) else None
 
-    def put(self, runs):
-        """Pad the runs and place them on the mesh."""
-        runs = pad_runs(runs, self.n_padded)
-        return put_runs(runs, self.mesh) if self.mesh is not None else runs
+    def shared(self, tree):
+        """Inputs that every run reads: replicated on the mesh when it spans several processes."""
+        if self.mesh is None or all(d.process_index == jax.process_index() for d in self.mesh.devices.flat):
+            return tree
+        return put_shared(tree, self.mesh)
 
     def finish(self, outputs):
-        """Drop the padding and bring the outputs back to one place every process can read."""
-        outputs = jax.tree.map(lambda x: x[: self.n], outputs)
+        """Bring the outputs back to one place every process can read (see :func:`gather`)."""
         return gather(outputs) if self.mesh is not None else outputs
+
+
+def padded(n: int, mesh: Mesh | None, chunk: int) -> int:
+    """Run count after padding: the smallest multiple of ``devices * chunk`` that is ``>= n``."""
+    m = (1 if mesh is None else mesh.size) * chunk
+    return -(-int(n) // m) * m
+
+
+def sweep(fn, runs, shared, *, mesh: Mesh | None, chunk: int):
+    """Inside ``jit``: ``vmap(fn, (0, None))(runs, shared)`` padded, sharded over ``mesh`` (or on one
+    device if ``None``), ``chunk`` runs per vmap, and cut back. ``runs`` leaves have shape ``(n, ...)``;
+    the outputs have a leading axis ``n``."""
+    n = jax.tree.leaves(runs)[0].shape[0]
+    runs = pad_runs(runs, padded(n, mesh, chunk))
+    if mesh is None:
+        out = jax.lax.map(lambda r: fn(r, shared), runs, batch_size=chunk)
+    else:
+        out = sweep_map(fn, runs, shared, mesh=mesh, chunk=chunk)
+    return jax.tree.map(lambda x: x[:n], out)
 
 
 def gather(tree):

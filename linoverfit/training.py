@@ -277,10 +277,8 @@ def _fori(start, n, body, carry, unroll=UNROLL):
 
 
 def _sweep(fn, runs, shared, mesh, chunk):
-    """Map ``fn(run, shared)`` over the leading axis of ``runs``: sharded over ``mesh``, ``chunk`` runs per vmap."""
-    if mesh is None:
-        return jax.lax.map(lambda r: fn(r, shared), runs, batch_size=chunk)
-    return _par.sweep_map(fn, runs, shared, mesh=mesh, chunk=chunk)
+    """Map ``fn(run, shared)`` over the leading axis of ``runs``: padded, sharded over ``mesh``, ``chunk`` runs per vmap."""
+    return _par.sweep(fn, runs, shared, mesh=mesh, chunk=chunk)
 
 
 def _as_key(key):
@@ -295,10 +293,14 @@ def _as_key(key):
 @partial(jax.jit, static_argnames=("make_opt", "batch_size", "keep_weights", "identity_cov", "mesh", "chunk"))
 def _pretrain_core(W0, task, lr, weight_decay, seg_lengths, keys, factor, *, make_opt, batch_size, keep_weights,
                    identity_cov=False, mesh=None, chunk=1):
-    """``W0``: tuple of ``(S, n_l, n_{l-1})``. Returns weights/losses ``(S, C, ...)`` and first bad step ``(S,)``.
+    """``W0``: tuple of ``([S,] n_l, n_{l-1})``; ``keys`` ``(S,)`` (``S = 1`` without a seed axis).
 
-    Seeds are sharded over ``mesh`` (``None``: one device) and run ``chunk`` at a time per device.
+    Returns weights ``(C[, S], ...)`` (``None`` unless ``keep_weights``), losses ``(C[, S])`` and the
+    first bad step ``(S,)``. Seeds are sharded over ``mesh`` (``None``: one device), ``chunk`` per vmap.
     """
+    batched = W0[0].ndim == 3
+    if not batched:
+        W0 = tuple(w[None] for w in W0)
     task = _prepared(task)
     shared = (task, lr, weight_decay, seg_lengths, factor)
 
@@ -326,7 +328,10 @@ def _pretrain_core(W0, task, lr, weight_decay, seg_lengths, keys, factor, *, mak
         (_, _, bad_step, _), (Ws, losses) = jax.lax.scan(segment, init, seg_lengths)
         return Ws, losses, bad_step
 
-    return _sweep(one_seed, (W0, keys), shared, mesh, chunk)
+    Ws, losses, bad_step = _sweep(one_seed, (W0, keys), shared, mesh, chunk)
+    # (S, C, ...) -> (C, S, ...), or (C, ...) without a seed axis
+    layout = (lambda x: jnp.swapaxes(x, 0, 1)) if batched else (lambda x: x[0])
+    return (tuple(layout(w) for w in Ws) if keep_weights else None), layout(losses), bad_step
 
 
 def pretrain(
@@ -388,20 +393,18 @@ def pretrain(
     batch_size = _check_batch_size(batch_size, task)
     make_opt = _resolve_optimizer(optimizer)
 
-    Wb = W0 if batched else tuple(w[None] for w in W0)
-    n_seeds = Wb[0].shape[0]
+    n_seeds = np.shape(W0[0])[0] if batched else 1
     keys = jax.random.split(_as_key(key), n_seeds)
     seg = np.diff(steps, prepend=0).astype(np.int32)
-    dtype = Wb[0].dtype
+    dtype = jnp.asarray(W0[0]).dtype
     plan = _par.Plan(devices, n_seeds, chunk, per_device_chunk=True)
-    W_run, keys = plan.put((tuple(jnp.asarray(w) for w in Wb), keys))
     out = _pretrain_core(
-        W_run, task, jnp.asarray(lr, dtype), jnp.asarray(weight_decay, dtype),
-        jnp.asarray(seg), keys, jnp.asarray(divergence_factor, dtype),
+        *plan.shared((tuple(jnp.asarray(w) for w in W0), task, jnp.asarray(lr, dtype), jnp.asarray(weight_decay, dtype),
+                      jnp.asarray(seg), keys, jnp.asarray(divergence_factor, dtype))),
         make_opt=make_opt, batch_size=batch_size, keep_weights=keep_weights,
         identity_cov=_identity_cov(task), mesh=plan.mesh, chunk=plan.chunk,
     )
-    Ws, losses, bad_step = plan.finish(out)
+    weights, losses, bad_step = plan.finish(out)
     bad_step = np.asarray(bad_step)
     if np.any(bad_step >= 0):
         seed = int(np.argmax(bad_step >= 0)) if batched else None
@@ -414,12 +417,6 @@ def pretrain(
             f"{divergence_factor:g} x its initial scale. Lower lr.",
             step=first, seed=seed, checkpoint=ck,
         )
-    # (S, C, ...) -> (C, S, ...)
-    losses = jnp.swapaxes(losses, 0, 1)
-    weights = tuple(jnp.swapaxes(w, 0, 1) for w in Ws) if keep_weights else None
-    if not batched:
-        losses = losses[:, 0]
-        weights = tuple(w[:, 0] for w in weights) if keep_weights else None
     return PretrainResult(steps=steps, loss=losses, weights=weights, task=task, lr=lr, weight_decay=weight_decay)
 
 
@@ -430,11 +427,20 @@ def pretrain(
                                    "chunk"))
 def _finetune_core(W_start, ft_task, pre_task, lrs, l2, seg_len, keys, factor, *, make_opt, batch_size, n_records,
                    return_weights=True, identity_cov=False, mesh=None, chunk=4):
-    """One flat sweep of ``N`` runs: ``W_start`` tuple ``(N, ...)``, ``lrs`` ``(N,)``, ``keys`` ``(N,)``.
+    """Every checkpoint x learning rate: ``W_start`` tuple ``(C[, S], n_l, n_{l-1})``, ``lrs`` ``(R,)``, one ``key``.
 
-    Outputs are ``(N, ...)`` (final weights only with ``return_weights``). Runs are sharded over
-    ``mesh`` (``None``: one device) and processed ``chunk`` at a time per device.
+    The ``N = C[*S]*R`` runs (run ``b * R + r`` starts from checkpoint(-seed) ``b`` at learning rate
+    ``r``, with key ``split(key, N)[b * R + r]``) form one flat sweep, sharded over ``mesh``
+    (``None``: one device), ``chunk`` runs per vmap. Returns final weights (``None`` unless
+    ``return_weights``), first bad step and the loss records, all ``(C, R[, S], ...)``, and the
+    pre-training / fine-tuning losses at the checkpoints ``(C[, S])``.
     """
+    lead = W_start[0].shape[:-2]
+    B, R = int(np.prod(lead)), lrs.shape[0]
+    P0 = end_to_end(W_start)
+    loss0 = (pre_task.loss(P0), ft_task.loss(P0))
+    W_start = tuple(jnp.repeat(jnp.reshape(w, (B,) + w.shape[-2:]), R, axis=0) for w in W_start)
+    runs = (W_start, jnp.tile(lrs, B), jax.random.split(keys, B * R))
     ft_task = _prepared(ft_task)
     shared = (ft_task, pre_task, l2, seg_len, factor)
 
@@ -473,7 +479,24 @@ def _finetune_core(W_start, ft_task, pre_task, lrs, l2, seg_len, keys, factor, *
         (W, _, bad_step, _), (pre_traj, ft_traj) = jax.lax.scan(segment, init, None, length=n_records)
         return (W if return_weights else None), bad_step, pre_traj, ft_traj
 
-    return _sweep(one, (W_start, lrs, keys), shared, mesh, chunk)
+    W_end, bad_step, pre_traj, ft_traj = _sweep(one, runs, shared, mesh, chunk)
+
+    def to_cr(x):
+        """(B * R, ...) -> (C, R[, S], ...)."""
+        x = jnp.reshape(x, lead + (R,) + x.shape[1:])
+        return jnp.moveaxis(x, len(lead), 1) if len(lead) == 2 else x
+
+    W_end = tuple(to_cr(w) for w in W_end) if return_weights else None
+    return W_end, to_cr(bad_step), to_cr(pre_traj), to_cr(ft_traj), loss0
+
+
+@jax.jit
+def _mask_diverged(bad_step, record_steps, pre_traj, ft_traj):
+    """``diverged`` ``(C, R[, S])`` and the records ``(C, R[, S], K)`` with NaN from each run's divergence step on."""
+    diverged = bad_step >= 0
+    # a record is invalid from the step where its run diverged on (the run is frozen there)
+    invalid = diverged[..., None] & (record_steps >= bad_step[..., None])
+    return diverged, jnp.where(invalid, jnp.nan, pre_traj), jnp.where(invalid, jnp.nan, ft_traj)
 
 
 def finetune(
@@ -543,41 +566,25 @@ def finetune(
     B = int(np.prod(lead))
     R = lrs.size
     dtype = jnp.asarray(weights[0]).dtype
-    # flat sweep: run n = b * R + r starts from checkpoint-seed b at learning rate r
-    W_start = tuple(jnp.repeat(jnp.reshape(jnp.asarray(w), (B,) + w.shape[-2:]), R, axis=0) for w in weights)
-    lr_runs = jnp.tile(jnp.asarray(lrs, dtype), B)
-    keys = jax.random.split(_as_key(key), B * R)
     plan = _par.Plan(devices, B * R, chunk)
-    runs = plan.put((W_start, lr_runs, keys))
-    del W_start
     out = _finetune_core(
-        runs[0], task, pre_task, runs[1], jnp.asarray(l2, dtype), jnp.asarray(seg_len, jnp.int32),
-        runs[2], jnp.asarray(divergence_factor, dtype), make_opt=make_opt, batch_size=batch_size, n_records=n_records,
-        return_weights=return_weights, identity_cov=_identity_cov(task), mesh=plan.mesh, chunk=plan.chunk,
+        *plan.shared((tuple(jnp.asarray(w) for w in weights), task, pre_task, jnp.asarray(lrs, dtype),
+                      jnp.asarray(l2, dtype), jnp.asarray(seg_len, jnp.int32), _as_key(key),
+                      jnp.asarray(divergence_factor, dtype))),
+        make_opt=make_opt, batch_size=batch_size, n_records=n_records, return_weights=return_weights,
+        identity_cov=_identity_cov(task), mesh=plan.mesh, chunk=plan.chunk,
     )
-    W_end, bad_step, pre_traj, ft_traj = plan.finish(out)
-
-    def to_cr(x):
-        """(B * R, ...) -> (C, R[, S], ...)."""
-        x = jnp.reshape(x, lead + (R,) + x.shape[1:])
-        return jnp.moveaxis(x, len(lead), 1) if len(lead) == 2 else x
-
-    P0 = end_to_end(weights)
-    bad_step = to_cr(bad_step)
-    diverged = bad_step >= 0
-    pre_traj, ft_traj = to_cr(pre_traj), to_cr(ft_traj)
+    W_end, bad_step, pre_traj, ft_traj, (pre_before, ft_before) = plan.finish(out)
     record_steps = seg_len * np.arange(1, n_records + 1)
-    # a record is invalid from the step where its run diverged on (the run is frozen there)
-    invalid = diverged[..., None] & (record_steps >= bad_step[..., None])
-    pre_traj, ft_traj = jnp.where(invalid, jnp.nan, pre_traj), jnp.where(invalid, jnp.nan, ft_traj)
+    diverged, pre_traj, ft_traj = _mask_diverged(bad_step, record_steps, pre_traj, ft_traj)
     result = FinetuneResult(
         steps=np.asarray(run.steps),
         lr=lrs,
         ft_steps=steps,
         l2=l2,
         pretrain_lr=float(run.lr),
-        pretrain_loss_before=pre_task.loss(P0),
-        finetune_loss_before=task.loss(P0),
+        pretrain_loss_before=pre_before,
+        finetune_loss_before=ft_before,
         pretrain_loss_after=pre_traj[..., -1],
         finetune_loss_after=ft_traj[..., -1],
         diverged=diverged,
@@ -585,7 +592,7 @@ def finetune(
         record_steps=None if record_every is None else record_steps,
         pretrain_loss_trajectory=None if record_every is None else pre_traj,
         finetune_loss_trajectory=None if record_every is None else ft_traj,
-        weights=tuple(to_cr(w) for w in W_end) if return_weights else None,
+        weights=W_end,
     )
     if bool(jnp.any(diverged)):
         idx = np.argwhere(np.asarray(diverged))
