@@ -155,8 +155,10 @@ class Plan:
         self.mesh = mesh if (mesh.size > 1 or devices is not None) else None
 
     def shared(self, tree):
-        """Inputs that every run reads: replicated on the mesh when it spans several processes."""
-        if self.mesh is None or all(d.process_index == jax.process_index() for d in self.mesh.devices.flat):
+        """Inputs of the compiled sweep, replicated on every device of the mesh (so inputs committed
+        elsewhere, e.g. results of an earlier sweep, are accepted; across processes every process
+        passes the same values)."""
+        if self.mesh is None:
             return tree
         return put_shared(tree, self.mesh)
 
