@@ -1,0 +1,51 @@
+r"""Closed-form theory of catastrophic overtraining in deep linear networks.
+
+Every function computes, without simulating parameters, a quantity the simulation measures; each is
+derived in ``docs/theory.md`` and checked against simulation in ``tests/test_theory_*.py``.
+
+* :mod:`~linoverfit.theory.modes`: singular-mode dynamics of balanced aligned gradient flow,
+  :math:`\dot s = L s^{2-2/L}(\sigma - s) - L\lambda s` (:func:`mode_trajectory`).
+* :mod:`~linoverfit.theory.perturbation`: the exact :math:`\mathbb E[L(W + \gamma E)]` for any
+  depth, widths and input covariance (:func:`expected_perturbed_loss`), and as a function of the
+  learnt spectrum (:func:`sensitivity_from_spectrum`).
+* :mod:`~linoverfit.theory.turning`: predicted U-curves over pre-training time and their
+  minimiser :math:`T^*` (:func:`turning_point`), per-mode thresholds.
+* :mod:`~linoverfit.theory.flow`: the function-space flow of balanced networks
+  (:func:`end_to_end_flow`), predicted fine-tuning and forgetting (:func:`predict_finetune`,
+  :func:`first_order_forgetting`).
+
+Conventions are the library's: time :math:`t = \eta\cdot\text{steps}`, loss with the 1/2, Gaussian
+perturbation :math:`W_l + \gamma E_l` of all layers.
+"""
+
+from . import flow, modes, perturbation, turning
+from .flow import FinetunePrediction, end_to_end_flow, end_to_end_velocity, first_order_forgetting, predict_finetune
+from .modes import gaussian_init_s0, mode_asymptote, mode_trajectory, mode_velocity
+from .perturbation import (
+    expected_perturbed_loss,
+    perturbation_coefficients,
+    perturbation_sensitivity,
+    sensitivity_from_spectrum,
+)
+from .turning import TurningPoint, finetune_curve, perturbation_threshold, perturbed_loss_curve, turning_point
+
+__all__ = [
+    "mode_trajectory",
+    "mode_velocity",
+    "mode_asymptote",
+    "gaussian_init_s0",
+    "perturbation_coefficients",
+    "perturbation_sensitivity",
+    "expected_perturbed_loss",
+    "sensitivity_from_spectrum",
+    "perturbed_loss_curve",
+    "finetune_curve",
+    "perturbation_threshold",
+    "turning_point",
+    "TurningPoint",
+    "end_to_end_velocity",
+    "end_to_end_flow",
+    "predict_finetune",
+    "first_order_forgetting",
+    "FinetunePrediction",
+]

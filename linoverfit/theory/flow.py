@@ -1,0 +1,322 @@
+r"""Function-space gradient flow of balanced deep linear networks, and fine-tuning predicted with it.
+
+If the layers are balanced, :math:`W_{l+1}^\top W_{l+1} = W_l W_l^\top` (preserved by gradient flow),
+the end-to-end map :math:`P = W_L\cdots W_1` follows a closed ODE (Arora, Cohen & Hazan 2018;
+``docs/theory.md``, section 4):
+
+.. math:: \dot P = -\sum_{j=1}^{L} (PP^\top)^{\frac{L-j}{L}}\,\nabla L(P)\,(P^\top P)^{\frac{j-1}{L}},
+          \qquad \nabla L(P) = (P - A)\Sigma.
+
+With the full SVD :math:`P = U\operatorname{diag}(s)V^\top` (zeros padded) this is
+:math:`\dot P = -U\big[(U^\top \nabla L\, V)\odot K\big]V^\top`,
+:math:`K_{ab} = \sum_j s_a^{2(L-j)/L} s_b^{2(j-1)/L}` (with :math:`0^0 = 1`), e.g. :math:`K_{ab} = s_a + s_b`
+at depth 2. Integrating it from each checkpoint's :math:`P` predicts fine-tuning without parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.integrate import solve_ivp
+
+from .. import validation as _v
+from ..results import Result
+from .modes import _depth, _nonneg
+
+__all__ = [
+    "end_to_end_velocity",
+    "end_to_end_flow",
+    "predict_finetune",
+    "first_order_forgetting",
+    "FinetunePrediction",
+]
+
+
+def _task(task, name: str):
+    from ..tasks import Task
+
+    if not isinstance(task, Task):
+        raise TypeError(f"{name} must be a linoverfit Task (population loss), got {type(task).__name__}")
+    A = np.asarray(task.teacher, np.float64)
+    cov = np.asarray(task.input_cov, np.float64)
+    cov = None if np.array_equal(cov, np.eye(cov.shape[0])) else 0.5 * (cov + cov.T)
+    return A, cov
+
+
+def _maps(P, A, name: str) -> np.ndarray:
+    P = np.asarray(P, dtype=np.float64)
+    if P.ndim < 2 or P.shape[-2:] != A.shape:
+        raise ValueError(f"{name} must have shape (..., {A.shape[0]}, {A.shape[1]}) to match the task, got {P.shape}")
+    if not np.all(np.isfinite(P)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return P
+
+
+def _velocity(P, A, cov, L):
+    """dP/dt for a batch ``P`` ``(B, m, n)`` (numpy, float64)."""
+    G = P - A
+    if cov is not None:
+        G = G @ cov
+    if L == 1:
+        return -G
+    m, n = P.shape[-2:]
+    U, s, Vt = np.linalg.svd(P, full_matrices=True)
+    k = s.shape[-1]
+    sa = np.zeros(P.shape[:-2] + (m,))
+    sb = np.zeros(P.shape[:-2] + (n,))
+    sa[..., :k], sb[..., :k] = s, s
+    K = np.zeros(P.shape)
+    for j in range(1, L + 1):
+        # (PP^T)^((L-j)/L) and (P^TP)^((j-1)/L) in the SVD basis; numpy gives 0**0 = 1
+        K += np.power(sa, 2.0 * (L - j) / L)[..., :, None] * np.power(sb, 2.0 * (j - 1) / L)[..., None, :]
+    Gt = np.swapaxes(U, -1, -2) @ G @ np.swapaxes(Vt, -1, -2)
+    return 0.0 - U @ (Gt * K) @ Vt  # 0.0 - x: no negative zeros in the output
+
+
+def end_to_end_velocity(P, task, depth: int):
+    r"""Right-hand side of the balanced end-to-end flow, :math:`\dot P = -\sum_{j=1}^{L}(PP^\top)^{(L-j)/L}\nabla L(P)(P^\top P)^{(j-1)/L}`.
+
+    Args:
+      P: end-to-end maps ``(..., d_out, d_in)``.
+      task: the :class:`~linoverfit.Task` whose population loss drives the flow,
+        :math:`\nabla L(P) = (P - A)\Sigma`.
+      depth: :math:`L \ge 1` (depth 1 is plain gradient flow, :math:`\dot P = -\nabla L`).
+
+    Returns :math:`\dot P`, same shape as ``P`` (numpy float64). Fractional powers via the SVD of ``P``.
+
+    Examples:
+      >>> import numpy as np, linoverfit as lo
+      >>> task = lo.Task(teacher=np.eye(2))
+      >>> V = lo.theory.end_to_end_velocity(0.5 * np.eye(2), task, depth=2)   # -(s + s)(s - 1) = 0.5
+      >>> print(V.round(12))
+      [[0.5 0. ]
+       [0.  0.5]]
+    """
+    L = _depth(depth)
+    A, cov = _task(task, "task")
+    P = _maps(P, A, "P")
+    lead = P.shape[:-2]
+    return _velocity(P.reshape((-1,) + A.shape), A, cov, L).reshape(lead + A.shape)
+
+
+def _integrate(P0, A, cov, L, times, rtol, atol):
+    """``P0`` ``(B, m, n)``; returns ``(B, len(times), m, n)`` at the sorted unique ``times``."""
+    B = P0.shape[0]
+    shape = P0.shape
+    if times[-1] == 0:
+        return np.repeat(P0[:, None], times.size, axis=1)
+
+    def rhs(_, y):
+        return _velocity(y.reshape(shape), A, cov, L).ravel()
+
+    sol = solve_ivp(rhs, (0.0, float(times[-1])), P0.ravel(), method="DOP853", t_eval=times, rtol=rtol, atol=atol)
+    if not sol.success:  # pragma: no cover - the flow is smooth; failure means a bad tolerance
+        raise RuntimeError(f"end-to-end flow failed: {sol.message}")
+    return np.moveaxis(sol.y.reshape(shape + (times.size,)), -1, 1).reshape((B, times.size) + shape[1:])
+
+
+def end_to_end_flow(P0, task, t, depth: int, *, rtol: float = 1e-10, atol: float = 1e-12):
+    r"""Integrate the balanced end-to-end flow :math:`\dot P = -\sum_j (PP^\top)^{(L-j)/L}(P-A)\Sigma(P^\top P)^{(j-1)/L}`.
+
+    Exact for gradient flow on the layers from any balanced initialisation
+    (:math:`W_{l+1}^\top W_{l+1} = W_l W_l^\top`, which ``net.init(scheme="balanced" | "aligned")``
+    gives exactly and a small Gaussian init approximately); gradient descent with learning rate
+    :math:`\eta` follows it up to :math:`O(\eta)`. Solved with ``scipy.integrate.solve_ivp``
+    (DOP853), every map of the batch in one solve.
+
+    Args:
+      P0: start maps ``(..., d_out, d_in)`` (e.g. ``run.end_to_end``, ``(C, d_out, d_in)``).
+      task: the :class:`~linoverfit.Task` being trained on (e.g. the fine-tuning task).
+      t: flow time(s) :math:`t = \eta\cdot\text{steps} \ge 0`, scalar or shape ``T`` (any order).
+      depth: :math:`L \ge 1`.
+      rtol, atol: solver tolerances on the entries of :math:`P`.
+
+    Returns ``P0.shape[:-2] + t.shape + (d_out, d_in)``.
+
+    Examples:
+      >>> import numpy as np, linoverfit as lo
+      >>> task = lo.Task(teacher=np.diag([1.0, 0.5]))
+      >>> P = lo.theory.end_to_end_flow(1e-3 * np.eye(2), task, t=[0.0, 20.0], depth=2)
+      >>> P.shape
+      (2, 2, 2)
+      >>> print(np.round(np.diag(P[1]), 4))        # the logistic modes of lo.theory.mode_trajectory
+      [1.  0.5]
+    """
+    L = _depth(depth)
+    A, cov = _task(task, "task")
+    P0 = _maps(P0, A, "P0")
+    t = _nonneg(t, "t")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not (0 < tol < 1):
+            raise ValueError(f"{name} must be in (0, 1), got {tol}")
+    lead = P0.shape[:-2]
+    times = np.unique(t.ravel())
+    if times.size == 0:
+        return np.zeros(lead + t.shape + A.shape)
+    out = _integrate(P0.reshape((-1,) + A.shape), A, cov, L, times, rtol, atol)
+    out = out[:, np.searchsorted(times, t.ravel())]
+    return out.reshape(lead + t.shape + A.shape)
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+@dataclass(frozen=True, eq=False)
+class FinetunePrediction(Result):
+    r"""Fine-tuning predicted by the end-to-end flow, laid out like :class:`~linoverfit.FinetuneResult`.
+
+    Shapes (``C`` start maps, e.g. checkpoints, ``R`` learning rates, optional ``S`` seeds):
+
+    * ``t`` ``(C,)`` pre-training time of each start map (``None`` when unknown).
+    * ``lr`` ``(R,)``, ``ft_steps``; ``tau`` ``(R,)`` the flow time :math:`\tau = \eta\cdot\text{steps}`.
+    * ``pretrain_loss_before`` / ``finetune_loss_before`` ``(C[, S])``.
+    * ``pretrain_loss_after`` / ``finetune_loss_after`` ``(C, R[, S])``.
+    * ``end_to_end`` ``(C, R[, S], d_out, d_in)`` fine-tuned maps, or ``None``.
+    """
+
+    t: np.ndarray | None
+    lr: np.ndarray
+    ft_steps: int
+    tau: np.ndarray
+    pretrain_loss_before: np.ndarray
+    finetune_loss_before: np.ndarray
+    pretrain_loss_after: np.ndarray
+    finetune_loss_after: np.ndarray
+    end_to_end: np.ndarray | None = None
+
+    @property
+    def forgetting(self) -> np.ndarray:
+        """Pre-training loss after fine-tuning minus before, ``(C, R[, S])``."""
+        return self.pretrain_loss_after - np.expand_dims(self.pretrain_loss_before, 1)
+
+    @property
+    def plasticity(self) -> np.ndarray:
+        """Fine-tuning loss before minus after, ``(C, R[, S])``."""
+        return np.expand_dims(self.finetune_loss_before, 1) - self.finetune_loss_after
+
+
+def _resolve_start(start, depth, pretrain_task):
+    """(P0, depth, pretrain_task, t) from a PretrainResult or an array of maps."""
+    from ..training import PretrainResult
+
+    if isinstance(start, PretrainResult):
+        if start.weights is None:
+            raise ValueError("start has no weights (it was pre-trained with keep_weights=False)")
+        run_depth = len(start.weights)
+        if depth is not None and _depth(depth) != run_depth:
+            raise ValueError(f"depth={depth} but the run's network has depth {run_depth}")
+        P0 = np.asarray(start.end_to_end, dtype=np.float64)
+        return P0, run_depth, (start.task if pretrain_task is None else pretrain_task), np.asarray(start.t)
+    if depth is None:
+        raise TypeError("depth is required when start is an array of maps (it is read off a PretrainResult)")
+    if pretrain_task is None:
+        raise TypeError("pretrain_task is required when start is an array of maps")
+    return np.asarray(start, dtype=np.float64), _depth(depth), pretrain_task, None
+
+
+def _loss(task, P):
+    """Loss of maps ``P`` ``(..., m, n)`` under a Task or Dataset, as numpy float64."""
+    from ..tasks import Dataset, Task
+
+    if isinstance(task, Task):
+        A = np.asarray(task.teacher, np.float64)
+        D = P - A
+        return 0.5 * np.sum(D * (D @ np.asarray(task.input_cov, np.float64)), axis=(-2, -1)) + 0.5 * float(task.noise) * A.shape[0]
+    if isinstance(task, Dataset):
+        r = np.einsum("...oi,bi->...bo", P, np.asarray(task.x, np.float64)) - np.asarray(task.y, np.float64)
+        return 0.5 * np.mean(np.sum(r * r, axis=-1), axis=-1)
+    raise TypeError(f"pretrain_task must be a linoverfit Task or Dataset, got {type(task).__name__}")
+
+
+def predict_finetune(start, finetune_task, lr=(0.01,), steps: int = 1000, *, depth: int | None = None,
+                     pretrain_task=None, return_maps: bool = False, rtol: float = 1e-10,
+                     atol: float = 1e-12) -> FinetunePrediction:
+    r"""Predict fine-tuning from every start map by the end-to-end flow (no parameters simulated).
+
+    From each :math:`P_0` the fine-tuned map is :math:`P(\tau)` of :func:`end_to_end_flow` on
+    ``finetune_task`` with :math:`\tau = \eta\cdot\text{steps}` for each learning rate :math:`\eta`;
+    the result carries the pre-training and fine-tuning losses before and after, hence the
+    forgetting :math:`L_{pre}(P(\tau)) - L_{pre}(P_0)` and the fine-tuning U-curve over checkpoints.
+
+    Assumes balanced layers, gradient flow (GD at small :math:`\eta` agrees to :math:`O(\eta)`)
+    and plain fine-tuning (no l2 pull, no weight decay: those break the function-space closure).
+
+    Args:
+      start: a :class:`~linoverfit.PretrainResult` (its maps, depth and task are used), or maps
+        ``(C[, S], d_out, d_in)`` (then ``depth`` and ``pretrain_task`` are required).
+      finetune_task: the fine-tuning :class:`~linoverfit.Task`.
+      lr: learning rate(s) :math:`\eta > 0`, shape ``(R,)``; ``steps``: fine-tuning steps >= 1.
+      pretrain_task: Task or Dataset whose loss is tracked (default: the run's task).
+      return_maps: also return the fine-tuned maps ``(C, R[, S], d_out, d_in)``.
+
+    Returns a :class:`FinetunePrediction` (shapes as in :class:`~linoverfit.FinetuneResult`).
+    """
+    P0, L, pre_task, t = _resolve_start(start, depth, pretrain_task)
+    A, cov = _task(finetune_task, "finetune_task")
+    P0 = _maps(P0, A, "start")
+    lrs = _v.positive_vector(lr, "lr")
+    steps = _v.positive_int(steps, "steps")
+    tau = lrs * steps
+    lead = P0.shape[:-2]
+    times = np.unique(tau)
+    flat = _integrate(P0.reshape((-1,) + A.shape), A, cov, L, times, rtol, atol)
+    after = flat[:, np.searchsorted(times, tau)].reshape(lead + (lrs.size,) + A.shape)
+    if len(lead) >= 2:  # (C, S, R, ...) -> (C, R, S, ...) as in FinetuneResult
+        after = np.moveaxis(after, len(lead), 1)
+    return FinetunePrediction(
+        t=t,
+        lr=lrs,
+        ft_steps=steps,
+        tau=tau,
+        pretrain_loss_before=_loss(pre_task, P0),
+        finetune_loss_before=_loss(finetune_task, P0),
+        pretrain_loss_after=_loss(pre_task, after),
+        finetune_loss_after=_loss(finetune_task, after),
+        end_to_end=after if return_maps else None,
+    )
+
+
+def first_order_forgetting(start, finetune_task, tau, *, depth: int | None = None, pretrain_task=None):
+    r"""Forgetting along the linearised fine-tuning flow, closed form for small :math:`\tau = \eta\cdot\text{steps}`.
+
+    With :math:`V = \dot P(0)` from :func:`end_to_end_velocity` (on ``finetune_task``) the flow is
+    replaced by its tangent line :math:`P(\tau) \approx P_0 + \tau V`, on which the (quadratic)
+    pre-training loss changes by exactly
+
+    .. math:: F_{lin}(\tau) = \tau\,\langle \nabla L_{pre}(P_0), V\rangle + \tfrac{\tau^2}{2}\langle V\Sigma_{pre}, V\rangle.
+
+    The true forgetting is :math:`F_{lin}(\tau) + \tfrac{\tau^2}{2}\langle\nabla L_{pre}(P_0), \ddot P(0)\rangle + O(\tau^3)`:
+    the error is :math:`O(\tau^2)` in general and :math:`O(\tau^3)` at a stationary point of the
+    pre-training loss (a fully pre-trained map, where the first term vanishes and the quadratic
+    term is the leading order). ``docs/theory.md``, section 5.
+
+    Args:
+      start: a :class:`~linoverfit.PretrainResult` or maps ``(..., d_out, d_in)`` (then ``depth``
+        and ``pretrain_task`` are required). ``pretrain_task`` must be a Task (population loss).
+      finetune_task: the fine-tuning :class:`~linoverfit.Task`.
+      tau: flow time(s) :math:`\tau \ge 0`, scalar or shape ``T``.
+
+    Returns shape ``(...) + tau.shape``.
+
+    Examples:
+      >>> import numpy as np, linoverfit as lo
+      >>> pre, ft = lo.Task(teacher=np.eye(2)), lo.Task(teacher=np.diag([1.0, 0.0]))
+      >>> # P0 = A: V = -(1 + 1) diag(0, 1), so F = tau^2/2 * 4
+      >>> lo.theory.first_order_forgetting(np.eye(2), ft, [0.1, 0.2], depth=2, pretrain_task=pre)
+      array([0.02, 0.08])
+    """
+    P0, L, pre_task, _ = _resolve_start(start, depth, pretrain_task)
+    A_pre, cov_pre = _task(pre_task, "pretrain_task")
+    A, cov = _task(finetune_task, "finetune_task")
+    P0 = _maps(P0, A, "start")
+    tau = _nonneg(tau, "tau")
+    lead = P0.shape[:-2]
+    V = _velocity(P0.reshape((-1,) + A.shape), A, cov, L)
+    P0 = P0.reshape((-1,) + A.shape)
+    D = P0 - A_pre
+    g = D if cov_pre is None else D @ cov_pre
+    VS = V if cov_pre is None else V @ cov_pre
+    lin = np.sum(g * V, axis=(-2, -1)).reshape(lead + (1,) * tau.ndim)
+    quad = np.sum(VS * V, axis=(-2, -1)).reshape(lead + (1,) * tau.ndim)
+    return tau * lin + 0.5 * tau**2 * quad

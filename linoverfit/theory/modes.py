@@ -1,0 +1,254 @@
+r"""Singular-mode dynamics of balanced, teacher-aligned deep linear networks under gradient flow.
+
+Setting (derived in ``docs/theory.md``, section 1): input covariance :math:`\Sigma = I`, teacher
+:math:`A = U\operatorname{diag}(\sigma)V^\top`, and weights that are balanced and aligned,
+:math:`W_l = U_l \operatorname{diag}(a) U_{l-1}^\top` with :math:`U_0 = V`, :math:`U_L = U`.
+Gradient flow keeps this form, every mode evolves on its own, and with weight decay
+:math:`\lambda` on every layer the per-layer value obeys
+:math:`\dot a = a^{L-1}(\sigma - a^L) - \lambda a`, so the mode's end-to-end value
+:math:`s = a^L` obeys
+
+.. math:: \dot s = L\, s^{2-2/L}(\sigma - s) - L\lambda s.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from scipy.integrate import solve_ivp
+
+__all__ = ["mode_trajectory", "mode_velocity", "mode_asymptote", "gaussian_init_s0"]
+
+
+def _depth(depth, name: str = "depth") -> int:
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= 1, got {depth!r}")
+    if depth < 1:
+        raise ValueError(f"{name} must be >= 1, got {depth}")
+    return int(depth)
+
+
+def _nonneg(x, name: str) -> np.ndarray:
+    """``x`` as a float64 array of finite values >= 0, or a ValueError naming ``name``."""
+    arr = np.asarray(x)
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be real numbers, got {x!r}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite")
+    if np.any(arr < 0):
+        raise ValueError(f"{name} must be >= 0, got {arr[arr < 0].ravel()[:3]}")
+    return arr
+
+
+def _weight_decay(weight_decay) -> float:
+    arr = _nonneg(weight_decay, "weight_decay")
+    if arr.ndim != 0:
+        raise ValueError(f"weight_decay must be a scalar, got shape {arr.shape}")
+    return float(arr)
+
+
+def mode_velocity(s, sigma, depth: int = 2, weight_decay: float = 0.0):
+    r"""Right-hand side of the mode ODE, :math:`\dot s = L s^{2-2/L}(\sigma - s) - L\lambda s`.
+
+    For depth :math:`L = 1` this reads :math:`\dot s = \sigma - s - \lambda s` (plain linear
+    regression, where :math:`s^{0} = 1` even at :math:`s = 0`).
+
+    Args:
+      s: current mode values :math:`s \ge 0`, any shape.
+      sigma: teacher singular values, broadcastable against ``s``.
+      depth: :math:`L \ge 1`.
+      weight_decay: :math:`\lambda \ge 0` on every layer.
+
+    Returns :math:`\dot s` with the broadcast shape of ``s`` and ``sigma``.
+
+    Examples:
+      >>> import linoverfit as lo
+      >>> float(lo.theory.mode_velocity(0.5, 1.0, depth=2))   # 2 s (sigma - s)
+      0.5
+    """
+    L = _depth(depth)
+    s = _nonneg(s, "s")
+    sigma = _nonneg(sigma, "sigma")
+    lam = _weight_decay(weight_decay)
+    return L * np.power(s, 2.0 - 2.0 / L) * (sigma - s) - L * lam * s
+
+
+def mode_asymptote(sigma, s0, depth: int = 2, weight_decay: float = 0.0):
+    r"""Limit :math:`s(\infty)` of each mode started at :math:`s_0 > 0` (the stable fixed point it reaches).
+
+    * :math:`L = 1`: :math:`\sigma / (1 + \lambda)`.
+    * :math:`L = 2`: :math:`\max(\sigma - \lambda, 0)`.
+    * :math:`L \ge 3`: the fixed points solve :math:`s^{1-2/L}(\sigma - s) = \lambda`; the mode
+      converges to the largest root if it starts above the smaller root, otherwise to 0
+      (with weight decay a deep net can leave small modes unlearnt for ever).
+      Without weight decay it is :math:`\sigma`.
+
+    ``sigma`` and ``s0`` broadcast; returns their broadcast shape. ``s0 = 0`` stays at 0
+    (for depth 1, where 0 is not a fixed point, the depth-1 limit is returned).
+    """
+    from scipy.optimize import brentq
+
+    L = _depth(depth)
+    sigma, s0 = np.broadcast_arrays(_nonneg(sigma, "sigma"), _nonneg(s0, "s0"))
+    lam = _weight_decay(weight_decay)
+    if L == 1:
+        return sigma / (1.0 + lam)
+    if L == 2:
+        return np.where(s0 > 0, np.maximum(sigma - lam, 0.0), 0.0)
+    if lam == 0:
+        return np.where(s0 > 0, sigma, 0.0)
+    out = np.zeros(sigma.shape)
+    e = 1.0 - 2.0 / L
+    for idx in np.ndindex(sigma.shape):
+        sig, start = float(sigma[idx]), float(s0[idx])
+        if sig == 0 or start == 0:
+            continue
+        h = lambda s: s**e * (sig - s) - lam  # noqa: E731  (growth rate per unit s, up to L)
+        peak = sig * e / (1.0 + e)  # argmax of s^e (sigma - s)
+        if h(peak) <= 0:
+            continue  # decay beats growth everywhere: the mode dies
+        low = brentq(h, 0.0, peak, xtol=1e-300, rtol=4 * np.finfo(float).eps)
+        if start > low:  # above the unstable root: grows (or shrinks) to the stable one
+            out[idx] = brentq(h, peak, sig, xtol=1e-300, rtol=4 * np.finfo(float).eps)
+    return out
+
+
+def mode_trajectory(sigma, t, s0, depth: int = 2, weight_decay: float = 0.0, *, rtol: float = 1e-11):
+    r"""Value :math:`s_i(t)` of each teacher mode under gradient flow from a balanced aligned init.
+
+    Solves :math:`\dot s = L s^{2-2/L}(\sigma - s) - L\lambda s`, :math:`s(0) = s_0`
+    (``docs/theory.md``, section 1), exactly:
+
+    * :math:`L = 1`: :math:`s = s_\infty + (s_0 - s_\infty)e^{-(1+\lambda)t}`, :math:`s_\infty = \sigma/(1+\lambda)`.
+    * :math:`L = 2`: the logistic :math:`s = \dfrac{r}{1 + (r/s_0 - 1)e^{-2rt}}` with
+      :math:`r = \sigma - \lambda` (evaluated in a form that is exact and overflow-free for
+      :math:`r \le 0`, where the mode decays, :math:`r = 0` giving :math:`s_0/(1 + 2 s_0 t)`).
+    * :math:`L \ge 3`: for :math:`\sigma = \lambda = 0` the closed form
+      :math:`s^{-(2-2/L)} = s_0^{-(2-2/L)} + 2(L-1)t`; otherwise the ODE for :math:`\log s` is
+      integrated with ``scipy.integrate.solve_ivp`` (DOP853, relative tolerance ``rtol`` on
+      :math:`s`, all modes at once).
+
+    Args:
+      sigma: teacher singular values :math:`\sigma_i \ge 0`, shape ``(M,)`` (any shape ``S``).
+      t: gradient-flow times :math:`t = \eta\cdot\text{steps} \ge 0`, shape ``(T,)`` (any shape, any order).
+      s0: initial mode value :math:`s_0 \ge 0` (for ``net.init(..., scheme="aligned", scale=c)``
+        it is :math:`c^L`); broadcast against ``sigma``.
+      depth: :math:`L \ge 1`.
+      weight_decay: :math:`\lambda \ge 0`, applied to every layer (``lo.pretrain(weight_decay=)``).
+      rtol: relative accuracy of the ODE solve (depth >= 3 only).
+
+    Returns an array of shape ``t.shape + broadcast(sigma, s0).shape``: row ``k`` is the learnt
+    spectrum at time ``t[k]`` (the leading axis is the checkpoint axis, as in the simulation results).
+
+    Assumes gradient *flow*; gradient descent with learning rate :math:`\eta` follows it up to
+    :math:`O(\eta)` (``tests/test_theory_modes.py`` measures the gap).
+
+    Examples:
+      >>> import numpy as np, linoverfit as lo
+      >>> s = lo.theory.mode_trajectory([1.0, 0.5], t=[0.0, 5.0, 50.0], s0=1e-3)
+      >>> s.shape
+      (3, 2)
+      >>> print(np.round(s, 4))
+      [[0.001  0.001 ]
+       [0.9566 0.1146]
+       [1.     0.5   ]]
+    """
+    L = _depth(depth)
+    sigma = _nonneg(sigma, "sigma")
+    t = _nonneg(t, "t")
+    s0 = _nonneg(s0, "s0")
+    lam = _weight_decay(weight_decay)
+    if not (0 < rtol < 1):
+        raise ValueError(f"rtol must be in (0, 1), got {rtol}")
+    sigma, s0 = np.broadcast_arrays(sigma, s0)
+    tt = t.reshape(t.shape + (1,) * sigma.ndim)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if L == 1:
+            s_inf = sigma / (1.0 + lam)
+            return s_inf + (s0 - s_inf) * np.exp(-(1.0 + lam) * tt)
+        if L == 2:
+            r = sigma - lam
+            x = 2.0 * r * tt
+            # (1 - e^{-x}) / x, equal to 1 at x = 0; overflow for r < 0 gives inf, i.e. s -> 0
+            phi = np.where(x == 0, 1.0, -np.expm1(-x) / np.where(x == 0, 1.0, x))
+            out = s0 / (np.exp(-x) + s0 * 2.0 * tt * phi)
+            return np.where(s0 > 0, out, 0.0)
+    return _deep_trajectory(sigma, t, s0, L, lam, rtol)
+
+
+def _deep_trajectory(sigma, t, s0, L, lam, rtol):
+    """Depth >= 3: closed form where sigma = lam = 0, the log-space ODE elsewhere."""
+    out = np.zeros(t.shape + sigma.shape)
+    flat_sig, flat_s0 = sigma.ravel(), s0.ravel()
+    flat_out = out.reshape(t.size, flat_sig.size)
+    p = 2.0 - 2.0 / L
+    closed = (flat_s0 > 0) & (flat_sig == 0) & (lam == 0)
+    if np.any(closed):
+        tc = t.reshape(-1, 1)
+        flat_out[:, closed] = (flat_s0[closed] ** -p + 2.0 * (L - 1) * tc) ** (-1.0 / p)
+    ode = (flat_s0 > 0) & ~closed
+    if np.any(ode) and t.size:
+        sig, x0 = flat_sig[ode], np.log(flat_s0[ode])
+        order = np.unique(t.ravel())  # sorted, deduplicated evaluation times
+
+        def rhs(_, x):
+            # d log s / dt = L s^{1-2/L} (sigma - s) - L lam
+            s = np.exp(x)
+            return L * np.exp((1.0 - 2.0 / L) * x) * (sig - s) - L * lam
+
+        if order[-1] == 0:
+            xs = np.broadcast_to(x0[:, None], (x0.size, order.size))
+        else:
+            # atol on log s is a relative tolerance on s
+            sol = solve_ivp(rhs, (0.0, order[-1]), x0, method="DOP853", t_eval=order, rtol=rtol, atol=rtol)
+            if not sol.success:  # pragma: no cover - the ODE is smooth and bounded
+                raise RuntimeError(f"mode ODE failed: {sol.message}")
+            xs = sol.y
+        pos = np.searchsorted(order, t.ravel())
+        flat_out[:, ode] = np.exp(xs[:, pos].T)
+    return flat_out.reshape(out.shape)
+
+
+def gaussian_init_s0(scale: float, widths, modes: int | None = None):
+    r"""Effective initial mode values of a depth-2 network from a small Gaussian init (a heuristic).
+
+    With :math:`W_l` entries iid :math:`\mathcal N(0,\varepsilon^2)` and hidden width :math:`h`, the
+    early, linear phase amplifies for mode :math:`i` the hidden vector
+    :math:`x_i = (W_1 v_i + W_2^\top u_i)/2` by :math:`e^{\sigma_i t}` and the mode follows the
+    aligned logistic with :math:`s_0 = \lVert x_i\rVert^2`, :math:`\mathbb E\lVert x_i\rVert^2 = \varepsilon^2 h/2`.
+    Each earlier, larger mode then claims one hidden direction and damps :math:`x_i` along it,
+    so (``docs/theory.md``, section 1.4)
+
+    .. math:: s_{0,i} \approx \tfrac12\varepsilon^2 (h - i + 1), \qquad i = 1, \dots, k.
+
+    Only the mean is modelled: :math:`\lVert x_i\rVert^2` fluctuates by a factor
+    :math:`1 \pm \sqrt{2/h}`, which moves a mode's learning time by :math:`\pm\sqrt{2/h}/(2\sigma_i)`.
+
+    Args:
+      scale: :math:`\varepsilon > 0`, the init standard deviation (``net.init(scale=, scheme="gaussian")``).
+      widths: ``(d_in, h, d_out)`` or a depth-2 :class:`~linoverfit.DeepLinear`.
+      modes: number of modes :math:`k` (default ``min(widths)``).
+
+    Returns ``(k,)`` initial values, for the ``s0`` argument of :func:`mode_trajectory` and
+    :func:`~linoverfit.theory.turning_point`.
+
+    Examples:
+      >>> import linoverfit as lo
+      >>> lo.theory.gaussian_init_s0(0.1, (4, 4, 4))
+      array([0.02 , 0.015, 0.01 , 0.005])
+    """
+    from .perturbation import _widths
+
+    widths = _widths(widths)
+    if len(widths) != 3:
+        raise ValueError(f"widths must describe a depth-2 network (d_in, h, d_out), got {widths}")
+    eps = float(np.asarray(scale))
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"scale must be > 0, got {scale!r}")
+    k = min(widths) if modes is None else int(modes)
+    if not 1 <= k <= min(widths):
+        raise ValueError(f"modes must be in [1, {min(widths)}], got {modes!r}")
+    h = widths[1]
+    return 0.5 * eps**2 * (h - np.arange(k))

@@ -1,0 +1,383 @@
+r"""Predicted U-curves over pre-training time and their minimiser, the turning point :math:`T^*`.
+
+Balanced aligned gradient flow with :math:`\Sigma = I` (``docs/theory.md``, section 3): the spectrum
+:math:`s_i(t)` follows :func:`~linoverfit.theory.mode_trajectory`, and
+
+* under Gaussian perturbation the expected pre-training loss is
+  :math:`f(t) = \tfrac12\sum_i(\sigma_i - s_i(t))^2 + S(s(t);\gamma)` (+ the unlearnable part and
+  label noise), with :math:`S` from :func:`~linoverfit.theory.sensitivity_from_spectrum`;
+* under fine-tuning for flow time :math:`\tau = \eta\cdot\text{steps}` it is the pre-training loss of
+  the end-to-end flow (:func:`~linoverfit.theory.end_to_end_flow`) started at
+  :math:`P(t) = U\operatorname{diag}(s(t))V^\top`.
+
+Learning mode :math:`i` lowers the fit term by about :math:`\sigma_i^2/2` and raises the cost of the
+perturbation; :func:`turning_point` returns the minimiser of :math:`f` and, per mode, whether
+learning it pays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import brentq, minimize_scalar
+
+from .. import validation as _v
+from ..results import Result
+from .flow import FinetunePrediction, predict_finetune
+from .modes import _nonneg, _weight_decay, mode_asymptote, mode_trajectory, mode_velocity
+from .perturbation import _spectrum_sensitivity, _widths
+
+__all__ = [
+    "perturbed_loss_curve",
+    "finetune_curve",
+    "perturbation_threshold",
+    "turning_point",
+    "TurningPoint",
+]
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _spectrum(task, widths):
+    """(sigma descending, noise) from a Task with Sigma = I or from singular values; checks widths."""
+    from ..tasks import Task
+
+    d_in, d_out = widths[0], widths[-1]
+    if isinstance(task, Task):
+        if (task.d_in, task.d_out) != (d_in, d_out):
+            raise ValueError(f"task maps {task.d_in} -> {task.d_out} but widths are {widths}")
+        cov = np.asarray(task.input_cov, np.float64)
+        if not np.allclose(cov, np.eye(d_in), rtol=0, atol=1e-10):
+            raise ValueError("task.input_cov must be the identity: the mode dynamics assume Sigma = I")
+        return np.sort(np.asarray(task.spectrum, np.float64))[::-1], float(task.noise)
+    sigma = _nonneg(task, "task")
+    if sigma.ndim != 1 or sigma.size == 0:
+        raise ValueError(f"task must be a Task or a 1-D array of teacher singular values, got shape {sigma.shape}")
+    if sigma.size > min(d_in, d_out):
+        raise ValueError(f"task has {sigma.size} singular values but min(d_in, d_out) = {min(d_in, d_out)}")
+    return np.sort(sigma)[::-1], 0.0
+
+
+def _learnable(sigma, widths):
+    """(sigma of the min(widths) modes the network carries, zero-padded; sum of sigma^2 it cannot learn)."""
+    k = min(widths)
+    sig = np.zeros(k)
+    n = min(k, sigma.size)
+    sig[:n] = sigma[:n]
+    return sig, float(np.sum(sigma[n:] ** 2))
+
+
+def _s0(s0, k):
+    """Initial mode values: a scalar, or one per mode ``(k,)``; all > 0."""
+    arr = _nonneg(s0, "s0")
+    if arr.ndim > 1 or (arr.ndim == 1 and arr.size != k):
+        raise ValueError(f"s0 must be a scalar or have one entry per mode ({k},), got shape {arr.shape}")
+    if np.any(arr <= 0):
+        raise ValueError("s0 must be > 0 (the initial mode value, scale**depth for an aligned init)")
+    return arr
+
+
+def _horizon(sig, s0, L, lam):
+    """A time by which every mode that will be learnt is learnt (generous), for default grids."""
+    s_inf = mode_asymptote(sig, s0, L, lam)
+    live = s_inf > s0
+    if L == 1 or not np.any(live):
+        return 10.0 / (1.0 + lam) if L == 1 else 10.0
+    r = s_inf[live]
+    if L == 2:
+        half = np.log(np.maximum(r / s0 - 1.0, 1.0)) / (2.0 * r)
+    else:  # integral of ds / (L sigma s^(2-2/L) / 2) from s0 upwards (the slow start dominates)
+        half = 2.0 / ((L - 2) * r * s0 ** ((L - 2) / L))
+    # then within 1% of the asymptote after ~ log(100) / (L r^(2-2/L)) more
+    return float(1.5 * np.max(half + 5.0 / (L * r ** (2.0 - 2.0 / L))))
+
+
+# ----------------------------------------------------------------------------- curves
+
+
+def perturbed_loss_curve(task, t, gamma, *, widths, s0, weight_decay: float = 0.0):
+    r"""Predicted expected pre-training loss after Gaussian perturbation, over pre-training time.
+
+    .. math:: f(t) = \tfrac12\sum_{i\le k}(\sigma_i - s_i(t))^2 + \tfrac12\sum_{i>k}\sigma_i^2
+              + \tfrac12\sigma_\varepsilon^2 d_{out} + S\big(s(t);\gamma\big),
+
+    :math:`s_i(t)` from :func:`mode_trajectory` (balanced aligned init, :math:`\Sigma = I`),
+    :math:`k = \min(\text{widths})` the modes the network carries and :math:`S` the exact
+    sensitivity of balanced aligned weights (:func:`sensitivity_from_spectrum`).
+
+    Args:
+      task: a :class:`~linoverfit.Task` with identity input covariance, or the teacher's singular
+        values ``(r,)`` (only the spectrum matters).
+      t: pre-training times :math:`t = \eta\cdot\text{steps} \ge 0`, shape ``T``.
+      gamma: :math:`\gamma \ge 0`, scalar or shape ``G``.
+      widths: ``(d_in, h_1, ..., d_out)`` or a :class:`~linoverfit.DeepLinear` (depth is ``len - 1``).
+      s0: initial mode value (``scale**depth`` for ``net.init(scheme="aligned", scale=scale)``).
+      weight_decay: :math:`\lambda` on every layer during pre-training.
+
+    Returns shape ``t.shape + G``; :math:`\gamma = 0` gives the plain pre-training loss.
+
+    Examples:
+      >>> import numpy as np, linoverfit as lo
+      >>> f = lo.theory.perturbed_loss_curve(1 / np.arange(1, 9), np.geomspace(1, 1e4, 50), 0.1,
+      ...                                    widths=(8, 8, 8), s0=1e-6)
+      >>> f.shape, int(np.argmin(f)) not in (0, 49)    # a U-curve: interior minimum
+      ((50,), True)
+    """
+    widths = _widths(widths)
+    L = len(widths) - 1
+    sigma, noise = _spectrum(task, widths)
+    sig, rest = _learnable(sigma, widths)
+    s = mode_trajectory(sig, t, _s0(s0, sig.size), L, weight_decay)
+    fit = 0.5 * np.sum((sig - s) ** 2, axis=-1) + 0.5 * rest + 0.5 * noise * widths[-1]
+    S = _spectrum_sensitivity(s, gamma, widths)[0]
+    return fit.reshape(fit.shape + (1,) * np.ndim(gamma)) + S
+
+
+def _curve_and_slope(sig, rest, noise, t, gamma, widths, s0, lam):
+    """f(t) and df/dt for scalar gamma (perturbation), arrays of shape t.shape."""
+    L = len(widths) - 1
+    s = mode_trajectory(sig, t, s0, L, lam)
+    sdot = mode_velocity(s, sig, L, lam)
+    S, dS = _spectrum_sensitivity(s, gamma, widths, sdot=sdot)
+    f = 0.5 * np.sum((sig - s) ** 2, axis=-1) + 0.5 * rest + 0.5 * noise * widths[-1] + S
+    df = np.sum((s - sig) * sdot, axis=-1) + dS
+    return f, df
+
+
+def _aligned_maps(task, widths, s):
+    """Maps U_k diag(s) V_k^T of a balanced aligned net, ``s`` ``(..., k)``."""
+    U, _, Vt = (np.asarray(x, np.float64) for x in task.svd())
+    k = s.shape[-1]
+    return np.einsum("ik,...k,kj->...ij", U[:, :k], s, Vt[:k])
+
+
+def finetune_curve(task, finetune, t, *, widths, s0, lr, steps: int, weight_decay: float = 0.0,
+                   return_maps: bool = False, rtol: float = 1e-10) -> FinetunePrediction:
+    r"""Predicted fine-tuning outcome from every pre-training time ``t`` (balanced aligned init, :math:`\Sigma = I`).
+
+    Pre-training gives :math:`P(t) = U\operatorname{diag}(s(t))V^\top` (:func:`mode_trajectory`);
+    fine-tuning on ``finetune`` for :math:`\tau = \eta\cdot\text{steps}` is the end-to-end flow
+    from it (:func:`predict_finetune`). ``pretrain_loss_after`` over ``t`` is the fine-tuning
+    U-curve.
+
+    Args:
+      task: pre-training :class:`~linoverfit.Task` (identity covariance; its singular vectors matter).
+      finetune: fine-tuning :class:`~linoverfit.Task` (any PSD covariance).
+      t: pre-training times, shape ``(C,)``.
+      widths, s0, weight_decay: the pre-training network and init, as in :func:`perturbed_loss_curve`.
+      lr: fine-tuning learning rate(s) ``(R,)``; steps: fine-tuning steps.
+
+    Returns a :class:`FinetunePrediction` with ``t`` and losses ``(C, R)``.
+    """
+    from ..tasks import Task
+
+    widths = _widths(widths)
+    if not isinstance(task, Task):
+        raise TypeError("task must be a Task for fine-tuning predictions (the singular vectors matter)")
+    sigma, _ = _spectrum(task, widths)
+    sig, _ = _learnable(sigma, widths)
+    t = _nonneg(t, "t")
+    if t.ndim != 1:
+        raise ValueError(f"t must be 1-D (the checkpoint axis), got shape {t.shape}")
+    s = mode_trajectory(sig, t, _s0(s0, sig.size), len(widths) - 1, weight_decay)
+    pred = predict_finetune(_aligned_maps(task, widths, s), finetune, lr, steps, depth=len(widths) - 1,
+                            pretrain_task=task, return_maps=return_maps, rtol=rtol)
+    return FinetunePrediction(**{**pred.__dict__, "t": t})
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+
+def perturbation_threshold(gamma, widths):
+    r"""Smallest teacher singular value worth learning under perturbation :math:`\gamma`, for an isolated mode.
+
+    Learning one mode fully (:math:`s: 0 \to \sigma`, no other mode learnt) changes the expected
+    perturbed loss by :math:`\Delta(\sigma) = -\sigma^2/2 + S(\sigma) - S(0)`;
+    :math:`S(\sigma) - S(0)` is a positive combination of powers :math:`\sigma^{q}`, :math:`q < 2`,
+    so :math:`\Delta < 0` exactly when :math:`\sigma > \sigma^*`. Closed forms (``docs/theory.md``,
+    section 3.3): depth 2 :math:`\sigma^* = \gamma^2(d_{in} + d_{out})`; depth 1
+    :math:`\sigma^* = 0` (the sensitivity of a single layer does not depend on the weights);
+    depth :math:`L \ge 3`: root of :math:`\Delta` (scipy ``brentq``), to leading order in
+    :math:`\gamma` :math:`\sigma^* \approx (\gamma^2(d_{in}+d_{out}+L-2))^{L/2}`.
+
+    Args:
+      gamma: :math:`\gamma > 0`, scalar or any shape.
+      widths: ``(d_in, ..., d_out)`` or a :class:`~linoverfit.DeepLinear`.
+
+    Returns :math:`\sigma^*` with the shape of ``gamma``.
+
+    Examples:
+      >>> import linoverfit as lo
+      >>> round(float(lo.theory.perturbation_threshold(0.1, widths=(64, 64, 64))), 10)   # 0.01 * 128
+      1.28
+    """
+    widths = _widths(widths)
+    L = len(widths) - 1
+    g = _nonneg(gamma, "gamma")
+    if np.any(g == 0):
+        raise ValueError("gamma must be > 0")
+    if L == 1:
+        return np.zeros(g.shape)
+    if L == 2:
+        return g**2 * (widths[0] + widths[-1])
+    out = np.empty(g.shape)
+    for idx in np.ndindex(g.shape):
+        gi = float(g[idx])
+        base = _spectrum_sensitivity(np.zeros(1), gi, widths)[0]
+
+        def delta(log_sig):
+            sig = np.exp(log_sig)
+            return _spectrum_sensitivity(np.array([sig]), gi, widths)[0] - base - 0.5 * sig**2
+
+        guess = np.log(max((gi**2 * (widths[0] + widths[-1] + L - 2)) ** (L / 2), 1e-300))
+        lo_, hi = guess - 1.0, guess + 1.0
+        while delta(lo_) <= 0:
+            lo_ -= 2.0
+        while delta(hi) >= 0:
+            hi += 2.0
+        out[idx] = np.exp(brentq(delta, lo_, hi, xtol=1e-14, rtol=1e-14))
+    return out
+
+
+# ----------------------------------------------------------------------------- turning point
+
+
+@dataclass(frozen=True, eq=False)
+class TurningPoint(Result):
+    r"""Predicted turning point of a U-curve over pre-training time.
+
+    * ``kind``: ``"perturbation"`` or ``"finetune"``.
+    * ``t_star``: the minimiser :math:`T^*` of the predicted curve on ``[0, t_max]``; ``loss`` its value.
+    * ``interior``: ``False`` when the curve is still decreasing at ``t_max`` (then ``t_star = t_max``
+      and the true :math:`T^*` lies beyond the horizon).
+    * ``threshold``: :func:`perturbation_threshold` (perturbation only; NaN for fine-tuning).
+    * ``marginal`` ``(k,)``: change of the predicted curve when mode ``i`` is learnt fully after
+      modes ``< i`` (the sequential-learning idealisation, small init); ``worth`` ``(k,)``: ``marginal < 0``.
+    * ``t`` ``(N,)``, ``curve`` ``(N,)``: the grid the minimum was bracketed on and the curve there.
+    """
+
+    kind: str
+    t_star: float
+    loss: float
+    interior: bool
+    threshold: float
+    marginal: np.ndarray
+    worth: np.ndarray
+    t: np.ndarray
+    curve: np.ndarray
+
+
+def _grid(t_max, n):
+    return np.concatenate([[0.0], np.geomspace(t_max * 1e-5, t_max, n - 1)])
+
+
+def _staircase(sig, s0, L, lam):
+    """Spectra (k+1, k): row i has modes < i at their asymptote, the rest at 0."""
+    s_inf = mode_asymptote(sig, s0, L, lam)
+    k = sig.size
+    return np.where(np.arange(k)[None, :] < np.arange(k + 1)[:, None], s_inf[None, :], 0.0)
+
+
+def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, finetune=None, lr=None,
+                  steps=None, t_max=None, grid=None) -> TurningPoint:
+    r"""Predicted turning point :math:`T^* = \arg\min_t f(t)` of the perturbation or fine-tuning U-curve.
+
+    Perturbation (``gamma=``): :math:`f` is :func:`perturbed_loss_curve`; its derivative is exact,
+
+    .. math:: f'(t) = \sum_i \big(s_i - \sigma_i + \partial S/\partial s_i\big)\,\dot s_i,
+
+    (depth 2: :math:`\partial S/\partial s_i = \gamma^2(d_{in}+d_{out})/2`), so every local minimum is
+    a sign change of :math:`f'` bracketed on a grid and solved by ``scipy.optimize.brentq``; the
+    smallest of them (or an end point) is :math:`T^*`.
+
+    Fine-tuning (``finetune=, lr=, steps=``): :math:`f(t)` is the pre-training loss after fine-tuning
+    from :math:`P(t)` (:func:`finetune_curve`, one flow solve for the whole grid); the grid minimum
+    is refined by bounded Brent minimisation (``scipy.optimize.minimize_scalar``).
+
+    Args:
+      task: pre-training :class:`~linoverfit.Task` (identity covariance), or for perturbation only
+        its singular values.
+      gamma: perturbation scale :math:`\gamma > 0` (scalar). Exactly one of ``gamma`` / ``finetune``.
+      widths: ``(d_in, ..., d_out)`` or a :class:`~linoverfit.DeepLinear`; s0: initial mode value;
+        weight_decay: pre-training :math:`\lambda`.
+      finetune: fine-tuning :class:`~linoverfit.Task`; lr: its learning rate (scalar); steps: its steps.
+      t_max: horizon (default: long enough for every learnable mode to be learnt).
+      grid: number of grid points (default 4096 for perturbation, 96 for fine-tuning).
+
+    Returns a :class:`TurningPoint`.
+
+    Examples:
+      >>> import numpy as np, linoverfit as lo
+      >>> tp = lo.theory.turning_point(1 / np.arange(1, 9), gamma=0.1, widths=(8, 8, 8), s0=1e-6)
+      >>> # threshold gamma^2 (d_in + d_out) = 0.16: modes 1/1 .. 1/6 are worth learning, 1/7 and 1/8 not
+      >>> tp.interior, int(tp.worth.sum()), round(tp.threshold, 12)
+      (True, 6, 0.16)
+    """
+    widths = _widths(widths)
+    L = len(widths) - 1
+    lam = _weight_decay(weight_decay)
+    if (gamma is None) == (finetune is None):
+        raise ValueError("give exactly one of gamma= (perturbation) or finetune= (fine-tuning)")
+    sigma, noise = _spectrum(task, widths)
+    sig, rest = _learnable(sigma, widths)
+    s0 = _s0(s0, sig.size)
+    if t_max is None:
+        t_max = _horizon(sig, s0, L, lam)
+    t_max = _v.positive_scalar(t_max, "t_max")
+    if grid is not None:
+        grid = _v.positive_int(grid, "grid")
+        if grid < 3:
+            raise ValueError(f"grid must be >= 3, got {grid}")
+    stairs = _staircase(sig, s0, L, lam)
+
+    if gamma is not None:
+        g = _nonneg(gamma, "gamma")
+        if g.ndim != 0 or g == 0:
+            raise ValueError(f"gamma must be a scalar > 0, got {gamma!r}")
+        g = float(g)
+        t = _grid(t_max, grid or 4096)
+        f, df = _curve_and_slope(sig, rest, noise, t, g, widths, s0, lam)
+
+        def slope(x):
+            return float(_curve_and_slope(sig, rest, noise, np.array([x]), g, widths, s0, lam)[1][0])
+
+        cands = [(f[0], 0.0)] if df[0] >= 0 else []
+        for i in np.flatnonzero((df[:-1] < 0) & (df[1:] >= 0)):
+            x = brentq(slope, t[i], t[i + 1], xtol=1e-12 * t[i + 1], rtol=1e-12)
+            cands.append((float(_curve_and_slope(sig, rest, noise, np.array([x]), g, widths, s0, lam)[0][0]), x))
+        interior = not (df[-1] < 0)
+        if not interior:
+            cands.append((f[-1], t_max))
+        if not cands:  # pragma: no cover - df[0] < 0 and no sign change means df[-1] < 0
+            cands.append((f[-1], t_max))
+        loss, t_star = min(cands)
+        fit = 0.5 * np.sum((sig - stairs) ** 2, axis=-1)
+        value = fit + _spectrum_sensitivity(stairs, g, widths)[0]
+        threshold = float(perturbation_threshold(g, widths))
+        return TurningPoint("perturbation", float(t_star), float(loss), bool(interior), threshold,
+                            np.diff(value), np.diff(value) < 0, t, f)
+
+    if lr is None or steps is None:
+        raise ValueError("fine-tuning needs lr= (a scalar) and steps=")
+    lr = _v.positive_scalar(lr, "lr")
+    steps = _v.positive_int(steps, "steps")
+
+    def curve(ts):
+        pred = finetune_curve(task, finetune, ts, widths=widths, s0=s0, lr=lr, steps=steps, weight_decay=lam)
+        return pred.pretrain_loss_after[:, 0]
+
+    t = _grid(t_max, grid or 96)
+    f = curve(t)
+    i = int(np.argmin(f))
+    t_star, loss = float(t[i]), float(f[i])
+    if 0 < i < t.size - 1:
+        res = minimize_scalar(lambda x: float(curve(np.array([x]))[0]), bounds=(t[i - 1], t[i + 1]),
+                              method="bounded", options={"xatol": 1e-8 * t[i + 1]})
+        if res.fun < loss:
+            t_star, loss = float(res.x), float(res.fun)
+    interior = i < t.size - 1
+    P = _aligned_maps(task, widths, stairs)
+    after = predict_finetune(P, finetune, lr, steps, depth=L, pretrain_task=task).pretrain_loss_after[:, 0]
+    return TurningPoint("finetune", t_star, loss, bool(interior), float("nan"), np.diff(after), np.diff(after) < 0, t, f)
