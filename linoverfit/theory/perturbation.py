@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numbers
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -79,6 +80,7 @@ def _trace(K):
     return jnp.trace(K, axis1=-2, axis2=-1)
 
 
+@jax.jit
 def _coefficients(weights, cov):
     """``(..., L+1)``: coefficient k of gamma^(2k) in E tr(P_gamma Sigma P_gamma^T)."""
     L = len(weights)
@@ -151,7 +153,12 @@ def perturbation_sensitivity(weights, gamma, input_cov=None):
     """
     weights = _check_weights(weights)
     cov = _check_cov(input_cov, weights[0].shape[-1], jnp.result_type(*weights))
-    return _polyval(0.5 * _coefficients(weights, cov)[..., 1:], _gamma(gamma))
+    return _sensitivity(weights, cov, _gamma(gamma))
+
+
+@jax.jit
+def _sensitivity(weights, cov, gamma):
+    return _polyval(0.5 * _coefficients(weights, cov)[..., 1:], gamma)
 
 
 def expected_perturbed_loss(weights, teacher, input_cov=None, gamma=None, noise=0.0):
@@ -195,16 +202,20 @@ def expected_perturbed_loss(weights, teacher, input_cov=None, gamma=None, noise=
         _v.positive_scalar(noise, "noise", allow_zero=True)
     A = jnp.asarray(teacher)
     cov = _check_cov(input_cov, d_in, jnp.result_type(*weights, A))
+    return _expected(weights, A, cov, jnp.asarray(noise), _gamma(gamma))
+
+
+@jax.jit
+def _expected(weights, A, cov, noise, gamma):
     coeffs = _coefficients(weights, cov)
-    # P from the same recursion's zeroth coefficient would lose the cross term with A; form it directly
+    # the zeroth coefficient is tr(P Sigma P^T) only; the loss needs the cross term with A, so form P
     P = weights[0]
     for W in weights[1:]:
         P = W @ P
     D = P - A
     DS = D if cov is None else D @ cov
-    base = 0.5 * jnp.sum(D * DS, axis=(-2, -1)) + 0.5 * noise * d_out
-    g = _gamma(gamma)
-    return base.reshape(base.shape + (1,) * g.ndim) + _polyval(0.5 * coeffs[..., 1:], g)
+    base = 0.5 * jnp.sum(D * DS, axis=(-2, -1)) + 0.5 * noise * A.shape[0]
+    return base.reshape(base.shape + (1,) * gamma.ndim) + _polyval(0.5 * coeffs[..., 1:], gamma)
 
 
 # ----------------------------------------------------------------------------- balanced aligned weights
@@ -265,7 +276,9 @@ def _spectrum_sensitivity(s, gamma, widths, sdot=None):
     bshape = np.shape(p[1]) + (1,) * g.ndim
     p = [None] + [np.reshape(x, bshape) for x in p[1:]]
     dp = [0.0] + [np.broadcast_to(np.reshape(x, np.shape(x) + (1,) * g.ndim), bshape) for x in dp[1:]]
-    return _segment_dp(p, dp, widths, g**2)
+    S, dS = _segment_dp(p, dp, widths, g**2)
+    zero = np.zeros(bshape)  # depth 1 does not depend on s: keep the batch axes anyway
+    return S + zero, dS + zero
 
 
 def sensitivity_from_spectrum(s, gamma, widths):
