@@ -128,9 +128,20 @@ def put_runs(tree, mesh: Mesh):
 
 
 def put_shared(tree, mesh: Mesh):
-    """Replicate ``tree`` on every device of ``mesh``."""
+    """Replicate ``tree`` (leaves of any shape) on every device of ``mesh``; across processes every
+    process must pass the same values (as it does when all build their inputs from the same keys)."""
     sharding = NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+    return jax.tree.map(lambda x: _replicated(x, sharding), tree)
+
+
+def _replicated(x, sharding):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        impl = jax.random.key_impl(x)
+        return jax.random.wrap_key_data(_replicated(jax.random.key_data(x), sharding), impl=impl)
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 class Plan:

@@ -155,3 +155,58 @@ def test_use_cpu_devices_refuses_after_backend_start():
     jax.devices()  # the backend is running in the test process
     with pytest.raises(RuntimeError, match="before the first JAX computation"):
         lo.parallel.use_cpu_devices(2)
+
+
+_MULTIHOST_SCRIPT = r"""
+import json, sys
+import jax
+pid, port = int(sys.argv[1]), sys.argv[2]
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.config.update("jax_enable_x64", True)
+jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid)
+import numpy as np
+import linoverfit as lo
+assert len(jax.devices()) == 2 and len(jax.local_devices()) == 1
+key = jax.random.split(jax.random.key(0), 4)
+net = lo.DeepLinear((8, 8, 8))
+task = lo.tasks.power_law(8, 8, 1.0, key=key[0])
+ft = lo.tasks.shifted(task, "additive", 0.1, key=key[1])
+W0 = net.init(key[2], scale=1e-2, seeds=3)
+run = lo.pretrain(net, W0, task, lr=0.05, checkpoints=lo.log_checkpoints(300, 5))
+f = lo.finetune(net, run, ft, lr=(0.01, 0.1), steps=30)
+s = lo.sensitivity.gaussian(net, run, gamma=(0.01, 0.03), samples=16, key=key[3])
+print("@@" + json.dumps({"pre": np.asarray(run.loss).tolist(), "ft": np.asarray(f.pretrain_loss_after).tolist(),
+                         "sens": np.asarray(s.sensitivity).tolist()}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CPU multi-process collectives (gloo) on Linux")
+def test_two_process_sweep_equals_single_process():
+    # jax.distributed with 2 processes x 1 CPU device: the sweep is sharded over both processes'
+    # devices and every process gets the whole result, equal to a single-process run.
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = str(sock.getsockname()[1])
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, "-c", _MULTIHOST_SCRIPT, str(i), port], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env) for i in range(2)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-4000:]
+        outs.append(json.loads(out.split("@@", 1)[1]))
+    key = jax.random.split(jax.random.key(0), 4)
+    net = lo.DeepLinear((8, 8, 8))
+    task = lo.tasks.power_law(8, 8, 1.0, key=key[0])
+    ft = lo.tasks.shifted(task, "additive", 0.1, key=key[1])
+    W0 = net.init(key[2], scale=1e-2, seeds=3)
+    run = lo.pretrain(net, W0, task, lr=0.05, checkpoints=lo.log_checkpoints(300, 5))
+    f = lo.finetune(net, run, ft, lr=(0.01, 0.1), steps=30)
+    s = lo.sensitivity.gaussian(net, run, gamma=(0.01, 0.03), samples=16, key=key[3])
+    ref = {"pre": run.loss, "ft": f.pretrain_loss_after, "sens": s.sensitivity}
+    for out in outs:
+        for k, v in ref.items():
+            np.testing.assert_allclose(np.asarray(out[k]), np.asarray(v), rtol=1e-12, atol=0)
