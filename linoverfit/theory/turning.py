@@ -199,8 +199,10 @@ def perturbation_threshold(gamma, widths):
     so :math:`\Delta < 0` exactly when :math:`\sigma > \sigma^*`. Closed forms (``docs/theory.md``,
     section 3.3): depth 2 :math:`\sigma^* = \gamma^2(d_{in} + d_{out})`; depth 1
     :math:`\sigma^* = 0` (the sensitivity of a single layer does not depend on the weights);
-    depth :math:`L \ge 3`: root of :math:`\Delta` (scipy ``brentq``), to leading order in
-    :math:`\gamma` :math:`\sigma^* \approx (\gamma^2(d_{in}+d_{out}+L-2))^{L/2}`.
+    depth :math:`L \ge 3`: root of :math:`\Delta` (scipy ``brentq``). At the threshold every
+    order in :math:`\gamma` counts equally, and for equal widths :math:`n \gg L`
+    :math:`\sigma^* \approx (\gamma^2 n / y_L)^{L/2}` with :math:`y_L` the positive root of
+    :math:`\sum_{k=1}^{L-1}(k+1)y^k = 1` (:math:`y_2 = 1/2`, :math:`y_3 = 1/3`, :math:`y_4 \approx 0.304`).
 
     Args:
       gamma: :math:`\gamma > 0`, scalar or any shape.
@@ -340,13 +342,20 @@ def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, fi
         t = _grid(t_max, grid or 4096)
         f, df = _curve_and_slope(sig, rest, noise, t, g, widths, s0, lam)
 
+        def value(x):
+            return float(_curve_and_slope(sig, rest, noise, np.array([x]), g, widths, s0, lam)[0][0])
+
         def slope(x):
             return float(_curve_and_slope(sig, rest, noise, np.array([x]), g, widths, s0, lam)[1][0])
 
         cands = [(f[0], 0.0)] if df[0] >= 0 else []
         for i in np.flatnonzero((df[:-1] < 0) & (df[1:] >= 0)):
-            x = brentq(slope, t[i], t[i + 1], xtol=1e-12 * t[i + 1], rtol=1e-12)
-            cands.append((float(_curve_and_slope(sig, rest, noise, np.array([x]), g, widths, s0, lam)[0][0]), x))
+            a, b = t[max(i - 1, 0)], t[min(i + 2, t.size - 1)]
+            if slope(a) < 0 <= slope(b):
+                x = brentq(slope, a, b, xtol=1e-12 * b, rtol=1e-12)
+            else:  # pragma: no cover - a sign change at round-off level (depth >= 3 ODE path); minimise f
+                x = minimize_scalar(value, bounds=(a, b), method="bounded", options={"xatol": 1e-10 * b}).x
+            cands.append((value(x), float(x)))
         interior = not (df[-1] < 0)
         if not interior:
             cands.append((f[-1], t_max))
