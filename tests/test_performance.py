@@ -122,6 +122,21 @@ for seeds, n_ck in ((4, 12), (3, 5)):  # 4 seeds / 144 runs: even split; 3 seeds
         scale = max(np.abs(a).max(), 1e-300)
         out[f"{seeds}/{k}"] = {"bitwise": bool(np.array_equal(a, b)), "max_rel": float(np.abs(a - b).max() / scale),
                                "shape": list(a.shape)}
+# finite-sample objective with minibatches (per-run keys) and a general input covariance
+small = lo.DeepLinear((8, 6, 5))
+cov_task = lo.tasks.power_law(8, 5, 1.0, key=key[0], input_cov=np.diag(np.linspace(0.5, 2.0, 8)))
+data = cov_task.sample(64, key[1])
+W0 = small.init(key[2], scale=0.1, seeds=3)
+res = {}
+for name, devices in (("one", 1), ("all", None)):
+    run = lo.pretrain(small, W0, data, lr=0.05, checkpoints=[10, 50, 100, 200, 300], batch_size=8, key=key[3],
+                      devices=devices)
+    f = lo.finetune(small, run, cov_task, lr=(0.01, 0.05), steps=30, batch_size=None, devices=devices)
+    g = lo.finetune(small, run, data, lr=(0.01, 0.05), steps=30, batch_size=4, key=key[2], devices=devices)
+    res[name] = [np.asarray(x) for x in (run.weights[0], f.pretrain_loss_after, g.finetune_loss_after)]
+for i, (a, b) in enumerate(zip(res["one"], res["all"])):
+    out[f"data/{i}"] = {"bitwise": bool(np.array_equal(a, b)), "max_rel": float(np.abs(a - b).max() / np.abs(a).max()),
+                        "shape": list(a.shape)}
 print("@@" + json.dumps(out))
 """
 
@@ -132,7 +147,7 @@ def test_sharded_sweep_equals_single_device():
                           env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.split("@@", 1)[1])
-    assert len(out) == 18
+    assert len(out) == 21
     bad = {k: v for k, v in out.items() if not (v["bitwise"] or v["max_rel"] <= 1e-12)}
     assert not bad, bad
 
