@@ -53,6 +53,12 @@ class SensitivityResult(Result):
         return self.pretrain_lr * np.asarray(self.steps, dtype=np.float64)
 
 
+#: Perturbed copies evaluated together: samples per batch = this / (largest layer size), i.e.
+#: 4 MiB of float32 per layer (W1, width 64: all 256 samples; W2, width 256: 16). Measured on CPU:
+#: W2 sensitivity ~2.5x faster than streaming all samples at once; W1 unchanged.
+SAMPLE_BATCH_ELEMENTS = 2**20
+
+
 @partial(jax.jit, static_argnames=("samples", "identity_cov", "mesh", "chunk"))
 def _gaussian_core(weights, task, gammas, key, *, samples, identity_cov=False, mesh=None, chunk=1):
     """``weights``: tuple ``(C[, S], n_l, n_{l-1})``. Returns the loss ``(C[, S])`` and the mean / stderr
@@ -69,14 +75,18 @@ def _gaussian_core(weights, task, gammas, key, *, samples, identity_cov=False, m
     flat = jax.random.normal(key, (samples, sum(sizes)), weights[0].dtype)
     cuts = np.cumsum([0] + sizes)
     noise = tuple(flat[:, a:b].reshape((samples,) + w.shape[1:]) for a, b, w in zip(cuts[:-1], cuts[1:], weights))
+    sample_batch = min(samples, max(1, SAMPLE_BATCH_ELEMENTS // max(sizes)))
 
     def per_weights(W, shared):
         task, gammas, noise = shared
         base = _task_loss(task, end_to_end(W), identity_cov)
 
         def per_gamma(g):
-            perturbed = tuple(w[None] + g * e for w, e in zip(W, noise))
-            diff = _task_loss(task, end_to_end(perturbed), identity_cov) - base
+            def perturbed_loss(E):
+                return _task_loss(task, end_to_end(tuple(w + g * e for w, e in zip(W, E))), identity_cov)
+
+            # samples in cache-sized batches: large widths would otherwise stream (samples, n, n) arrays
+            diff = jax.lax.map(perturbed_loss, noise, batch_size=sample_batch) - base
             return jnp.mean(diff), jnp.std(diff, ddof=1) / jnp.sqrt(samples)
 
         # one noise scale at a time: the (samples, ...) perturbed weights exist once, not G times
