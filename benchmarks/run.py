@@ -294,10 +294,11 @@ def _torch_compare(spec, res, args):
         if ph in jax_first:
             print(f"  {ph:<12} torch {times[ph]:8.2f} s | jax incl. compile {jax_first[ph]:7.2f} s "
                   f"-> {times[ph] / jax_first[ph]:5.1f}x | jax cached {jax_run[ph]:7.2f} s -> {times[ph] / jax_run[ph]:5.1f}x")
-    # agreement: the two implementations compute the same pre-training losses (float32 round-off)
-    pre = res["_pre"]
-    rel = float(np.max(np.abs(np.asarray(pre.loss) - out["pretrain_loss"]) / np.abs(out["pretrain_loss"])))
-    print(f"  sanity: max relative difference of the pre-training losses, torch vs jax = {rel:.1e}")
+    # agreement: both compute the same pre-training losses up to float32 round-off (relative to the
+    # initial loss: late checkpoints fit the teacher to ~1e-8, below float32 resolution of the scale)
+    pre = np.asarray(res["_pre"].loss)
+    rel = float(np.max(np.abs(pre - out["pretrain_loss"])) / np.max(np.abs(pre[0])))
+    print(f"  sanity: max |pre-training loss, torch - jax| / initial loss = {rel:.1e}")
     return {"times": times, "ratio_incl_compile": times["total"] / jax_first["total"],
             "ratio_cached": times["total"] / jax_run["total"], "pretrain_loss_rel_diff": rel}
 
