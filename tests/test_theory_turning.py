@@ -16,8 +16,9 @@ from linoverfit.theory import (
 )
 
 D = 8
-# threshold gamma^2 (d_in + d_out) = 0.15 falls between sigma_6 = 1/6 and sigma_7 = 1/7, and
-# sigma_7 > threshold / 2, so the minimum sits inside mode 7's sigmoid where the curve is curved
+# threshold gamma^2 (d_in + d_out) = 0.15 falls between sigma_6 = 1/6 and sigma_7 = 1/7: modes 7 and 8
+# are not worth learning, so the curve rises after T* (the sigmoids of modes 5-7 overlap; T* = 14.2
+# is where their terms in f' balance, docs/theory.md eq. (3.3))
 GAMMA = 0.0968
 
 
