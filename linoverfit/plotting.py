@@ -107,7 +107,7 @@ RC = {
 }
 
 #: Noise scales gamma are coloured on a log scale over this range (viridis).
-GAMMA_RANGE = (1e-3, 1e-1)
+GAMMA_RANGE = (5e-3, 8e-2)
 #: Learning rates are coloured on a log scale over this range (warm map).
 LR_RANGE = (1e-3, 1.0)
 #: Label of the pre-training time axis.
@@ -185,7 +185,7 @@ def _log_position(x, lo, hi) -> float:
 
 def gamma_color(gamma):
     """Colour of a noise scale ``gamma`` (viridis on a log scale over :data:`GAMMA_RANGE`), same in every figure."""
-    return mcolors.to_hex(_GAMMA_CMAP(0.88 * (1.0 - _log_position(gamma, *GAMMA_RANGE))))
+    return mcolors.to_hex(_GAMMA_CMAP(0.9 * (1.0 - _log_position(gamma, *GAMMA_RANGE))))
 
 
 def lr_color(lr):
