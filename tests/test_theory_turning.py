@@ -117,6 +117,18 @@ def test_deep_threshold_is_the_isolated_mode_break_even(widths):
         assert abs(sig_star / (gamma**2 * n / y) ** (L / 2) - 1) < 0.1
 
 
+def test_per_mode_s0_and_modes_killed_by_weight_decay():
+    task, widths = _task(), (D, D, D)
+    s0 = np.geomspace(1e-4, 1e-6, D)
+    lam = 0.15  # depth 2: modes with sigma_i < lam decay to 0 (1/7, 1/8)
+    tp = turning_point(task, gamma=GAMMA, widths=widths, s0=s0, weight_decay=lam)
+    sigma = np.asarray(task.spectrum)
+    np.testing.assert_allclose(tp.marginal[sigma < lam], 0.0, atol=1e-15)  # a dead mode changes nothing
+    f = perturbed_loss_curve(task, tp.t, GAMMA, widths=widths, s0=s0, weight_decay=lam)
+    np.testing.assert_allclose(f, tp.curve, rtol=1e-13)
+    assert f.min() >= tp.loss - 1e-12
+
+
 def test_curve_shapes_and_gamma_zero_is_the_training_loss():
     task = _task(noise=0.2)
     t = np.array([0.0, 5.0, 50.0, 500.0])

@@ -85,11 +85,11 @@ def _horizon(sig, s0, L, lam):
     live = s_inf > s0
     if L == 1 or not np.any(live):
         return 10.0 / (1.0 + lam) if L == 1 else 10.0
-    r = s_inf[live]
+    r, start = s_inf[live], np.broadcast_to(s0, sig.shape)[live]
     if L == 2:
-        half = np.log(np.maximum(r / s0 - 1.0, 1.0)) / (2.0 * r)
+        half = np.log(np.maximum(r / start - 1.0, 1.0)) / (2.0 * r)
     else:  # integral of ds / (L sigma s^(2-2/L) / 2) from s0 upwards (the slow start dominates)
-        half = 2.0 / ((L - 2) * r * s0 ** ((L - 2) / L))
+        half = 2.0 / ((L - 2) * r * start ** ((L - 2) / L))
     # then within 1% of the asymptote after ~ log(100) / (L r^(2-2/L)) more
     return float(1.5 * np.max(half + 5.0 / (L * r ** (2.0 - 2.0 / L))))
 
@@ -113,7 +113,8 @@ def perturbed_loss_curve(task, t, gamma, *, widths, s0, weight_decay: float = 0.
       t: pre-training times :math:`t = \eta\cdot\text{steps} \ge 0`, shape ``T``.
       gamma: :math:`\gamma \ge 0`, scalar or shape ``G``.
       widths: ``(d_in, h_1, ..., d_out)`` or a :class:`~linoverfit.DeepLinear` (depth is ``len - 1``).
-      s0: initial mode value (``scale**depth`` for ``net.init(scheme="aligned", scale=scale)``).
+      s0: initial mode value (``scale**depth`` for ``net.init(scheme="aligned", scale=scale)``), or
+        one per carried mode ``(k,)`` (e.g. :func:`gaussian_init_s0` for a small Gaussian init).
       weight_decay: :math:`\lambda` on every layer during pre-training.
 
     Returns shape ``t.shape + G``; :math:`\gamma = 0` gives the plain pre-training loss.
