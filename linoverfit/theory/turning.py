@@ -354,7 +354,7 @@ def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, fi
             a, b = t[max(i - 1, 0)], t[min(i + 2, t.size - 1)]
             if slope(a) < 0 <= slope(b):
                 x = brentq(slope, a, b, xtol=1e-12 * b, rtol=1e-12)
-            else:  # pragma: no cover - a sign change at round-off level (depth >= 3 ODE path); minimise f
+            else:  # a sign change at the ODE's accuracy level (depth >= 3): minimise f instead
                 x = minimize_scalar(value, bounds=(a, b), method="bounded", options={"xatol": 1e-10 * b}).x
             cands.append((value(x), float(x)))
         interior = not (df[-1] < 0)
@@ -363,11 +363,11 @@ def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, fi
         if not cands:  # pragma: no cover - df[0] < 0 and no sign change means df[-1] < 0
             cands.append((f[-1], t_max))
         loss, t_star = min(cands)
-        fit = 0.5 * np.sum((sig - stairs) ** 2, axis=-1)
-        value = fit + _spectrum_sensitivity(stairs, g, widths)[0]
+        stair_values = 0.5 * np.sum((sig - stairs) ** 2, axis=-1) + _spectrum_sensitivity(stairs, g, widths)[0]
+        marginal = np.diff(stair_values)
         threshold = float(perturbation_threshold(g, widths))
         return TurningPoint("perturbation", float(t_star), float(loss), bool(interior), threshold,
-                            np.diff(value), np.diff(value) < 0, t, f)
+                            marginal, marginal < 0, t, f)
 
     if lr is None or steps is None:
         raise ValueError("fine-tuning needs lr= (a scalar) and steps=")
