@@ -32,6 +32,16 @@ except ImportError:  # pragma: no cover
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    """Lazy attributes: ``lo.explore`` (and its module ``lo.explorer``) need the optional ipywidgets only when called."""
+    if name in ("explore", "explorer"):
+        import importlib
+
+        explorer = importlib.import_module(f"{__name__}.explorer")
+        return explorer.explore if name == "explore" else explorer
+    raise AttributeError(f"module 'linoverfit' has no attribute {name!r}")
+
 __all__ = [
     "checkpoints",
     "networks",
