@@ -92,7 +92,7 @@ Each singular value $s_i(t)$ of $P$ follows the logistic $\\dot s = 2s(\\sigma_i
 $s_i(t) = \\sigma_i / (1 + (\\sigma_i/s_0 - 1)e^{{-2\\sigma_i t}})$: it sleeps near $s_0$ until
 $t \\approx \\log(\\sigma_i/s_0)/(2\\sigma_i)$, then jumps to $\\sigma_i$. Large modes are learnt first,
 small ones much later: *incremental learning* (Saxe et al. 2014). Theory:
-[theory.md, section 1 (mode dynamics)]({THEORY}).
+[theory.md, section 1]({THEORY}#1-mode-dynamics-of-balanced-aligned-networks) (the staircase: [1.5]({THEORY}#15-incremental-learning)).
 """)
 
 code("""
@@ -124,7 +124,7 @@ $$S = \\tfrac{{\\gamma^2}}{{2}}\\big(d_{{in}}\\lVert W_2\\rVert_F^2 + d_{{out}}\
 
 and each learnt mode adds $\\sigma_i$ to both squared norms. So $S$ climbs in steps, one per learnt
 mode: the weights become *progressively* more sensitive the longer we pre-train. Theory:
-[theory.md, section 2 (exact perturbed loss)]({THEORY}).
+[theory.md, section 2]({THEORY}#2-the-exact-expected-loss-under-gaussian-weight-noise) (in terms of the learnt spectrum: [2.3]({THEORY}#23-balanced-aligned-weights-sensitivity_from_spectrum)).
 """)
 
 code("""
@@ -155,7 +155,7 @@ term by $\\sigma_i^2/2$ but raises the second by $\\tfrac{{\\gamma^2}}{{2}}(d_{{
 off only if $\\sigma_i > \\gamma^2(d_{{in}} + d_{{out}})$. Large modes are learnt first and are worth it;
 the late, small ones are not. So $f$ falls, then rises: a **U-curve** whose minimum $T^*$
 `lo.theory.turning_point` computes without any simulation. Theory:
-[theory.md, section 3 (turning point)]({THEORY}).
+[theory.md, section 3]({THEORY}#3-the-perturbation-u-curve-and-its-turning-point) (which modes are worth learning: [3.3]({THEORY}#33-which-modes-are-worth-learning-perturbation_threshold-turningpointworth)).
 """)
 
 code("""
@@ -196,7 +196,7 @@ call, and record the *pre-training* loss afterwards. The theory side integrates 
 function-space flow of balanced networks, $\\dot P = -\\sum_j (PP^\\top)^{{(L-j)/L}}\\,\\nabla L_{{ft}}(P)\\,(P^\\top P)^{{(j-1)/L}}$
 (Arora et al. 2018), from each checkpoint's $P$ (`lo.theory.predict_finetune`), without touching
 the parameters. A larger learning rate moves the weights further, which plays the role of a larger
-$\\gamma$. Theory: [theory.md, section 4 (fine-tuning flow)]({THEORY}).
+$\\gamma$. Theory: [theory.md, section 4]({THEORY}#4-the-function-space-flow-and-predicted-fine-tuning) (why longer pre-training forgets more: [4.2]({THEORY}#42-why-fine-tuning-forgets-more-after-longer-pre-training)).
 """)
 
 code("""
@@ -234,8 +234,9 @@ an l2 pull toward the pre-trained weights, $\\tfrac{{\\lambda}}{{2}}\\sum_l\\lVe
 (`l2=` in `lo.finetune`): it keeps the fine-tuned weights close to where they started, so late modes
 are disturbed less and the best checkpoint moves later. But the price is paid on the new task, which
 is learnt less well, and the U-shape remains. Weight decay during pre-training does the same to the
-perturbation turning point (`weight_decay=` in `lo.theory.turning_point`). Theory:
-[theory.md, section 3]({THEORY}).
+perturbation turning point (`weight_decay=` in `lo.theory.turning_point`; with weight decay small modes
+are not learnt at all, [theory.md, 1.4]({THEORY}#14-fixed-points-mode_asymptote)). The l2 pull is
+simulation only: it breaks the function-space flow ([theory.md, 4.3]({THEORY}#43-predicted-fine-tuning-and-its-u-curve-predict_finetune-finetune_curve-turning_pointfinetune)).
 """)
 
 code("""
@@ -265,14 +266,19 @@ md(f"""
 
 * [`docs/theory.md`]({THEORY}): the derivations behind every line above.
 * [`docs/api.md`](api.md): every public function, one line of math each.
-* `lo.explore()` (needs `pip install "linoverfit[widgets]"`): sliders for $\\gamma$ or the fine-tuning
-  learning rate, the spectrum decay and the depth, with the closed-form curves redrawn live and the
-  simulation on request. Try it below.
+* `lo.explore()` (needs `pip install "linoverfit[widgets]"`): sliders for $\\gamma$, the spectrum
+  decay $\\alpha$ and the depth, with the closed-form U-curve and $T^*$ redrawn as you drag and the
+  simulation on request (the *simulate* button). `lo.explore("finetune")` does the same for the
+  fine-tuning learning rate. Try it below: which depth has no turning point, and why?
 * `linoverfit figures` regenerates the paper figures F1-F8.
 """)
 
 code("""
-# lo.explore()   # uncomment in Jupyter: an interactive panel of the closed forms (ipywidgets)
+try:
+    panel = lo.explore(gamma=0.05)   # an ipywidgets panel; panel.update(gamma=0.03) works from code too
+except ImportError as err:           # ipywidgets is an optional extra
+    panel = err
+panel
 """)
 
 

@@ -42,6 +42,22 @@ def test_notebook_links_theory_at_every_step():
         assert "](theory.md" in section, f"step {step} does not link docs/theory.md"
 
 
+def _github_slug(heading: str) -> str:
+    """The anchor GitHub gives a markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_theory_links_point_at_existing_sections():
+    theory = (ROOT / "docs" / "theory.md").read_text()
+    anchors = {_github_slug(h) for h in re.findall(r"^#+ (.+)$", theory, re.M)}
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    links = re.findall(r"\]\(theory\.md#([^)]+)\)", text)
+    assert links, "the tutorial links no theory.md section"
+    missing = sorted(set(links) - anchors)
+    assert not missing, f"tutorial links to theory.md sections that do not exist: {missing}"
+
+
 def test_notebook_runs(tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     # let the kernel use its inline backend (CI exports MPLBACKEND=Agg, which would hide the figures)
