@@ -73,8 +73,10 @@ The task is a teacher matrix $A$ with singular values $\\sigma_i = i^{{-1}}$ (a 
 spectra of natural data) and white inputs; the loss is $\\tfrac12\\lVert P - A\\rVert_F^2$ for the
 end-to-end map $P = W_2 W_1$. We pre-train a depth-2 network by full-batch gradient descent and keep
 40 log-spaced checkpoints. The *aligned* initialisation starts every teacher mode at
-$s_0 = \\text{{scale}}^L$, which makes the closed form exact (a small Gaussian init behaves the same,
-see `lo.theory.gaussian_init_s0`). Time is measured as $t = \\eta \\cdot \\text{{steps}}$.
+$s_0 = \\text{{scale}}^L$, which makes the closed form exact. A small Gaussian init
+(`scheme="gaussian"`, the paper's setting) behaves the same with one effective $s_0$ per mode: pass
+`s0=lo.theory.gaussian_init_s0(scale, net)` to the theory functions below instead of `scale ** net.depth`.
+Time is measured as $t = \\eta \\cdot \\text{{steps}}$.
 """)
 
 code("""
