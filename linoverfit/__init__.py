@@ -25,10 +25,7 @@ from .training import (
 )
 from .sensitivity import SensitivityResult
 
-try:  # the theory subpackage is developed alongside; keep the core importable meanwhile
-    from . import theory
-except ImportError:  # pragma: no cover
-    pass
+from . import plotting, theory
 
 __version__ = "0.1.0"
 
@@ -42,6 +39,10 @@ def __getattr__(name):
         return explorer.explore if name == "explore" else explorer
     raise AttributeError(f"module 'linoverfit' has no attribute {name!r}")
 
+
+def __dir__():
+    return sorted(set(globals()) | {"explore", "explorer"})
+
 __all__ = [
     "checkpoints",
     "networks",
@@ -49,6 +50,7 @@ __all__ = [
     "tasks",
     "training",
     "theory",
+    "plotting",
     "DeepLinear",
     "end_to_end",
     "Task",
