@@ -155,7 +155,7 @@ def _aligned_maps(task, widths, s):
 
 
 def finetune_curve(task, finetune, t, *, widths, s0, lr, steps: int, weight_decay: float = 0.0,
-                   return_maps: bool = False, rtol: float = 1e-10) -> FinetunePrediction:
+                   return_maps: bool = False, method: str = "layers", rtol: float = 1e-10) -> FinetunePrediction:
     r"""Predicted fine-tuning outcome from every pre-training time ``t`` (balanced aligned init, :math:`\Sigma = I`).
 
     Pre-training gives :math:`P(t) = U\operatorname{diag}(s(t))V^\top` (:func:`mode_trajectory`);
@@ -169,6 +169,7 @@ def finetune_curve(task, finetune, t, *, widths, s0, lr, steps: int, weight_deca
       t: pre-training times, shape ``(C,)``.
       widths, s0, weight_decay: the pre-training network and init, as in :func:`perturbed_loss_curve`.
       lr: fine-tuning learning rate(s) ``(R,)``; steps: fine-tuning steps.
+      method, rtol: how the flow is integrated (:func:`end_to_end_flow`).
 
     Returns a :class:`FinetunePrediction` with ``t`` and losses ``(C, R)``.
     """
@@ -184,7 +185,7 @@ def finetune_curve(task, finetune, t, *, widths, s0, lr, steps: int, weight_deca
         raise ValueError(f"t must be 1-D (the checkpoint axis), got shape {t.shape}")
     s = mode_trajectory(sig, t, _s0(s0, sig.size), len(widths) - 1, weight_decay)
     pred = predict_finetune(_aligned_maps(task, widths, s), finetune, lr, steps, depth=len(widths) - 1,
-                            pretrain_task=task, return_maps=return_maps, rtol=rtol)
+                            pretrain_task=task, return_maps=return_maps, method=method, rtol=rtol)
     return FinetunePrediction(**{**pred.__dict__, "t": t})
 
 
