@@ -59,6 +59,7 @@ __all__ = [
     "lr_color",
     "depth_color",
     "mode_color",
+    "strength_colors",
     "theory",
     "simulation",
     "mark_turning_point",
@@ -109,7 +110,7 @@ RC = {
 #: Noise scales gamma are coloured on a log scale over this range (viridis).
 GAMMA_RANGE = (5e-3, 8e-2)
 #: Learning rates are coloured on a log scale over this range (warm map).
-LR_RANGE = (1e-3, 1.0)
+LR_RANGE = (1e-3, 0.3)
 #: Label of the pre-training time axis.
 TIME_LABEL = r"pre-training time $t = \eta \cdot \mathrm{steps}$"
 
@@ -190,7 +191,7 @@ def gamma_color(gamma):
 
 def lr_color(lr):
     """Colour of a learning rate (plasma on a log scale over :data:`LR_RANGE`), same in every figure."""
-    return mcolors.to_hex(_LR_CMAP(0.05 + 0.8 * _log_position(lr, *LR_RANGE)))
+    return mcolors.to_hex(_LR_CMAP(0.9 * _log_position(lr, *LR_RANGE)))
 
 
 def depth_color(depth: int):
@@ -201,6 +202,15 @@ def depth_color(depth: int):
 def mode_color(i: int):
     """Colour of teacher mode ``i`` (0-based: the largest singular value is mode 0)."""
     return mcolors.to_hex(_MODE_CMAP(int(i) % 10))
+
+
+def strength_colors(n: int, cmap: str = "cividis"):
+    """``n`` colours from light to dark for an ordered sweep (e.g. regularisation strengths, weakest first)."""
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    cm = matplotlib.colormaps[cmap]
+    return [mcolors.to_hex(cm(x)) for x in np.linspace(0.85, 0.0, n)]
 
 
 # ----------------------------------------------------------------------------- drawing
