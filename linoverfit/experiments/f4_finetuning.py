@@ -42,7 +42,7 @@ CONFIG = dict(
     theory_rtol=1e-7,            # ODE tolerance of the flow
 )
 QUICK = dict(width=16, steps=8192, checkpoints=40, ft_steps=500, ft_lrs=(0.01, 0.03),
-             shifts=(("additive", 0.1, None), ("subspace", 0.3, 8)))
+             shifts=(("additive", 0.2, None), ("subspace", 0.3, 8)))
 # ----------------------------------------------------------------------------- end of config
 
 #: A U-curve counts as clear when its measured minimum is interior and the last checkpoint is this % above it.

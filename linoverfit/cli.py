@@ -1,0 +1,178 @@
+"""Command line: ``linoverfit figures`` regenerates the paper figures F1-F8.
+
+::
+
+    linoverfit figures [--out DIR] [--only F3,F4] [--quick] [--seed N]
+    linoverfit figures --list
+
+Each figure ``F<n>`` writes ``DIR/F<n>_<name>.png`` and ``DIR/F<n>_<name>.npz`` (the data it
+plots); ``DIR/summary.json`` collects the headline numbers of every figure (predicted vs measured
+T*, degradation past the turning point, ...), rounded to 4 significant digits so that the same
+seed gives the same file. With ``--only``, the entries of the other figures already in
+``summary.json`` are kept. Progress: one bar over the figures, one over the stages of the current
+figure; the wall time of each figure is printed. Runs headless (matplotlib's Agg backend).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+__all__ = ["main", "parse_only", "run_figures"]
+
+
+def parse_only(text: str | None) -> list[str]:
+    """``"F3,f4, 7"`` -> ``["F3", "F4", "F7"]`` (figure order); ``None`` -> all figures."""
+    from .experiments import FIGURES
+
+    if text is None:
+        return list(FIGURES)
+    picked = []
+    for item in text.split(","):
+        item = item.strip().upper()
+        if not item:
+            continue
+        key = item if item.startswith("F") else f"F{item}"
+        if key not in FIGURES:
+            raise ValueError(f"unknown figure {item!r} in --only; choose from {', '.join(FIGURES)}")
+        picked.append(key)
+    if not picked:
+        raise ValueError("--only is empty; give figures like F3,F4")
+    return [k for k in FIGURES if k in picked]
+
+
+def _load_summary(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def run_figures(out="paper_figs", only=None, quick=False, seed=0, progress=True, stream=None) -> dict:
+    """Run the figures ``only`` (list of ``"F<n>"``, default all) into ``out``; return ``{figure: seconds}``.
+
+    Figures that fail are reported (with their traceback) and skipped; ``RuntimeError`` lists them
+    at the end, after the others have run and ``summary.json`` has been written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless; the figures themselves never need a display
+    from tqdm.auto import tqdm
+
+    from .experiments import FIGURES, load
+    from .experiments._common import rounded
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    numbers = list(FIGURES) if only is None else list(only)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stream = sys.stderr if stream is None else stream
+    summary_path = out / "summary.json"
+    old = _load_summary(summary_path)
+    new: dict = {}
+    times: dict = {}
+    failed = []
+    disable = not progress
+    with tqdm(numbers, desc="figures", unit="fig", file=stream, position=0, disable=disable) as outer:
+        for number in outer:
+            outer.set_postfix_str(number)
+            start = time.perf_counter()
+            with tqdm(total=1, desc=f"  {number}", file=stream, position=1, leave=False, disable=disable) as inner:
+                try:
+                    module = load(number)
+                    result = module.run(out, quick=quick, seed=seed, progress=inner)
+                except Exception:  # report, keep going, fail at the end
+                    failed.append(number)
+                    tqdm.write(f"{number}: FAILED\n{traceback.format_exc()}", file=stream)
+                    continue
+            times[number] = time.perf_counter() - start
+            new[number] = {"name": module.NAME, "title": module.TITLE, "quick": bool(quick), "seed": seed,
+                           **rounded(result)}
+            png = out / f"{number}_{module.NAME}.png"
+            tqdm.write(f"{number} {module.NAME:<16s} {times[number]:7.1f} s  -> {png}", file=stream)
+    # keep the entries of figures not run now, in figure order
+    merged = {k: (new[k] if k in new else old[k]) for k in FIGURES if k in new or k in old}
+    _write_json(summary_path, merged)
+    total = sum(times.values())
+    print(f"{len(times)} figure(s) in {total:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in times.items())}) "
+          f"-> {out}/", file=stream)
+    if failed:
+        raise RuntimeError(f"figure(s) failed: {', '.join(failed)} (tracebacks above)")
+    return times
+
+
+def _figures_command(args) -> int:
+    from .experiments import FIGURES, load
+
+    if args.list:
+        for number in FIGURES:
+            try:
+                m = load(number)
+            except ImportError as err:
+                print(f"{number}  (not available: {err})")
+                continue
+            print(f"{number}  {m.NAME:<16s} {m.TITLE}")
+        return 0
+    try:
+        only = parse_only(args.only)
+    except ValueError as err:
+        print(f"linoverfit figures: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        run_figures(args.out, only=only, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    except RuntimeError as err:
+        print(f"linoverfit figures: {err}", file=sys.stderr)
+        return 1
+    except ValueError as err:
+        print(f"linoverfit figures: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="linoverfit",
+        description="Catastrophic overtraining in deep linear networks: regenerate the paper figures.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    fig = sub.add_parser(
+        "figures",
+        help="regenerate the figures F1-F8 (PNG + the plotted data as .npz + summary.json)",
+        description="Regenerate the paper figures: DIR/F<n>_<name>.png, DIR/F<n>_<name>.npz and DIR/summary.json.",
+    )
+    fig.add_argument("--out", default="paper_figs", metavar="DIR", help="output folder (default: paper_figs)")
+    fig.add_argument("--only", metavar="F3,F4", help="comma-separated figures to run (default: all)")
+    fig.add_argument("--quick", action="store_true", help="small sizes: every figure in seconds (for tests)")
+    fig.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same summary.json")
+    fig.add_argument("--no-progress", action="store_true", help="no progress bars (timings are still printed)")
+    fig.add_argument("--list", action="store_true", help="list the figures and exit")
+    fig.set_defaults(func=_figures_command)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``linoverfit`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
