@@ -1,0 +1,201 @@
+"""F8 — depth: progressive sensitivity and the turning point T* for depth 1 to 4.
+
+Square networks of depth L = 1 ... 4 on one teacher (sigma_i = i**-alpha), pre-trained by gradient
+descent from a balanced, teacher-aligned init (s0 = scale**L, the theory is exact for gradient
+flow); the init scale grows with depth so every mode is learnt within the horizon.
+(a) Sensitivity S(T) = E[L(W + gamma E)] - L(W) of the GD weights, the expectation taken exactly
+(``lo.theory.expected_perturbed_loss``, markers; Monte Carlo, as in F2, cannot resolve the tiny
+early sensitivity of deep nets against the loss's own variance) against
+``lo.theory.sensitivity_from_spectrum`` of the closed-form spectrum (lines). Depth 1 is flat: the sensitivity of a single layer is
+gamma^2 d_in d_out / 2 whatever the weights. (b) The perturbed pre-training loss over time, in
+units of its measured minimum: the same exact expectation on the GD weights (markers) against
+``lo.theory.perturbed_loss_curve`` (lines); predicted T* dotted, measured minimum starred.
+Depth 1 has no turning point (a measured minimum counts only if the last checkpoint lies at
+least ``min_degradation_percent`` above it: depth 1 ends on a plateau flat to float32 resolution). (c) Time at which each mode is half learnt against its singular
+value: depth >= 2 learns the modes one at a time, largest first (incremental learning), depth 1
+learns them all at once (every mode relaxes as exp(-t)).
+
+Predicted T*: ``lo.theory.turning_point`` at depth <= 2. At depth >= 3 it takes over a minute per
+call with its default 4096-point bracketing grid on this machine (the flat stretches of the
+curve give many spurious sign changes of the slope, each refined numerically), so there the
+theory T* is the argmin of ``lo.theory.perturbed_loss_curve`` on a dense log grid, refined by a
+parabola in log t (``_common.measured_minimum``, the same estimator as the measured one, on
+``theory_grid`` points; agrees with ``turning_point`` to < 0.5 % at the default config).
+
+(F7/F8 written by the phase-diagram engineer; figures engineer: please keep.)
+Run: ``python -m linoverfit.experiments.f8_depth [--quick] [--out DIR] [--set gamma=0.04]``,
+or ``linoverfit figures --only F8``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import numpy as np
+
+import linoverfit as lo
+from linoverfit import plotting as lp
+from linoverfit.experiments import _common as C
+
+NUMBER, NAME = "F8", "depth"
+TITLE = "depth 1 to 4: sensitivity S(T), perturbed U-curve and T*, incremental learning only for depth >= 2"
+
+# ----------------------------------------------------------------------------- config
+CONFIG = dict(
+    width=16,                          # every layer d x d
+    alpha=1.5,                         # teacher spectrum sigma_i = i**-alpha
+    gamma=0.05,                        # perturbation scale (every layer, iid N(0, gamma^2) entries)
+    depths=(1, 2, 3, 4),
+    init_scales=(1e-3, 1e-3, 0.1, 0.2),  # aligned init per depth: s0 = scale**depth (deeper: larger, or learning stalls)
+    horizons=(30.0, 1500.0, 3000.0, 4000.0),  # pre-training time t = lr * steps per depth
+    lr=0.03,
+    checkpoints=160,                   # log-spaced from t = first_t: dense enough to locate T* to a few %
+    first_t=0.1,
+    min_degradation_percent=0.05,      # a measured minimum is a turning point only if the end lies this far above it
+    theory_grid=4000,                  # dense log grid of the theory curves (and of T* at depth >= 3)
+)
+QUICK = dict(lr=0.05, checkpoints=64, theory_grid=1500)
+# ----------------------------------------------------------------------------- end of config
+
+#: Relative tolerance on T* (aligned init, as in F3).
+TOLERANCE = 0.05
+
+
+def _half_times(t, s, sigma):
+    """Time each mode reaches half its singular value (log-t interpolation; NaN if never within ``t``)."""
+    out = []
+    for i in range(sigma.size):
+        r = s[:, i] / sigma[i]
+        if not (r[0] < 0.5 <= np.max(r)):
+            out.append(np.nan)
+            continue
+        j = int(np.argmax(r >= 0.5))
+        x = np.log(t[j - 1 : j + 1])
+        out.append(float(np.exp(np.interp(0.5, r[j - 1 : j + 1], x))))
+    return np.asarray(out)
+
+
+def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None, progress=None) -> dict:
+    """Make ``F8_depth.png`` / ``.npz`` in ``out_dir``; return the headline numbers."""
+    cfg = C.resolve_config(CONFIG, QUICK, quick, config)
+    depths = [int(L) for L in cfg["depths"]]
+    scales = dict(zip(depths, cfg["init_scales"]))
+    horizons = dict(zip(depths, cfg["horizons"]))
+    stages = C.Stages(len(depths) + 1, progress)
+    k_task, k_init = jax.random.split(jax.random.key(seed))
+    d, gamma, lr = cfg["width"], float(cfg["gamma"]), float(cfg["lr"])
+    task = lo.tasks.power_law(d, d, alpha=cfg["alpha"], key=k_task)
+    sigma = np.sort(np.asarray(task.spectrum, np.float64))[::-1]
+
+    res, data = {}, {"sigma": sigma, "depths": np.asarray(depths)}
+    summary = {"width": d, "alpha": cfg["alpha"], "gamma": gamma, "lr": lr, "tolerance": TOLERANCE}
+    for L in stages.loop(depths, "depth"):
+        net = lo.DeepLinear((d,) * (L + 1))
+        s0 = scales[L] ** L
+        steps = int(round(horizons[L] / lr))
+        ck = lo.log_checkpoints(steps, cfg["checkpoints"], first=max(1, int(round(cfg["first_t"] / lr))))
+        W0 = net.init(k_init, scale=scales[L], scheme="aligned", task=task)
+        run_ = lo.pretrain(net, W0, task, lr=lr, checkpoints=ck)
+        t = np.asarray(run_.t, float)
+        pl = np.asarray(lo.theory.expected_perturbed_loss(run_.weights, task, gamma=gamma), float)
+        S_sim = pl - np.asarray(lo.theory.expected_perturbed_loss(run_.weights, task, gamma=0.0), float)
+        sv = np.linalg.svd(np.asarray(run_.end_to_end, np.float64), compute_uv=False)
+
+        # theory on a dense grid
+        t_dense = np.geomspace(t[0], t[-1], int(cfg["theory_grid"]))
+        s_dense = lo.theory.mode_trajectory(sigma, t_dense, s0, depth=L)
+        S_th = np.asarray(lo.theory.sensitivity_from_spectrum(s_dense, gamma, widths=net), float)
+        pl_th = np.asarray(lo.theory.perturbed_loss_curve(task, t_dense, gamma, widths=net, s0=s0), float)
+        if L <= 2:
+            tp = lo.theory.turning_point(task, gamma=gamma, widths=net, s0=s0, t_max=float(t[-1]))
+            t_pred, pred_interior = float(tp.t_star), bool(tp.interior and 0 < tp.t_star < t[-1])
+        else:  # turning_point is slow here (see the module docstring): dense-curve argmin, parabola-refined
+            mth = C.measured_minimum(t_dense, pl_th)
+            t_pred, pred_interior = float(mth["t"]), bool(mth["interior"])
+        threshold = float(lo.theory.perturbation_threshold(gamma, widths=net))
+        m = C.measured_minimum(t, pl)
+        m["interior"] = bool(m["interior"] and C.degradation_percent(pl, m["index"]) > cfg["min_degradation_percent"])
+        th_half = _half_times(t_dense, s_dense, sigma)
+        sim_half = _half_times(t, sv, sigma)
+        rel = C.rel_diff(t_pred, m["t"]) if (pred_interior and m["interior"]) else float("nan")
+
+        res[L] = dict(t=t, S_sim=S_sim, pl=pl, t_dense=t_dense, S_th=S_th, pl_th=pl_th, m=m,
+                      t_pred=t_pred if pred_interior else np.nan, th_half=th_half, sim_half=sim_half)
+        data.update({f"depth{L}_t": t, f"depth{L}_sensitivity": S_sim,
+                     f"depth{L}_perturbed_loss": pl, f"depth{L}_singular_values": sv,
+                     f"depth{L}_t_theory": t_dense, f"depth{L}_sensitivity_theory": S_th,
+                     f"depth{L}_perturbed_loss_theory": pl_th, f"depth{L}_half_learnt_time_theory": th_half,
+                     f"depth{L}_half_learnt_time_measured": sim_half})
+        ok = np.isfinite(sim_half)
+        summary[f"depth{L}"] = {
+            "init_scale": scales[L], "s0": s0, "steps": steps, "horizon_t": float(t[-1]),
+            "turning_point_predicted": pred_interior,
+            "turning_point_measured": bool(m["interior"]),
+            "t_star_predicted": t_pred if pred_interior else None,
+            "t_star_measured": m["t"] if m["interior"] else None,
+            "rel_error": rel,
+            "within_tolerance": bool(pred_interior == m["interior"] and (not pred_interior or rel <= TOLERANCE)),
+            "t_star_method": "turning_point" if L <= 2 else "argmin of perturbed_loss_curve (dense grid)",
+            "degradation_last_vs_min_percent": C.degradation_percent(pl, m["index"]),
+            "threshold_sigma": threshold,
+            "modes_above_threshold": int(np.sum(sigma > threshold)),
+            "sensitivity_growth_first_to_last": float(S_sim[-1] / S_sim[0]),
+            "sensitivity_max_rel_error_vs_theory": float(np.max(np.abs(
+                S_sim - np.interp(t, t_dense, S_th)) / np.interp(t, t_dense, S_th))),
+            "half_learnt_time_measured": sim_half,
+            "half_learnt_time_theory": th_half,
+            # slowest over fastest mode: 1 = all modes at once, >> 1 = one at a time
+            "half_learnt_time_spread": float(np.max(sim_half[ok]) / np.min(sim_half[ok])) if ok.any() else None,
+            "modes_learnt_in_order": bool(ok.all() and np.all(np.diff(sim_half) > 0)),
+            "incremental_learning": bool(ok.any() and np.max(sim_half[ok]) / np.min(sim_half[ok]) > 2.0),
+        }
+
+    with stages("plot"):
+        png, npz = C.figure_paths(out_dir, NUMBER, NAME)
+        _plot(png, depths, res, sigma, gamma)
+        C.save_data(npz, **data)
+    return summary
+
+
+def _plot(png, depths, res, sigma, gamma):
+    with lp.style():
+        fig, (ax, bx, cx) = lp.subplots(1, 3, width="page", aspect=0.95)
+        for L in depths:
+            r, col = res[L], lp.depth_color(L)
+            lp.theory(ax, r["t_dense"], r["S_th"], color=col)
+            lp.simulation(ax, r["t"], r["S_sim"], color=col, markersize=2.8, markevery=2)
+            ref = r["pl"][r["m"]["index"]]
+            lp.theory(bx, r["t_dense"], r["pl_th"] / ref, color=col)
+            lp.simulation(bx, r["t"], r["pl"] / ref, color=col, markersize=2.8, markevery=2)
+            lp.mark_turning_point(bx, predicted=r["t_pred"], color=col)
+            if r["m"]["interior"]:
+                lp.mark_turning_point(bx, measured=r["m"]["t"], y_measured=1.0, color=col)
+            lp.theory(cx, sigma, r["th_half"], color=col, marker=None)
+            lp.simulation(cx, sigma, r["sim_half"], color=col, markersize=3.2)
+        lp.time_axis(ax)
+        ax.set_yscale("log")
+        ax.set_ylabel(r"sensitivity $S = \mathbb{E}\,L(W+\gamma E) - L(W)$")
+        ax.set_title(rf"(a) sensitivity, $\gamma = {gamma:g}$", loc="left")
+        lp.time_axis(bx)
+        bx.set_yscale("log")
+        bx.set_ylim(0.95, 3.0)
+        bx.set_ylabel(r"$\mathbb{E}\,L(W+\gamma E)$ / measured minimum")
+        bx.set_title(r"(b) perturbed loss (U for depth $\geq 2$)", loc="left")
+        cx.set(xscale="log", yscale="log", xlabel=r"teacher singular value $\sigma_i$",
+               ylabel=r"half-learnt time of mode $i$ ($s_i = \sigma_i/2$)")
+        cx.set_title("(c) incremental learning?", loc="left")
+        lp.legend(fig, colors={f"depth {L}" + (" (linear regression)" if L == 1 else ""): lp.depth_color(L)
+                               for L in depths},
+                  theory_label="theory (closed form, aligned init)",
+                  sim_label="simulation (GD weights, exact expectation over E)",
+                  turning_point=True, measured_min=True, loc="outside lower center", ncol=4)
+        lp.save(fig, png)
+
+
+def main(argv=None):
+    return C.script_main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    main()
