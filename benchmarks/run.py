@@ -29,7 +29,10 @@ def _parse(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("workload", choices=["W1", "W2", "all"], nargs="?", default="W1")
     p.add_argument("--torch", action="store_true", help="also run the eager PyTorch W1 loop and print the ratio")
-    p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads for --torch (default: torch's)")
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="torch.set_num_threads for --torch; default 1, torch's fastest setting for these tiny matmuls "
+                        "(its default, one thread per core, was slower here and much slower on a loaded machine); "
+                        "0 = torch's default")
     p.add_argument("--cpu-devices", type=int, default=None,
                    help="expose N CPU devices (lo.parallel.use_cpu_devices) so sweeps shard over cores; 0 = one per core")
     p.add_argument("--repeat", type=int, default=1, help="cached calls per phase; the best is reported")
@@ -287,7 +290,7 @@ def _torch_compare(spec, res, args):
 
     task, ft, W0 = res["_inputs"]
     times, out = run_w1(spec, np.asarray(task.teacher), np.asarray(ft.teacher), tuple(np.asarray(w) for w in W0),
-                        ft_steps=res["ft_steps_timed"], pretrain_steps=args.pretrain_steps, threads=args.torch_threads)
+                        ft_steps=res["ft_steps_timed"], pretrain_steps=args.pretrain_steps, threads=args.torch_threads or None)
     jax_first = {r["phase"]: r["first_s"] for r in res["rows"]}
     jax_run = {r["phase"]: r["run_s"] for r in res["rows"]}
     print(f"eager PyTorch {__import__('torch').__version__} ({__import__('torch').get_num_threads()} threads), same W1:")
