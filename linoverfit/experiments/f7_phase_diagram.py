@@ -210,14 +210,17 @@ def _plot(png, gammas, alphas, t_map, status_map, boundary_gamma, g_dense, slice
         ax.set_title(r"(a) predicted $T^*$ (map) and measured $T^*$ (circles)", loc="left")
         cb = fig.colorbar(mesh, ax=ax, pad=0.02)
         cb.set_label(r"turning point $T^*$ (time $t = \eta\cdot$steps)")
-        lp.legend(fig, theory_label=None, sim_label=None, loc="outside lower center", ncol=3, extra=[
+        hatched = [st for st in ("zero", "beyond") if np.any(status_map == st)]
+        lp.legend(fig, theory_label=None, sim_label=None, loc="outside lower center", ncol=3, extra=[x for x in [
             ("(a) theory map: lo.theory.turning_point", Patch(facecolor=mesh.cmap(0.6), edgecolor="none")),
             ("(a) simulation (GD), same colour scale", Line2D([], [], marker="o", color="0.4", markeredgecolor="k",
                                                               linestyle="none")),
-            ("no mode worth learning ($T^* = 0$)", Patch(facecolor="0.85", hatch="////", edgecolor="0.4")),
-            (rf"$T^*$ beyond horizon $t = {t_horizon:g}$", Patch(facecolor="0.65", hatch="\\\\\\\\", edgecolor="0.4")),
+            ("no mode worth learning ($T^* = 0$)", Patch(facecolor="0.85", hatch="////", edgecolor="0.4"))
+            if "zero" in hatched else None,
+            (rf"$T^*$ beyond horizon $t = {t_horizon:g}$", Patch(facecolor="0.65", hatch="\\\\\\\\", edgecolor="0.4"))
+            if "beyond" in hatched else None,
             (r"$\gamma^2(d_{in}+d_{out}) = \sigma_{min}$ (left: every mode worth learning)",
-             Line2D([], [], color="0.3", ls="--"))])
+             Line2D([], [], color="0.3", ls="--"))] if x is not None])
 
         for a, alpha in enumerate(sim_alphas):
             col = _alpha_color(a)
@@ -226,11 +229,11 @@ def _plot(png, gammas, alphas, t_map, status_map, boundary_gamma, g_dense, slice
             lp.simulation(bx, [p["gamma"] for p in pts], [_nan(p["t_star_measured"]) for p in pts], color=col,
                           markersize=5)
         bx.set(xscale="log", yscale="log", xlabel=r"perturbation scale $\gamma$",
-               ylabel=r"turning point $T^*$ (pre-training time $t = \eta\cdot$steps)")
+               ylabel=r"turning point $T^*$ (time $t = \eta\cdot$steps)")
         bx.set_title(r"(b) slices at the simulated $\alpha$", loc="left")
         lp.legend(bx, colors={rf"$\alpha = {a:g}$": _alpha_color(i) for i, a in enumerate(sim_alphas)},
                   theory_label=r"theory: lo.theory.turning_point", sim_label="simulation: argmin over GD checkpoints",
-                  loc="lower left", fontsize=6)
+                  loc="upper right", fontsize=6)
         lp.save(fig, png)
 
 
