@@ -48,7 +48,7 @@ CONFIG = dict(
     sim_gammas=(0.02, 0.03, 0.045, 0.07, 0.1),    # evaluated on every run (exact expectation, no sampling)
     slice_points=80,              # gammas per theory line in panel (b)
 )
-QUICK = dict(steps=40000, checkpoints=64, first_step=20, map_gammas=(0.01, 0.35, 14), map_alphas=(0.25, 2.5, 10),
+QUICK = dict(steps=40000, checkpoints=100, first_step=20, map_gammas=(0.01, 0.35, 14), map_alphas=(0.25, 2.5, 10),
              sim_alphas=(0.5, 1.5), sim_gammas=(0.03, 0.07), slice_points=24)
 # ----------------------------------------------------------------------------- end of config
 
@@ -233,7 +233,8 @@ def _plot(png, gammas, alphas, t_map, status_map, boundary_gamma, g_dense, slice
         bx.set_title(r"(b) slices at the simulated $\alpha$", loc="left")
         lp.legend(bx, colors={rf"$\alpha = {a:g}$": _alpha_color(i) for i, a in enumerate(sim_alphas)},
                   theory_label=r"theory: lo.theory.turning_point", sim_label="simulation: argmin over GD checkpoints",
-                  loc="upper right", fontsize=6)
+                  loc="lower left", fontsize=6, ncol=2)
+        bx.set_ylim(bottom=0.15 * np.nanmin(slices))  # room for the legend below the curves
         lp.save(fig, png)
 
 
