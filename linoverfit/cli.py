@@ -27,7 +27,10 @@ __all__ = ["main", "parse_only", "run_figures"]
 
 
 def parse_only(text: str | None) -> list[str]:
-    """``"F3,f4, 7"`` -> ``["F3", "F4", "F7"]`` (figure order); ``None`` -> all figures."""
+    """``"F3,f4, 7"`` -> ``["F3", "F4", "F7"]`` (figure order); ``text=None`` -> all figures.
+
+    Raises ``ValueError`` naming an unknown figure, or for an empty list.
+    """
     from .experiments import FIGURES
 
     if text is None:
@@ -62,7 +65,11 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def run_figures(out="paper_figs", only=None, quick=False, seed=0, progress=True, stream=None) -> dict:
-    """Run the figures ``only`` (list of ``"F<n>"``, default all) into ``out``; return ``{figure: seconds}``.
+    """Run the figures ``only`` (list of ``"F<n>"``, ``None`` = all) into ``out``; return ``{figure: seconds}``.
+
+    ``quick=True`` shrinks every figure; ``seed`` (an int >= 0) fixes every random key; ``progress``
+    shows tqdm bars on ``stream`` (default stderr). ``out/summary.json`` gets the rounded headline
+    numbers of the figures run, keeping the entries of the others.
 
     Figures that fail are reported (with their traceback) and skipped; ``RuntimeError`` lists them
     at the end, after the others have run and ``summary.json`` has been written.
@@ -165,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``linoverfit`` console script."""
+    """Entry point of the ``linoverfit`` console script; ``argv=None`` reads ``sys.argv``.
+
+    Returns the exit status: 0 = success, 1 = a figure failed (the others still ran), 2 = bad arguments.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

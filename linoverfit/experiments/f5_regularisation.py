@@ -1,6 +1,6 @@
 """F5 — regularisation delays the turning point: l2-to-pretrained in fine-tuning, weight decay in pre-training.
 
-The F4 setting (depth 2, widths 32, sigma_i = 1/i, aligned init, ``additive`` shift, fine-tuning
+The F4 setting at widths 32 (depth 2, sigma_i = 1/i, aligned init, ``additive`` shift, fine-tuning
 lr 0.01 for 1000 steps). Top: fine-tuning with an l2 pull toward the pre-trained weights,
 (l2/2) sum_l ||W_l - W_l^0||^2, one vmapped ``lo.finetune`` call per strength. No closed form is
 claimed here: the pull acts on parameters, and the function-space flow of ``lo.theory`` does not

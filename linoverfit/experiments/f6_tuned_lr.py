@@ -1,6 +1,6 @@
 """F6 — does the degradation survive tuning the fine-tuning learning rate per checkpoint?
 
-The F4 setting (depth 2, widths 32, sigma_i = 1/i, aligned init, ``additive`` shift, 1000
+The F4 setting at widths 32 (depth 2, sigma_i = 1/i, aligned init, ``additive`` shift, 1000
 fine-tuning steps). Every checkpoint is fine-tuned at every learning rate of a log grid in ONE
 vmapped ``lo.finetune`` call. For a target fine-tuning loss, each checkpoint gets the learning
 rate that reaches the target with the lowest pre-training loss afterwards (the most favourable
