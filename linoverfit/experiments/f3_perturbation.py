@@ -137,7 +137,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
                 lp.time_axis(ax)
                 ax.set_xlim(r["t"][0], r["t"][-1])
                 ax.set_ylim(0.93, 1.5)  # zoom on the minimum: the early descent comes in from above
-                ax.set_ylabel(r"$\mathbb{E}\,L(W+\gamma E)$ / measured minimum")
+                ax.set_ylabel("perturbed loss / its minimum\n" r"$\mathbb{E}\,L(W+\gamma E)\,/\,\min_t$")
                 ax.set_title(titles[name], loc="left")
             # (c) predicted vs measured
             cx = axes[2]

@@ -138,7 +138,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
                     lp.simulation(ax, t, pan["pre"][:, r] / ref, color=col, markersize=3)
                     lp.theory(bx, t_theory, pan["pred"].finetune_loss_after[:, r], color=col)
                     lp.simulation(bx, t, pan["ft"][:, r], color=col, markersize=3)
-                    if info["clear_u_curve"]:
+                    if info["t_star_measured"] is not None:  # interior minimum, not a flat curve
                         lp.mark_turning_point(ax, predicted=info["t_star_predicted"], color=col)
                         lp.mark_turning_point(ax, measured=m["t"], y_measured=1.0, color=col)
                     bad = pan["diverged"][:, r]
