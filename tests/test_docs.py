@@ -29,7 +29,7 @@ _NOT_IN_API_MD = ("linoverfit.validation", "linoverfit.experiments")
 
 
 # modules whose functions draw or place things rather than compute: a docstring, no math required
-_STYLE_ONLY = ("linoverfit.plotting", "linoverfit.parallel")
+_STYLE_ONLY = ("linoverfit.plotting", "linoverfit.parallel", "linoverfit.cli")  # no math to state
 
 
 def _public_modules():
