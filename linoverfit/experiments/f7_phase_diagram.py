@@ -188,6 +188,7 @@ def _plot(png, gammas, alphas, t_map, status_map, boundary_gamma, g_dense, slice
     norm = LogNorm(vmin=min([finite.min()] + meas), vmax=max([finite.max()] + meas))
     with lp.style():
         fig, (ax, bx) = lp.subplots(1, 2, width="page", aspect=0.8)
+        fig.get_layout_engine().set(wspace=0.12)  # room between (a)'s colour-bar label and (b)'s y label
         ge, ae = _edges_log(gammas), _edges_lin(alphas)
         mesh = ax.pcolormesh(ge, ae, np.ma.masked_invalid(t_map), norm=norm, cmap="viridis", shading="flat",
                              rasterized=True)
