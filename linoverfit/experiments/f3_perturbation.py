@@ -8,7 +8,8 @@ loss): the turning point T* is predicted by ``lo.theory.turning_point`` (dotted)
 measured curve (star, parabola through the three grid points around the minimum, in log t).
 
 (a) balanced, teacher-aligned init, where the theory is exact for gradient flow; (b) small
-Gaussian init (mean of seeds), predicted with the effective initial mode value s0 = h c^2 / 2;
+Gaussian init (mean of seeds), predicted with the effective per-mode initial values
+``lo.theory.gaussian_init_s0`` (s0_i = c^2 (h - i + 1) / 2);
 (c) predicted against measured T*.
 
 Run: ``python experiments/F3_perturbation.py [--quick] [--out DIR] [--set gammas="(0.03,)"]``.
@@ -48,17 +49,6 @@ QUICK = dict(width=32, gaussian_seeds=2, steps=8192, checkpoints=64, samples=128
 TOLERANCE = {"aligned": 0.05, "gaussian": 0.20}
 
 
-def effective_s0(width: int, scale: float) -> float:
-    r"""The initial mode value a small Gaussian init of a square depth-2 net acts like.
-
-    Early on the layers are tiny, and the mode-i components a = W_2^T u_i, b = W_1 v_i obey
-    da/dt = sigma b, db/dt = sigma a: s = a.b = |x|^2 e^{2 sigma t} - |y|^2 e^{-2 sigma t} with
-    x = (a + b)/2, so the growing part starts at E|x|^2 = width * scale^2 / 2 (``docs/theory.md``
-    discusses small Gaussian inits as approximately balanced and aligned after this phase).
-    """
-    return width * scale**2 / 2
-
-
 def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None, progress=None) -> dict:
     """Make ``F3_perturbation.png`` / ``.npz`` in ``out_dir``; return the headline numbers."""
     cfg = C.resolve_config(CONFIG, QUICK, quick, config)
@@ -71,7 +61,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     ck = lo.log_checkpoints(cfg["steps"], cfg["checkpoints"], first=cfg["first_step"])
     inits = {
         "aligned": dict(scheme="aligned", seeds=None, s0=cfg["init_scale"] ** 2),
-        "gaussian": dict(scheme="gaussian", seeds=cfg["gaussian_seeds"], s0=effective_s0(d, cfg["init_scale"])),
+        "gaussian": dict(scheme="gaussian", seeds=cfg["gaussian_seeds"], s0=lo.theory.gaussian_init_s0(cfg["init_scale"], net)),
     }
 
     results, data = {}, {"gammas": gammas}
@@ -114,7 +104,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
                      f"{name}_perturbed_loss_theory": theory_curve,
                      f"{name}_t_star_predicted": [v["t_star_predicted"] for v in per_gamma.values()],
                      f"{name}_t_star_measured": [v["t_star_measured"] for v in per_gamma.values()]})
-        summary[name] = {"s0": init["s0"], "seeds": init["seeds"] or 1,
+        summary[name] = {"s0_mode1": float(np.max(init["s0"])), "seeds": init["seeds"] or 1,
                          "per_gamma": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")}
                                        for k, v in per_gamma.items()}}
 
