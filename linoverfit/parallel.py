@@ -18,22 +18,27 @@ on 4 simulated CPU devices).
 an ``int`` ``n`` (the first ``n``), a sequence of devices, or a :class:`~jax.sharding.Mesh`
 (its devices, flattened).
 
-On a CPU-only machine JAX exposes one device by default, and small matmuls then run on one core.
-:func:`use_cpu_devices` (opt-in, before the first JAX computation) exposes one device per core so
-sweeps use every core.
+On a CPU-only machine JAX exposes one device by default, and XLA runs the small matmuls of
+these sweeps on one core. There, with ``devices=None``, a sweep is cut into one part per core
+(:data:`CPU_THREADS`) and the parts run concurrently from threads, each through the same
+compiled program, so every core works without changing any JAX option. Alternatively
+:func:`use_cpu_devices` (opt-in, before the first JAX computation) exposes one CPU device per
+core and the sweeps shard over them like over GPUs.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["use_cpu_devices", "resolve_devices", "sweep_mesh", "sweep", "sweep_map", "Plan", "gather", "AXIS"]
+__all__ = ["use_cpu_devices", "resolve_devices", "sweep_mesh", "sweep", "sweep_map", "assemble", "Plan", "gather",
+           "AXIS", "CPU_THREADS"]
 
 #: Name of the mesh axis that sweeps are sharded over.
 AXIS = "sweep"
@@ -144,26 +149,48 @@ def _replicated(x, sharding):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+#: Concurrent executions of a sweep on a lone CPU device: ``None`` = one per core this process may
+#: use, ``1`` = off. XLA runs the small matmuls of these sweeps on one core, and the CPU client runs
+#: executions dispatched from different threads in parallel, so the sweep is cut into this many
+#: parts, each run by the same compiled program from its own thread (no JAX option is changed).
+CPU_THREADS: int | None = None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 class Plan:
-    """How a sweep of ``n`` runs is laid out: ``mesh`` (``None``: the default device, no shard_map)
-    and ``chunk``, the runs per vmapped loop on a device.
+    """How a sweep of ``n`` runs is laid out: ``mesh`` (``None``: the default device, no shard_map),
+    ``chunk``, the runs per vmapped loop on a device, and ``parts``, concurrent executions of the
+    compiled sweep (each on its own contiguous share of the runs).
 
     Inside the compiled sweep the run arrays, shape ``(n, ...)``, are padded to ``(n_padded, ...)``,
-    ``n_padded`` = a multiple of ``devices * chunk`` (see :func:`padded`), and cut back afterwards.
-    The default ``chunk`` is 4 runs per vmap (batched matmuls that stay in cache; measured best on
-    CPU for widths 64 and 256), or with ``per_device_chunk`` all of a device's runs (pre-training:
-    few seeds, long sequential loops). It never depends on the device count unless
-    ``per_device_chunk``, so sharded and single-device sweeps run the same per-chunk program.
+    ``n_padded`` = a multiple of ``devices * chunk * parts`` (see :func:`padded`); :func:`assemble`
+    cuts the parts' outputs back to ``n``. The default ``chunk`` is 4 runs per vmap (batched matmuls
+    that stay in cache; measured best on CPU for widths 64 and 256), or with ``per_device_chunk``
+    all of a device's (or part's) runs (pre-training: few seeds, long sequential loops). ``parts``
+    is 1 except on a lone CPU device without an explicit ``devices`` (see :data:`CPU_THREADS`).
+    Every run is computed by the same per-chunk program whatever the layout, so sharded,
+    threaded and single-device sweeps agree.
     """
 
     def __init__(self, devices, n: int, chunk: int | None = None, per_device_chunk: bool = False):
         self.n = int(n)
         mesh = sweep_mesh(devices, self.n)
-        if chunk is None:
-            chunk = -(-self.n // mesh.size) if per_device_chunk else 4
-        self.chunk = max(1, int(chunk))
         # one default device and no explicit request: plain jit, no mesh (arrays stay uncommitted)
         self.mesh = mesh if (mesh.size > 1 or devices is not None) else None
+        parts = 1
+        if self.mesh is None and jax.devices()[0].platform == "cpu":
+            parts = _cores() if CPU_THREADS is None else int(CPU_THREADS)
+        parts = max(1, min(parts, self.n))
+        if chunk is None:
+            chunk = -(-self.n // (mesh.size * parts)) if per_device_chunk else 4
+        self.chunk = max(1, int(chunk))
+        self.parts = max(1, min(parts, -(-self.n // self.chunk)))  # no part without a real run
 
     def shared(self, tree):
         """Inputs of the compiled sweep, replicated on every device of the mesh (so inputs committed
@@ -173,28 +200,48 @@ class Plan:
             return tree
         return put_shared(tree, self.mesh)
 
+    def map(self, f):
+        """``[f(part) for part in range(parts)]``, the parts run concurrently from threads; ``part`` is
+        an int32 scalar (a traced argument: one compiled program serves every part)."""
+        if self.parts == 1:
+            return [f(np.int32(0))]
+        with ThreadPoolExecutor(self.parts) as pool:
+            futures = [pool.submit(lambda k: jax.block_until_ready(f(np.int32(k))), k) for k in range(self.parts)]
+            return [fu.result() for fu in futures]
+
     def finish(self, outputs):
         """Bring the outputs back to one place every process can read (see :func:`gather`)."""
         return gather(outputs) if self.mesh is not None else outputs
 
 
-def padded(n: int, mesh: Mesh | None, chunk: int) -> int:
-    """Run count after padding: the smallest multiple of ``devices * chunk`` that is ``>= n``."""
-    m = (1 if mesh is None else mesh.size) * chunk
+def padded(n: int, mesh: Mesh | None, chunk: int, parts: int = 1) -> int:
+    """Run count after padding: the smallest multiple of ``devices * chunk * parts`` that is ``>= n``."""
+    m = (1 if mesh is None else mesh.size) * chunk * parts
     return -(-int(n) // m) * m
 
 
-def sweep(fn, runs, shared, *, mesh: Mesh | None, chunk: int):
+def sweep(fn, runs, shared, *, mesh: Mesh | None, chunk: int, part=0, parts: int = 1):
     """Inside ``jit``: ``vmap(fn, (0, None))(runs, shared)`` padded, sharded over ``mesh`` (or on one
-    device if ``None``), ``chunk`` runs per vmap, and cut back. ``runs`` leaves have shape ``(n, ...)``;
-    the outputs have a leading axis ``n``."""
+    device if ``None``), ``chunk`` runs per vmap. ``runs`` leaves have shape ``(n, ...)``. With
+    ``parts > 1`` only part ``part`` (traced) of the padded runs is computed. The outputs have a
+    leading axis ``padded(n, ...) / parts``, padding included: :func:`assemble` joins and cuts them."""
     n = jax.tree.leaves(runs)[0].shape[0]
-    runs = pad_runs(runs, padded(n, mesh, chunk))
+    n_pad = padded(n, mesh, chunk, parts)
+    runs = pad_runs(runs, n_pad)
+    if parts > 1:
+        m = n_pad // parts
+        runs = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, part * m, m), runs)
     if mesh is None:
-        out = jax.lax.map(lambda r: fn(r, shared), runs, batch_size=chunk)
-    else:
-        out = sweep_map(fn, runs, shared, mesh=mesh, chunk=chunk)
-    return jax.tree.map(lambda x: x[:n], out)
+        return jax.lax.map(lambda r: fn(r, shared), runs, batch_size=chunk)
+    return sweep_map(fn, runs, shared, mesh=mesh, chunk=chunk)
+
+
+def assemble(outputs, n: int):
+    """Inside ``jit``: join the parts' outputs (a list of pytrees with leading axes ``(m, ...)``) and
+    keep the first ``n`` runs, shape ``(n, ...)``."""
+    if len(outputs) == 1:
+        return jax.tree.map(lambda x: x[:n], outputs[0])
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0)[:n], *outputs)
 
 
 def gather(tree):

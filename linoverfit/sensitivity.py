@@ -59,12 +59,14 @@ class SensitivityResult(Result):
 SAMPLE_BATCH_ELEMENTS = 2**20
 
 
-@partial(jax.jit, static_argnames=("samples", "identity_cov", "mesh", "chunk"))
-def _gaussian_core(weights, task, gammas, key, *, samples, identity_cov=False, mesh=None, chunk=1):
-    """``weights``: tuple ``(C[, S], n_l, n_{l-1})``. Returns the loss ``(C[, S])`` and the mean / stderr
-    of :math:`L(W+\\gamma E) - L(W)`, ``(C, G[, S])``.
+@partial(jax.jit, static_argnames=("samples", "identity_cov", "mesh", "chunk", "parts"))
+def _gaussian_core(weights, task, gammas, key, part=0, *, samples, identity_cov=False, mesh=None, chunk=1, parts=1):
+    """``weights``: tuple ``(C[, S], n_l, n_{l-1})``. Returns, per weight set of part ``part`` of
+    ``parts`` (padding included, see :func:`_gaussian_layout`), the loss ``(m,)`` and the mean /
+    stderr of :math:`L(W+\\gamma E) - L(W)`, ``(m, G)``.
 
     The ``C[*S]`` weight sets are sharded over ``mesh`` (``None``: one device), ``chunk`` per vmap.
+    Every part draws the same noise (same ``key``): common random numbers across all of them.
     """
     lead = weights[0].shape[:-2]
     B = int(np.prod(lead))
@@ -93,7 +95,13 @@ def _gaussian_core(weights, task, gammas, key, *, samples, identity_cov=False, m
         mean, se = jax.lax.map(per_gamma, gammas)
         return base, mean, se
 
-    base, mean, se = _sweep(per_weights, weights, (task, gammas, noise), mesh, chunk)
+    return _sweep(per_weights, weights, (task, gammas, noise), mesh, chunk, part, parts)
+
+
+@partial(jax.jit, static_argnames=("lead",))
+def _gaussian_layout(outs, lead):
+    """Join the parts of :func:`_gaussian_core`: loss ``(C[, S])``, mean and stderr ``(C, G[, S])``."""
+    base, mean, se = _par.assemble(outs, int(np.prod(lead)))
 
     def to_cg(x):
         """(B, G) -> (C, G[, S])."""
@@ -162,9 +170,10 @@ def gaussian(
     lead = run.loss.shape
     plan = _par.Plan(devices, int(np.prod(lead)), 1 if chunk is None else chunk)
     dtype = jnp.asarray(weights[0]).dtype
-    out = _gaussian_core(*plan.shared((tuple(jnp.asarray(w) for w in weights), task, jnp.asarray(gammas, dtype), key)),
-                         samples=samples, identity_cov=_identity_cov(task), mesh=plan.mesh, chunk=plan.chunk)
-    base, sens, se = plan.finish(out)
+    inputs = plan.shared((tuple(jnp.asarray(w) for w in weights), task, jnp.asarray(gammas, dtype), key))
+    outs = plan.map(lambda part: _gaussian_core(*inputs, part, samples=samples, identity_cov=_identity_cov(task),
+                                                mesh=plan.mesh, chunk=plan.chunk, parts=plan.parts))
+    base, sens, se = plan.finish(_gaussian_layout(outs, tuple(lead)))
     return SensitivityResult(
         steps=np.asarray(run.steps),
         gamma=gammas,

@@ -276,9 +276,10 @@ def _fori(start, n, body, carry, unroll=UNROLL):
     return jax.lax.fori_loop(start + n_blocks * unroll, start + n, body, carry)
 
 
-def _sweep(fn, runs, shared, mesh, chunk):
-    """Map ``fn(run, shared)`` over the leading axis of ``runs``: padded, sharded over ``mesh``, ``chunk`` runs per vmap."""
-    return _par.sweep(fn, runs, shared, mesh=mesh, chunk=chunk)
+def _sweep(fn, runs, shared, mesh, chunk, part=0, parts=1):
+    """Map ``fn(run, shared)`` over the leading axis of ``runs``: padded, sharded over ``mesh``, ``chunk``
+    runs per vmap, only part ``part`` of ``parts`` (see :func:`linoverfit.parallel.sweep`)."""
+    return _par.sweep(fn, runs, shared, mesh=mesh, chunk=chunk, part=part, parts=parts)
 
 
 def _as_key(key):
@@ -290,16 +291,18 @@ def _as_key(key):
 # ----------------------------------------------------------------------------- pre-training
 
 
-@partial(jax.jit, static_argnames=("make_opt", "batch_size", "keep_weights", "identity_cov", "mesh", "chunk"))
-def _pretrain_core(W0, task, lr, weight_decay, seg_lengths, keys, factor, *, make_opt, batch_size, keep_weights,
-                   identity_cov=False, mesh=None, chunk=1):
+@partial(jax.jit, static_argnames=("make_opt", "batch_size", "keep_weights", "identity_cov", "mesh", "chunk",
+                                   "parts"))
+def _pretrain_core(W0, task, lr, weight_decay, seg_lengths, keys, factor, part=0, *, make_opt, batch_size,
+                   keep_weights, identity_cov=False, mesh=None, chunk=1, parts=1):
     """``W0``: tuple of ``([S,] n_l, n_{l-1})``; ``keys`` ``(S,)`` (``S = 1`` without a seed axis).
 
-    Returns weights ``(C[, S], ...)`` (``None`` unless ``keep_weights``), losses ``(C[, S])`` and the
-    first bad step ``(S,)``. Seeds are sharded over ``mesh`` (``None``: one device), ``chunk`` per vmap.
+    Seeds are sharded over ``mesh`` (``None``: one device), ``chunk`` per vmap; only part ``part`` of
+    ``parts`` is computed. Returns, per seed of that part (padding included, see
+    :func:`_pretrain_layout`): weights ``(m, C, ...)`` (``None`` unless ``keep_weights``), losses
+    ``(m, C)`` and the first bad step ``(m,)``.
     """
-    batched = W0[0].ndim == 3
-    if not batched:
+    if W0[0].ndim == 2:
         W0 = tuple(w[None] for w in W0)
     task = _prepared(task)
     shared = (task, lr, weight_decay, seg_lengths, factor)
@@ -328,10 +331,16 @@ def _pretrain_core(W0, task, lr, weight_decay, seg_lengths, keys, factor, *, mak
         (_, _, bad_step, _), (Ws, losses) = jax.lax.scan(segment, init, seg_lengths)
         return Ws, losses, bad_step
 
-    Ws, losses, bad_step = _sweep(one_seed, (W0, keys), shared, mesh, chunk)
+    return _sweep(one_seed, (W0, keys), shared, mesh, chunk, part, parts)
+
+
+@partial(jax.jit, static_argnames=("n", "batched"))
+def _pretrain_layout(outs, n, batched):
+    """Join the parts of :func:`_pretrain_core`: weights ``(C[, S], ...)``, losses ``(C[, S])``, bad step ``(S,)``."""
+    Ws, losses, bad_step = _par.assemble(outs, n)
     # (S, C, ...) -> (C, S, ...), or (C, ...) without a seed axis
     layout = (lambda x: jnp.swapaxes(x, 0, 1)) if batched else (lambda x: x[0])
-    return (tuple(layout(w) for w in Ws) if keep_weights else None), layout(losses), bad_step
+    return (None if Ws is None else tuple(layout(w) for w in Ws)), layout(losses), bad_step
 
 
 def pretrain(
@@ -398,13 +407,13 @@ def pretrain(
     seg = np.diff(steps, prepend=0).astype(np.int32)
     dtype = jnp.asarray(W0[0]).dtype
     plan = _par.Plan(devices, n_seeds, chunk, per_device_chunk=True)
-    out = _pretrain_core(
-        *plan.shared((tuple(jnp.asarray(w) for w in W0), task, jnp.asarray(lr, dtype), jnp.asarray(weight_decay, dtype),
-                      jnp.asarray(seg), keys, jnp.asarray(divergence_factor, dtype))),
-        make_opt=make_opt, batch_size=batch_size, keep_weights=keep_weights,
-        identity_cov=_identity_cov(task), mesh=plan.mesh, chunk=plan.chunk,
-    )
-    weights, losses, bad_step = plan.finish(out)
+    inputs = plan.shared((tuple(jnp.asarray(w) for w in W0), task, jnp.asarray(lr, dtype),
+                          jnp.asarray(weight_decay, dtype), jnp.asarray(seg), keys, jnp.asarray(divergence_factor, dtype)))
+    outs = plan.map(lambda part: _pretrain_core(
+        *inputs, part, make_opt=make_opt, batch_size=batch_size, keep_weights=keep_weights,
+        identity_cov=_identity_cov(task), mesh=plan.mesh, chunk=plan.chunk, parts=plan.parts,
+    ))
+    weights, losses, bad_step = plan.finish(_pretrain_layout(outs, n_seeds, batched))
     bad_step = np.asarray(bad_step)
     if np.any(bad_step >= 0):
         seed = int(np.argmax(bad_step >= 0)) if batched else None
@@ -424,21 +433,19 @@ def pretrain(
 
 
 @partial(jax.jit, static_argnames=("make_opt", "batch_size", "n_records", "return_weights", "identity_cov", "mesh",
-                                   "chunk"))
-def _finetune_core(W_start, ft_task, pre_task, lrs, l2, seg_len, keys, factor, *, make_opt, batch_size, n_records,
-                   return_weights=True, identity_cov=False, mesh=None, chunk=4):
+                                   "chunk", "parts"))
+def _finetune_core(W_start, ft_task, pre_task, lrs, l2, seg_len, keys, factor, part=0, *, make_opt, batch_size,
+                   n_records, return_weights=True, identity_cov=False, mesh=None, chunk=4, parts=1):
     """Every checkpoint x learning rate: ``W_start`` tuple ``(C[, S], n_l, n_{l-1})``, ``lrs`` ``(R,)``, one ``key``.
 
     The ``N = C[*S]*R`` runs (run ``b * R + r`` starts from checkpoint(-seed) ``b`` at learning rate
     ``r``, with key ``split(key, N)[b * R + r]``) form one flat sweep, sharded over ``mesh``
-    (``None``: one device), ``chunk`` runs per vmap. Returns final weights (``None`` unless
-    ``return_weights``), first bad step and the loss records, all ``(C, R[, S], ...)``, and the
-    pre-training / fine-tuning losses at the checkpoints ``(C[, S])``.
+    (``None``: one device), ``chunk`` runs per vmap; only part ``part`` of ``parts`` is computed.
+    Returns, per run of that part (padding included, see :func:`_finetune_layout`): final weights
+    (``None`` unless ``return_weights``), first bad step and the ``n_records`` loss records.
     """
     lead = W_start[0].shape[:-2]
     B, R = int(np.prod(lead)), lrs.shape[0]
-    P0 = end_to_end(W_start)
-    loss0 = (pre_task.loss(P0), ft_task.loss(P0))
     W_start = tuple(jnp.repeat(jnp.reshape(w, (B,) + w.shape[-2:]), R, axis=0) for w in W_start)
     runs = (W_start, jnp.tile(lrs, B), jax.random.split(keys, B * R))
     ft_task = _prepared(ft_task)
@@ -479,15 +486,28 @@ def _finetune_core(W_start, ft_task, pre_task, lrs, l2, seg_len, keys, factor, *
         (W, _, bad_step, _), (pre_traj, ft_traj) = jax.lax.scan(segment, init, None, length=n_records)
         return (W if return_weights else None), bad_step, pre_traj, ft_traj
 
-    W_end, bad_step, pre_traj, ft_traj = _sweep(one, runs, shared, mesh, chunk)
+    return _sweep(one, runs, shared, mesh, chunk, part, parts)
+
+
+@jax.jit
+def _finetune_layout(outs, W_start, ft_task, pre_task, lrs, record_steps):
+    """Join the parts of :func:`_finetune_core`. Returns final weights (``None`` unless kept),
+    ``diverged``, first bad step and the records (NaN from each run's divergence on), all
+    ``(C, R[, S], ...)``, and the pre-training / fine-tuning losses at the checkpoints ``(C[, S])``."""
+    lead = W_start[0].shape[:-2]
+    R = lrs.shape[0]
+    W_end, bad_step, pre_traj, ft_traj = _par.assemble(outs, int(np.prod(lead)) * R)
 
     def to_cr(x):
         """(B * R, ...) -> (C, R[, S], ...)."""
         x = jnp.reshape(x, lead + (R,) + x.shape[1:])
         return jnp.moveaxis(x, len(lead), 1) if len(lead) == 2 else x
 
-    W_end = tuple(to_cr(w) for w in W_end) if return_weights else None
-    return W_end, to_cr(bad_step), to_cr(pre_traj), to_cr(ft_traj), loss0
+    W_end = None if W_end is None else tuple(to_cr(w) for w in W_end)
+    bad_step = to_cr(bad_step)
+    diverged, pre_traj, ft_traj = _mask_diverged(bad_step, record_steps, to_cr(pre_traj), to_cr(ft_traj))
+    P0 = end_to_end(W_start)
+    return W_end, diverged, bad_step, pre_traj, ft_traj, (pre_task.loss(P0), ft_task.loss(P0))
 
 
 @jax.jit
@@ -567,16 +587,16 @@ def finetune(
     R = lrs.size
     dtype = jnp.asarray(weights[0]).dtype
     plan = _par.Plan(devices, B * R, chunk)
-    out = _finetune_core(
-        *plan.shared((tuple(jnp.asarray(w) for w in weights), task, pre_task, jnp.asarray(lrs, dtype),
-                      jnp.asarray(l2, dtype), jnp.asarray(seg_len, jnp.int32), _as_key(key),
-                      jnp.asarray(divergence_factor, dtype))),
-        make_opt=make_opt, batch_size=batch_size, n_records=n_records, return_weights=return_weights,
-        identity_cov=_identity_cov(task), mesh=plan.mesh, chunk=plan.chunk,
-    )
-    W_end, bad_step, pre_traj, ft_traj, (pre_before, ft_before) = plan.finish(out)
+    inputs = plan.shared((tuple(jnp.asarray(w) for w in weights), task, pre_task, jnp.asarray(lrs, dtype),
+                          jnp.asarray(l2, dtype), jnp.asarray(seg_len, jnp.int32), _as_key(key),
+                          jnp.asarray(divergence_factor, dtype)))
+    outs = plan.map(lambda part: _finetune_core(
+        *inputs, part, make_opt=make_opt, batch_size=batch_size, n_records=n_records, return_weights=return_weights,
+        identity_cov=_identity_cov(task), mesh=plan.mesh, chunk=plan.chunk, parts=plan.parts,
+    ))
     record_steps = seg_len * np.arange(1, n_records + 1)
-    diverged, pre_traj, ft_traj = _mask_diverged(bad_step, record_steps, pre_traj, ft_traj)
+    W_end, diverged, bad_step, pre_traj, ft_traj, (pre_before, ft_before) = plan.finish(
+        _finetune_layout(outs, inputs[0], task, pre_task, inputs[3], record_steps))
     result = FinetuneResult(
         steps=np.asarray(run.steps),
         lr=lrs,

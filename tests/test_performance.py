@@ -225,3 +225,33 @@ def test_two_process_sweep_equals_single_process():
     for out in outs:
         for k, v in ref.items():
             np.testing.assert_allclose(np.asarray(out[k]), np.asarray(v), rtol=1e-12, atol=0)
+
+
+def test_threaded_parts_equal_one_part(monkeypatch):
+    # on a lone CPU device a sweep is cut into parts run concurrently from threads; any number of
+    # parts (uneven splits and padding included) gives the same result as one part: bitwise where
+    # the per-chunk program is the same (fine-tuning, sensitivity), else (pre-training puts all of
+    # a part's seeds in one vmap, and a batch of 1 compiles to an unbatched matmul) to round-off
+    net = lo.DeepLinear((6, 5, 4))
+    task = lo.tasks.power_law(6, 4, 1.0, key=jax.random.key(0), input_cov=_psd(jax.random.key(1), 6))
+    ft = lo.tasks.shifted(task, "additive", 0.2, key=jax.random.key(2))
+    W0 = net.init(jax.random.key(3), scale=0.05, seeds=3)
+    results = {}
+    for threads in (1, 2, 3, 5):
+        monkeypatch.setattr(lo.parallel, "CPU_THREADS", threads)
+        if jax.devices()[0].platform == "cpu" and len(jax.devices()) == 1:
+            assert lo.parallel.Plan(None, 3 * 7 * 2).parts == min(threads, 11)
+        run = lo.pretrain(net, W0, task, lr=0.05, checkpoints=lo.log_checkpoints(200, 7))
+        f = lo.finetune(net, run, ft, lr=(0.01, 0.1), steps=25, record_every=5, return_weights=True)
+        s = lo.sensitivity.gaussian(net, run, gamma=(0.01, 0.1), samples=8, key=jax.random.key(4))
+        results[threads] = [np.asarray(x) for x in (run.weights[1], run.loss, f.weights[0], f.pretrain_loss_trajectory,
+                                                    f.finetune_loss_before, s.sensitivity, s.stderr)]
+    for threads, arrays in results.items():
+        for a, b in zip(results[1], arrays):
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=0, err_msg=f"{threads} parts")
+    # with the same per-seed programs the pre-trained weights are bitwise equal too
+    monkeypatch.setattr(lo.parallel, "CPU_THREADS", 3)
+    again = lo.pretrain(net, W0, task, lr=0.05, checkpoints=lo.log_checkpoints(200, 7), chunk=1)
+    monkeypatch.setattr(lo.parallel, "CPU_THREADS", 1)
+    one = lo.pretrain(net, W0, task, lr=0.05, checkpoints=lo.log_checkpoints(200, 7), chunk=1)
+    np.testing.assert_array_equal(np.asarray(again.weights[0]), np.asarray(one.weights[0]))
