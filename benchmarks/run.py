@@ -241,11 +241,20 @@ def main(argv=None):
     peak = matmul_peak()
     print(f"reference: float32 4096x4096 matmul = {peak:.1f} GFLOP/s (jax.jit(jnp.matmul), best of 5)\n")
     report = {"jax": jax.__version__, "cpu_count": os.cpu_count(), "devices": len(jax.devices()),
-              "platform": jax.devices()[0].platform, "load_before": _load(), "matmul_peak_gflops": peak, "workloads": []}
+              "platform": jax.devices()[0].platform, "load_before": _load(), "matmul_peak_gflops_start": peak,
+              "workloads": []}
     names = ["W1", "W2"] if args.workload == "all" else [args.workload]
     for name in names:
         spec = workloads.WORKLOADS[name]
         res = run_workload(spec, args, compiles, peak)
+        # the reference again after the workload: on a shared machine take the better of the two
+        again = matmul_peak()
+        if again > peak:
+            print(f"reference re-measured after {name}: {again:.1f} GFLOP/s (used below)")
+            peak = again
+            for r in res["rows"]:
+                r["frac_of_matmul_peak"] = r["gflops"] / peak
+        res["matmul_peak_gflops"] = peak
         print(f"== {name}: widths {spec.widths}, {spec.seeds} seeds, {res['checkpoints']} checkpoints to step "
               f"{res['pretrain_steps']}, fine-tune {len(spec.ft_lrs)} lrs x {spec.ft_steps} steps, "
               f"sensitivity {len(spec.gammas)} gammas x {spec.samples} samples")
