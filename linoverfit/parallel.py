@@ -29,6 +29,7 @@ core and the sweeps shard over them like over GPUs.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -163,6 +164,19 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+_POOL: list = []  # [ThreadPoolExecutor], created on first use and kept (threads are reused)
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    with _POOL_LOCK:
+        if not _POOL or _POOL[0]._max_workers < n:
+            if _POOL:
+                _POOL.pop().shutdown(wait=False)
+            _POOL.append(ThreadPoolExecutor(max(n, _cores()), thread_name_prefix="linoverfit-sweep"))
+        return _POOL[0]
+
+
 class Plan:
     """How a sweep of ``n`` runs is laid out: ``mesh`` (``None``: the default device, no shard_map),
     ``chunk``, the runs per vmapped loop on a device, and ``parts``, concurrent executions of the
@@ -205,9 +219,9 @@ class Plan:
         an int32 scalar (a traced argument: one compiled program serves every part)."""
         if self.parts == 1:
             return [f(np.int32(0))]
-        with ThreadPoolExecutor(self.parts) as pool:
-            futures = [pool.submit(lambda k: jax.block_until_ready(f(np.int32(k))), k) for k in range(self.parts)]
-            return [fu.result() for fu in futures]
+        pool = _pool(self.parts)
+        futures = [pool.submit(lambda k: jax.block_until_ready(f(np.int32(k))), k) for k in range(self.parts)]
+        return [fu.result() for fu in futures]
 
     def finish(self, outputs):
         """Bring the outputs back to one place every process can read (see :func:`gather`)."""
