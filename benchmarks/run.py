@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import resource
-import sys
 import time
 
 
@@ -143,7 +142,6 @@ def _phase(name, first, again, flops, steps, repeat, compiles):
 
 def run_workload(spec, args, compiles, peak):
     import jax
-    import numpy as np
 
     import linoverfit as lo
     from benchmarks import workloads
@@ -230,7 +228,6 @@ def main(argv=None):
 
         par.use_cpu_devices(None if args.cpu_devices == 0 else args.cpu_devices)
     import jax
-    import numpy as np
 
     from benchmarks import workloads
 

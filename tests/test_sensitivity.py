@@ -1,7 +1,6 @@
 """Monte Carlo sensitivity against the depth-2 closed form (DESIGN.md, closed form 2)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
