@@ -50,15 +50,7 @@ class DeepLinear:
     widths: tuple[int, ...]
 
     def __post_init__(self):
-        w = self.widths
-        if isinstance(w, (int, np.integer)) or not hasattr(w, "__len__"):
-            raise TypeError(f"widths must be a sequence of layer widths (d_in, ..., d_out), got {w!r}")
-        w = tuple(w)
-        if len(w) < 2:
-            raise ValueError(f"widths must have at least 2 entries (depth >= 1), got {w} (depth {len(w) - 1})")
-        for i, n in enumerate(w):
-            _v.positive_int(n, f"widths[{i}]")
-        object.__setattr__(self, "widths", tuple(int(n) for n in w))
+        object.__setattr__(self, "widths", _v.layer_widths(self.widths))
 
     @property
     def depth(self) -> int:

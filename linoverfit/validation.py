@@ -110,6 +110,18 @@ def positive_int(x, name: str) -> int:
     return int(x)
 
 
+def layer_widths(widths, name: str = "widths") -> tuple[int, ...]:
+    """Layer widths ``(d_in, h_1, ..., d_out)``: a sequence of >= 2 integers >= 1 (depth >= 1)."""
+    if isinstance(widths, (numbers.Integral, str)) or not hasattr(widths, "__len__"):
+        raise TypeError(f"{name} must be a sequence of layer widths (d_in, ..., d_out), got {widths!r}")
+    w = tuple(widths)
+    if len(w) < 2:
+        raise ValueError(f"{name} must have at least 2 entries (depth >= 1), got {w} (depth {len(w) - 1})")
+    for i, n in enumerate(w):
+        positive_int(n, f"{name}[{i}]")
+    return tuple(int(n) for n in w)
+
+
 def step_grid(x, name: str = "checkpoints") -> np.ndarray:
     """Check a non-empty, strictly increasing grid of non-negative integer step counts."""
     if isinstance(x, numbers.Integral) and not isinstance(x, bool):

@@ -21,7 +21,6 @@ accepts leading batch axes (checkpoints, seeds) on the weights.
 
 from __future__ import annotations
 
-import numbers
 
 import jax
 import jax.numpy as jnp
@@ -39,15 +38,7 @@ __all__ = [
 
 def _widths(widths, name: str = "widths") -> tuple[int, ...]:
     """Layer widths ``(d_in, h_1, ..., d_out)`` from a tuple or a :class:`~linoverfit.DeepLinear`."""
-    w = getattr(widths, "widths", widths)
-    if isinstance(w, (numbers.Integral, str)) or not hasattr(w, "__len__"):
-        raise TypeError(f"{name} must be a sequence (d_in, ..., d_out) or a DeepLinear, got {widths!r}")
-    w = tuple(w)
-    if len(w) < 2:
-        raise ValueError(f"{name} must have at least 2 entries (depth >= 1), got {w}")
-    for i, n in enumerate(w):
-        _v.positive_int(n, f"{name}[{i}]")
-    return tuple(int(n) for n in w)
+    return _v.layer_widths(getattr(widths, "widths", widths), name)
 
 
 def _gamma(gamma):
