@@ -10,6 +10,9 @@ derived in ``docs/theory.md`` and checked against simulation in ``tests/test_the
   learnt spectrum (:func:`sensitivity_from_spectrum`).
 * :mod:`~linoverfit.theory.turning`: predicted U-curves over pre-training time and their
   minimiser :math:`T^*` (:func:`turning_point`), per-mode thresholds.
+* :mod:`~linoverfit.theory.ucurve`: the one definition of a U-curve and its turning point (an
+  interior minimum followed by a rise of at least a stated depth), used for measured and predicted
+  curves alike (:func:`u_curve`).
 * :mod:`~linoverfit.theory.flow`: the function-space flow of balanced networks
   (:func:`end_to_end_flow`), predicted fine-tuning and forgetting (:func:`predict_finetune`,
   :func:`first_order_forgetting`).
@@ -18,7 +21,7 @@ Conventions are the library's: time :math:`t = \eta\cdot\text{steps}`, loss with
 perturbation :math:`W_l + \gamma E_l` of all layers.
 """
 
-from . import flow, modes, perturbation, turning
+from . import flow, modes, perturbation, turning, ucurve
 from .flow import FinetunePrediction, end_to_end_flow, end_to_end_velocity, first_order_forgetting, predict_finetune
 from .modes import gaussian_init_s0, mode_asymptote, mode_trajectory, mode_velocity
 from .perturbation import (
@@ -28,6 +31,7 @@ from .perturbation import (
     sensitivity_from_spectrum,
 )
 from .turning import TurningPoint, finetune_curve, perturbation_threshold, perturbed_loss_curve, turning_point
+from .ucurve import UCurve, u_curve
 
 __all__ = [
     "mode_trajectory",
@@ -43,6 +47,8 @@ __all__ = [
     "perturbation_threshold",
     "turning_point",
     "TurningPoint",
+    "u_curve",
+    "UCurve",
     "end_to_end_velocity",
     "end_to_end_flow",
     "predict_finetune",
