@@ -159,3 +159,32 @@ def test_bad_arguments_are_named():
         turning_point(task, finetune=task, **kw)
     with pytest.raises(ValueError, match="t_max"):
         turning_point(task, gamma=0.1, t_max=-1.0, **kw)
+
+
+def test_shallow_predicted_curves_are_not_turning_points():
+    """Issue 9 point 5: an interior argmin of a curve shallower than the depth is not a turning point."""
+    task = _task()
+    # depth 2, gamma 0.01: every mode is worth learning (sigma* = 1.6e-3 < 1/8); the only rise after the
+    # minimum is the last mode's overshoot c^2/2 with c = gamma^2 (d_in + d_out) / 2, ~0.02% of the loss
+    shallow = turning_point(task, gamma=0.01, widths=(D, D, D), s0=1e-6)
+    # depth 3, a small rotation fine-tuned briefly: the predicted curve is ~1e-6 relative deep
+    ft = lo.tasks.shifted(task, kind="rotate", size=0.05, key=jax.random.key(1))
+    tiny = turning_point(task, finetune=ft, lr=0.01, steps=50, widths=(D, D, D, D), s0=1e-3, grid=48)
+    for tp in (shallow, tiny):
+        assert tp.interior  # the argmin is inside the horizon ...
+        assert 0 < tp.rise < 0.01 and tp.depth == 0.01 and not tp.is_turning_point  # ... but it is no U-curve
+        # the rise is the shared definition's, measured from the refined minimum on the predicted grid
+        after = tp.curve[tp.t >= tp.t_star]
+        assert tp.rise == pytest.approx((max(after.max(), tp.loss) - tp.loss) / tp.loss, rel=1e-9)
+        # a flat minimum: the curve stays within the depth up to the end of the horizon
+        assert tp.interval[0] <= tp.t_star <= tp.interval[1] == tp.t[-1]
+        # the verdict is the depth's: half the measured rise as the depth makes it a turning point
+        kw = dict(widths=(D, D, D), s0=1e-6, gamma=0.01) if tp is shallow else \
+            dict(widths=(D, D, D, D), s0=1e-3, finetune=ft, lr=0.01, steps=50, grid=48)
+        assert turning_point(task, depth=tp.rise / 2, **kw).is_turning_point
+    clear = turning_point(task, gamma=GAMMA, widths=(D, D, D), s0=1e-6)
+    assert clear.is_turning_point and clear.rise > 0.01
+    lo_, hi = clear.interval
+    assert lo_ < clear.t_star < hi < clear.t[-1]
+    with pytest.raises(ValueError, match="depth"):
+        turning_point(task, gamma=0.1, widths=(D, D, D), s0=1e-6, depth=-0.01)

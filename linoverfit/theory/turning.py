@@ -27,6 +27,7 @@ from ..results import Result
 from .flow import FinetunePrediction, predict_finetune
 from .modes import _nonneg, _weight_decay, mode_asymptote, mode_trajectory, mode_velocity
 from .perturbation import _spectrum_sensitivity, _widths
+from .ucurve import u_curve
 
 __all__ = [
     "perturbed_loss_curve",
@@ -260,6 +261,12 @@ class TurningPoint(Result):
     * ``marginal`` ``(k,)``: change of the predicted curve when mode ``i`` is learnt fully after
       modes ``< i`` (the sequential-learning idealisation, small init); ``worth`` ``(k,)``: ``marginal < 0``.
     * ``t`` ``(N,)``, ``curve`` ``(N,)``: the grid the minimum was bracketed on and the curve there.
+    * ``depth``, ``rise``, ``is_turning_point``, ``interval``: the curve judged by the shared
+      definition (:func:`~linoverfit.theory.u_curve` on ``t``, ``curve`` with the refined minimum
+      inserted): ``is_turning_point`` only when the minimum is interior *and* the curve rises after
+      it by at least ``depth`` (a fraction of the minimum); ``interval`` is the range of :math:`t`
+      within ``depth`` of the minimum. ``interior`` alone says nothing about depth: a curve
+      0.01% deep can be "interior".
     """
 
     kind: str
@@ -271,6 +278,21 @@ class TurningPoint(Result):
     worth: np.ndarray
     t: np.ndarray
     curve: np.ndarray
+    depth: float = 0.01
+    rise: float = float("nan")
+    is_turning_point: bool = False
+    interval: tuple = (float("nan"), float("nan"))
+
+
+def _judged(t, f, t_star, loss, depth):
+    """``dict(depth, rise, is_turning_point, interval)`` of the grid curve with the refined minimum inserted."""
+    j = int(np.searchsorted(t, t_star))
+    if j < t.size and t[j] == t_star:
+        t2, f2 = t, np.where(np.arange(t.size) == j, min(loss, f[j]), f)
+    else:
+        t2, f2 = np.insert(t, j, t_star), np.insert(f, j, loss)
+    u = u_curve(t2, f2, depth=depth)
+    return {"depth": u.depth, "rise": u.rise, "is_turning_point": u.is_turning_point, "interval": u.interval}
 
 
 def _grid(t_max, n):
@@ -285,7 +307,7 @@ def _staircase(sig, s0, L, lam):
 
 
 def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, finetune=None, lr=None,
-                  steps=None, t_max=None, grid=None) -> TurningPoint:
+                  steps=None, t_max=None, grid=None, depth: float = 0.01) -> TurningPoint:
     r"""Predicted turning point :math:`T^* = \arg\min_t f(t)` of the perturbation or fine-tuning U-curve.
 
     Perturbation (``gamma=``): :math:`f` is :func:`perturbed_loss_curve`; its derivative is exact,
@@ -309,19 +331,22 @@ def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, fi
       finetune: fine-tuning :class:`~linoverfit.Task`; lr: its learning rate (scalar); steps: its steps.
       t_max: horizon (default: long enough for every learnable mode to be learnt).
       grid: number of grid points (default 4096 for perturbation, 96 for fine-tuning).
+      depth: smallest relative rise after the minimum that makes it a turning point
+        (:func:`~linoverfit.theory.u_curve`; 0.01 = 1%).
 
-    Returns a :class:`TurningPoint`.
+    Returns a :class:`TurningPoint`; ``is_turning_point`` is the verdict, ``interior`` only the location.
 
     Examples:
       >>> import numpy as np, linoverfit as lo
       >>> tp = lo.theory.turning_point(1 / np.arange(1, 9), gamma=0.1, widths=(8, 8, 8), s0=1e-6)
       >>> # threshold gamma^2 (d_in + d_out) = 0.16: modes 1/1 .. 1/6 are worth learning, 1/7 and 1/8 not
-      >>> tp.interior, int(tp.worth.sum()), round(tp.threshold, 12)
+      >>> tp.is_turning_point, int(tp.worth.sum()), round(tp.threshold, 12)
       (True, 6, 0.16)
     """
     widths = _widths(widths)
     L = len(widths) - 1
     lam = _weight_decay(weight_decay)
+    depth = _v.positive_scalar(depth, "depth", allow_zero=True)
     if (gamma is None) == (finetune is None):
         raise ValueError("give exactly one of gamma= (perturbation) or finetune= (fine-tuning)")
     sigma, noise = _spectrum(task, widths)
@@ -364,11 +389,12 @@ def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, fi
         if not cands:  # pragma: no cover - df[0] < 0 and no sign change means df[-1] < 0
             cands.append((f[-1], t_max))
         loss, t_star = min(cands)
+        interior = bool(t_star < t_max)  # a lower interior local minimum beats a still-falling end
         stair_values = 0.5 * np.sum((sig - stairs) ** 2, axis=-1) + _spectrum_sensitivity(stairs, g, widths)[0]
         marginal = np.diff(stair_values)
         threshold = float(perturbation_threshold(g, widths))
         return TurningPoint("perturbation", float(t_star), float(loss), bool(interior), threshold,
-                            marginal, marginal < 0, t, f)
+                            marginal, marginal < 0, t, f, **_judged(t, f, float(t_star), float(loss), depth))
 
     if lr is None or steps is None:
         raise ValueError("fine-tuning needs lr= (a scalar) and steps=")
@@ -391,4 +417,5 @@ def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, fi
     interior = i < t.size - 1
     P = _aligned_maps(task, widths, stairs)
     after = predict_finetune(P, finetune, lr, steps, depth=L, pretrain_task=task).pretrain_loss_after[:, 0]
-    return TurningPoint("finetune", t_star, loss, bool(interior), float("nan"), np.diff(after), np.diff(after) < 0, t, f)
+    return TurningPoint("finetune", t_star, loss, bool(interior), float("nan"), np.diff(after), np.diff(after) < 0, t, f,
+                        **_judged(t, f, t_star, loss, depth))
