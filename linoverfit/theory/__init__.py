@@ -13,6 +13,9 @@ derived in ``docs/theory.md`` and checked against simulation in ``tests/test_the
 * :mod:`~linoverfit.theory.ucurve`: the one definition of a U-curve and its turning point (an
   interior minimum followed by a rise of at least a stated depth), used for measured and predicted
   curves alike (:func:`u_curve`).
+* :mod:`~linoverfit.theory.curvature`: top Hessian eigenvalue of the loss, exact for any weights
+  (:func:`sharpness`, Lanczos on Hessian-vector products) and in closed form for balanced aligned
+  networks (:func:`sharpness_from_spectrum`); the stability edge :math:`2/\lambda_{max}`.
 * :mod:`~linoverfit.theory.flow`: the function-space flow of balanced networks
   (:func:`end_to_end_flow`), predicted fine-tuning and forgetting (:func:`predict_finetune`,
   :func:`first_order_forgetting`).
@@ -21,7 +24,7 @@ Conventions are the library's: time :math:`t = \eta\cdot\text{steps}`, loss with
 perturbation :math:`W_l + \gamma E_l` of all layers.
 """
 
-from . import flow, modes, perturbation, turning, ucurve
+from . import curvature, flow, modes, perturbation, turning, ucurve
 from .flow import FinetunePrediction, end_to_end_flow, end_to_end_velocity, first_order_forgetting, predict_finetune
 from .modes import gaussian_init_s0, mode_asymptote, mode_trajectory, mode_velocity
 from .perturbation import (
@@ -30,6 +33,7 @@ from .perturbation import (
     perturbation_sensitivity,
     sensitivity_from_spectrum,
 )
+from .curvature import PastEdgeWarning, sharpness, sharpness_from_spectrum, stability_edge
 from .turning import TurningPoint, finetune_curve, perturbation_threshold, perturbed_loss_curve, turning_point
 from .ucurve import UCurve, u_curve
 
@@ -54,4 +58,8 @@ __all__ = [
     "predict_finetune",
     "first_order_forgetting",
     "FinetunePrediction",
+    "sharpness",
+    "sharpness_from_spectrum",
+    "stability_edge",
+    "PastEdgeWarning",
 ]
