@@ -23,7 +23,23 @@ import time
 import traceback
 from pathlib import Path
 
-__all__ = ["main", "parse_only", "run_figures"]
+__all__ = ["main", "parse_only", "run_figures", "ToleranceError"]
+
+
+class ToleranceError(RuntimeError):
+    """A figure ran but missed one of its own acceptance checks (``summary["checks"]``); the message
+    names the figure and the number."""
+
+
+def _missed_checks(number: str, result: dict) -> list[str]:
+    """One line per failed entry of ``result["checks"]`` (see ``experiments._common.check``)."""
+    lines = []
+    for c in result.get("checks", []):
+        if not c.get("ok", True):
+            want = f"<= {c['at_most']:.4g}" if "at_most" in c else f"{c.get('expected')!r}"
+            value = f"{c['value']:.4g}" if isinstance(c["value"], float) else repr(c["value"])
+            lines.append(f"{number} missed its tolerance: {c['what']} = {value}, wanted {want}")
+    return lines
 
 
 def parse_only(text: str | None) -> list[str]:
@@ -72,7 +88,9 @@ def run_figures(out="paper_figs", only=None, quick=False, seed=0, progress=True,
     numbers of the figures run, keeping the entries of the others.
 
     Figures that fail are reported (with their traceback) and skipped; ``RuntimeError`` lists them
-    at the end, after the others have run and ``summary.json`` has been written.
+    at the end, after the others have run and ``summary.json`` has been written. A figure that runs
+    but misses one of its acceptance checks (``summary["checks"]``) is reported on ``stream`` and,
+    at the end, raises :class:`ToleranceError` naming the figure and the number.
     """
     import matplotlib
 
@@ -92,7 +110,7 @@ def run_figures(out="paper_figs", only=None, quick=False, seed=0, progress=True,
     old = _load_summary(summary_path)
     new: dict = {}
     times: dict = {}
-    failed = []
+    failed, missed = [], []
     disable = not progress
     with tqdm(numbers, desc="figures", unit="fig", file=stream, position=0, disable=disable) as outer:
         for number in outer:
@@ -107,6 +125,9 @@ def run_figures(out="paper_figs", only=None, quick=False, seed=0, progress=True,
                     tqdm.write(f"{number}: FAILED\n{traceback.format_exc()}", file=stream)
                     continue
             times[number] = time.perf_counter() - start
+            for line in _missed_checks(number, rounded(result)):
+                missed.append(line)
+                tqdm.write(line, file=stream)
             new[number] = {"name": module.NAME, "title": module.TITLE, "quick": bool(quick), "seed": seed,
                            **rounded(result)}
             png = out / f"{number}_{module.NAME}.png"
@@ -118,7 +139,9 @@ def run_figures(out="paper_figs", only=None, quick=False, seed=0, progress=True,
     print(f"{len(times)} figure(s) in {total:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in times.items())}) "
           f"-> {out}/", file=stream)
     if failed:
-        raise RuntimeError(f"figure(s) failed: {', '.join(failed)} (tracebacks above)")
+        raise RuntimeError(f"figure(s) failed: {', '.join(failed)} (tracebacks above)" + "".join(f"\n{m}" for m in missed))
+    if missed:
+        raise ToleranceError("\n".join(missed))
     return times
 
 
@@ -141,6 +164,9 @@ def _figures_command(args) -> int:
         return 2
     try:
         run_figures(args.out, only=only, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    except ToleranceError as err:
+        print(f"linoverfit figures: {err}", file=sys.stderr)
+        return 3
     except RuntimeError as err:
         print(f"linoverfit figures: {err}", file=sys.stderr)
         return 1
@@ -174,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Entry point of the ``linoverfit`` console script; ``argv=None`` reads ``sys.argv``.
 
-    Returns the exit status: 0 = success, 1 = a figure failed (the others still ran), 2 = bad arguments.
+    Returns the exit status: 0 = success, 1 = a figure failed (the others still ran), 2 = bad arguments,
+    3 = every figure ran but one missed its own tolerance (stderr names the figure and the number).
     """
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -23,6 +23,9 @@ __all__ = [
     "resolve_config",
     "Stages",
     "measured_minimum",
+    "DEPTH",
+    "turning",
+    "check",
     "degradation_percent",
     "rel_diff",
     "rounded",
@@ -95,6 +98,41 @@ def measured_minimum(t, y):
         if a > 0:
             t_star = float(np.exp(np.clip(-b / (2 * a), x[0], x[2])))
     return {"t": t_star, "t_grid": float(t[i]), "index": i, "interior": interior}
+
+
+#: Depth of every figure's turning points (lo.theory.u_curve): a curve rising less than 1% after its
+#: interior minimum is not a U-curve.
+DEPTH = 0.01
+
+
+def turning(t, y, depth: float = DEPTH):
+    """``lo.theory.u_curve`` of a measured or predicted curve, skipping non-finite (diverged) points.
+
+    Returns the :class:`~linoverfit.theory.UCurve`, or ``None`` when fewer than one finite point is left.
+    """
+    from ..theory import u_curve
+
+    t = np.asarray(t, float)
+    y = np.asarray(y, float)
+    ok = np.isfinite(y)
+    if not np.any(ok):
+        return None
+    return u_curve(t[ok], y[ok], depth=depth)
+
+
+def check(what: str, value, *, at_most=None, expected=None) -> dict:
+    """One acceptance check of a figure: ``value <= at_most`` or ``value == expected``.
+
+    Returns ``dict(what, value, at_most | expected, ok)``; a missing or NaN value fails. Figures put a
+    list of them in ``summary["checks"]``; ``linoverfit figures`` reports every failed one on stderr
+    and exits non-zero.
+    """
+    if (at_most is None) == (expected is None):
+        raise ValueError("give exactly one of at_most= or expected=")
+    if at_most is not None:
+        ok = value is not None and math.isfinite(float(value)) and float(value) <= at_most
+        return {"what": what, "value": value, "at_most": at_most, "ok": bool(ok)}
+    return {"what": what, "value": value, "expected": expected, "ok": bool(value == expected)}
 
 
 def degradation_percent(y, index=None) -> float:
