@@ -1,9 +1,14 @@
-"""Frozen result containers with ``to_dict`` / ``save`` / ``load``.
+"""Frozen result containers: pytrees with a short repr, ``to_dict`` / ``to_xarray`` / ``save`` / ``load``.
 
 Results are frozen dataclasses whose fields are arrays (leading checkpoint axis), tuples of
-arrays (weights), plain Python scalars, tasks, or ``None``. ``save`` writes one ``.npz`` file
-atomically (temporary file in the same folder, fsync, ``os.replace``) and ``load`` returns an
-object whose arrays are bit-identical to the saved ones.
+arrays (weights), plain Python scalars, tasks, or ``None``. Every result class is declared with
+:func:`result` and is therefore a pytree (:func:`jax.tree_util.register_dataclass`): its arrays,
+tasks and numeric scalars are leaves, the fields marked :func:`static` (and ``str`` fields) are
+static metadata, so a result passes through ``jax.jit``, ``jax.vmap`` and ``jax.tree.map``.
+``save`` writes one ``.npz`` file atomically (temporary file in the same folder, fsync,
+``os.replace``) and ``load`` returns an object whose arrays are bit-identical to the saved ones.
+``to_xarray`` (optional ``xarray`` extra) names the axes: ``checkpoint``, ``lr`` or ``gamma``,
+``seed``, ``record``.
 """
 
 from __future__ import annotations
@@ -13,9 +18,87 @@ import os
 import tempfile
 from pathlib import Path
 
+from typing import Any, ClassVar
+
+import jax
 import numpy as np
 
-__all__ = ["Result"]
+__all__ = ["Result", "result", "static"]
+
+
+def static(default: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field that is static pytree metadata (hashable; changing it recompiles a jitted
+    function of the result), e.g. ``ft_steps: int = static()``; other fields are pytree leaves."""
+    return dataclasses.field(default=default, metadata={"static": True})
+
+
+def result(cls: type) -> type:
+    """Class decorator of every result: a frozen dataclass (``eq=False``, the short :class:`Result`
+    repr) registered as a pytree with :func:`jax.tree_util.register_dataclass`.
+
+    Fields made with :func:`static`, and fields annotated ``str`` (a string is never a JAX leaf),
+    are metadata; every other field (arrays, tuples of arrays, tasks, numeric scalars, ``None``)
+    is data. The field lists are passed explicitly, which every JAX since 0.4.27 accepts.
+    """
+    cls = dataclasses.dataclass(frozen=True, eq=False, repr=False)(cls)
+    fields = dataclasses.fields(cls)
+    meta = [f.name for f in fields if _is_static(f)]
+    data = [f.name for f in fields if not _is_static(f)]
+    return jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
+
+
+def _is_static(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get("static")) or f.type in ("str", str)
+
+
+def _short_dtype(dtype) -> str:
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return "bool"
+    return f"{dtype.kind if dtype.kind in 'fiuc' else dtype.name}{8 * dtype.itemsize if dtype.kind in 'fiuc' else ''}"
+
+
+def _concrete(v) -> bool:
+    """True for values that can be read without tracing (numpy, or a committed jax.Array)."""
+    if isinstance(v, (np.ndarray, np.generic)):
+        return True
+    return isinstance(v, jax.Array) and not isinstance(v, jax.core.Tracer)
+
+
+def _short(v) -> str:
+    """Repr of one field: scalars as they are, arrays as ``f32[48,4]`` (1-D numeric grids also
+    show their values, or first..last), tuples element-wise, other objects by their own repr."""
+    if v is None or isinstance(v, (bool, str)):
+        return repr(v)
+    if isinstance(v, float):
+        text = f"{v:.6g}"
+        return text if any(c in text for c in ".enai") else text + ".0"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_short(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if hasattr(v, "shape") and hasattr(v, "dtype"):
+        head = f"{_short_dtype(v.dtype)}[{','.join(str(n) for n in v.shape)}]"
+        if _concrete(v) and np.ndim(v) <= 1 and np.dtype(v.dtype).kind in "fiub":
+            x = np.asarray(v)
+            if x.ndim == 0:
+                return f"{x.item():.6g}" if x.dtype.kind == "f" else str(x.item())
+            fmt = (lambda a: f"{a:.4g}") if x.dtype.kind == "f" else str
+            if x.size <= 4:
+                return f"{head} [{', '.join(fmt(a) for a in x.tolist())}]"
+            if x.size:
+                return f"{head} {fmt(x[0].item())}..{fmt(x[-1].item())}"
+        return head
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _xarray():
+    try:
+        import xarray
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("to_xarray needs the optional xarray package: pip install \"linoverfit[xarray]\"") from err
+    return xarray
 
 _SEP = "."
 
@@ -65,7 +148,12 @@ def _decode(name: str, data) -> object:
 
 
 class Result:
-    """Mixin for frozen result dataclasses: ``to_dict``, atomic ``save``, bit-identical ``load``.
+    """Mixin of the result classes: short ``repr``, ``to_dict``, ``to_xarray``, atomic ``save``,
+    bit-identical ``load``. Subclasses are declared with :func:`result` (which makes them pytrees).
+
+    A subclass names the axes of its array fields in ``_dims`` (``{"loss": ("checkpoint", "seed")}``;
+    ``"seed"`` is dropped when the result has no seed axis) and its coordinates in :meth:`_coords`;
+    an array field it does not name gets the class's axes whose sizes match, in order.
 
     Examples:
       >>> import os, tempfile, jax, numpy as np, linoverfit as lo
@@ -79,6 +167,80 @@ class Result:
       >>> back.steps, bool(np.array_equal(back.loss, run.loss))
       (array([ 10, 100]), True)
     """
+
+    #: dims of the array fields (leading axes; a tuple-of-layers field adds ``unit{l}, unit{l-1}``).
+    _dims: ClassVar[dict] = {}
+
+    def _coords(self) -> dict:
+        """Coordinates ``{name: (dim, values)}`` (values ``None`` = absent); a field named here is a
+        coordinate, not a data variable."""
+        return {}
+
+    def _seeds(self) -> int | None:
+        """Size of the seed axis, ``None`` without one."""
+        return None
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{f.name}={_short(getattr(self, f.name))}" for f in dataclasses.fields(self))
+        return f"{type(self).__name__}({parts})"
+
+    def to_xarray(self):
+        """The result as an :class:`xarray.Dataset` with named dimensions and coordinates.
+
+        Dimensions: ``checkpoint`` (coordinates ``steps`` and ``t``, the gradient-flow time),
+        ``lr`` or ``gamma`` (dimension coordinates, so ``ds.sel(lr=0.01)`` works), ``seed`` (only
+        when the run was batched over seeds), ``record`` (coordinate ``record_steps``), and
+        ``unit0, unit1, ...`` for the rows/columns of weight matrices (``weights_l`` is layer
+        :math:`W_l`, dims ``(..., unit{l}, unit{l-1})``). Scalars (learning rate, steps, ...) are
+        attributes; the task is left out (it is saved by :meth:`save`). Values are numpy copies.
+
+        Examples (needs ``pip install "linoverfit[xarray]"``)::
+
+            ds = ftr.to_xarray()
+            ds.pretrain_loss_after.sel(lr=0.01).plot(x="t", xscale="log")
+            ds.to_dataframe()
+        """
+        from .tasks import Dataset, Task
+
+        xr = _xarray()
+        coords = {k: (d, np.asarray(v)) for k, (d, v) in self._coords().items() if v is not None}
+        seeds = self._seeds()
+        if seeds:
+            coords["seed"] = ("seed", np.arange(seeds))
+        sizes = {d: v.shape[0] for d, v in coords.values() if v.ndim == 1}
+        data, attrs = {}, {"result": type(self).__name__}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in coords or v is None or isinstance(v, (Task, Dataset)):
+                continue
+            if isinstance(v, (bool, int, float, str, np.generic)) or (hasattr(v, "shape") and np.ndim(v) == 0):
+                attrs[f.name] = np.asarray(v).item()
+                continue
+            if isinstance(v, tuple):
+                for layer, w in enumerate(v, start=1):
+                    w = np.asarray(w)
+                    lead = self._lead_dims(f.name, w.shape[:-2], sizes)
+                    data[f"{f.name}_{layer}"] = (lead + (f"unit{layer}", f"unit{layer - 1}"), w)
+                continue
+            v = np.asarray(v)
+            data[f.name] = (self._lead_dims(f.name, v.shape, sizes), v)
+        return xr.Dataset(data, coords=coords, attrs=attrs)
+
+    def _lead_dims(self, name: str, shape: tuple, sizes: dict) -> tuple:
+        """Dims of ``name``'s axes of ``shape``: declared in ``_dims``, else matched by size."""
+        seeds = bool(self._seeds())
+        declared = tuple(d for d in self._dims.get(name, ()) if seeds or d != "seed")
+        if len(declared) >= len(shape):
+            return declared[: len(shape)]
+        dims, order = list(declared), [d for d in sizes if d not in declared]
+        for n in shape[len(dims):]:
+            match = next((d for d in order if sizes[d] == n), None)
+            if match is None:
+                break
+            dims.append(match)
+            order = order[order.index(match) + 1:]
+        dims += [f"{name}_dim{i}" for i in range(len(dims), len(shape))]
+        return tuple(dims)
 
     def to_dict(self) -> dict:
         """Fields as a dict of numpy arrays (tuples stay tuples of arrays; tasks and None as they are)."""

@@ -10,7 +10,6 @@ The closed form of :math:`\mathbb E[L(W+\gamma E)]` is :func:`linoverfit.theory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 
 import jax
@@ -19,7 +18,7 @@ import numpy as np
 
 from . import validation as _v
 from .networks import DeepLinear, end_to_end
-from .results import Result
+from .results import Result, result, static
 from .tasks import Dataset, Task
 from . import parallel as _par
 from .training import PretrainResult, _identity_cov, _sweep, _task_loss
@@ -27,7 +26,7 @@ from .training import PretrainResult, _identity_cov, _sweep, _task_loss
 __all__ = ["gaussian", "SensitivityResult"]
 
 
-@dataclass(frozen=True, eq=False)
+@result
 class SensitivityResult(Result):
     r"""Monte Carlo sensitivity per checkpoint and noise scale.
 
@@ -40,12 +39,21 @@ class SensitivityResult(Result):
 
     steps: np.ndarray
     gamma: np.ndarray
-    samples: int
+    samples: int = static()
     pretrain_lr: float
     loss: jax.Array
     perturbed_loss: jax.Array
     sensitivity: jax.Array
     stderr: jax.Array
+
+    _dims = {"loss": ("checkpoint", "seed"),
+             **{k: ("checkpoint", "gamma", "seed") for k in ("perturbed_loss", "sensitivity", "stderr")}}
+
+    def _coords(self) -> dict:
+        return {"steps": ("checkpoint", self.steps), "t": ("checkpoint", self.t), "gamma": ("gamma", self.gamma)}
+
+    def _seeds(self) -> int | None:
+        return self.loss.shape[1] if np.ndim(self.loss) == 2 else None
 
     @property
     def t(self) -> np.ndarray:

@@ -25,7 +25,7 @@ import optax
 from . import parallel as _par
 from . import validation as _v
 from .networks import DeepLinear, end_to_end
-from .results import Result
+from .results import Result, result, static
 from .tasks import Dataset, Task
 
 __all__ = [
@@ -57,7 +57,7 @@ class DivergenceWarning(RuntimeWarning):
 # ----------------------------------------------------------------------------- results
 
 
-@dataclass(frozen=True, eq=False)
+@result
 class PretrainResult(Result):
     r"""Checkpoints of one pre-training sweep.
 
@@ -77,6 +77,14 @@ class PretrainResult(Result):
     lr: float
     weight_decay: float = 0.0
 
+    _dims = {"loss": ("checkpoint", "seed"), "weights": ("checkpoint", "seed")}
+
+    def _coords(self) -> dict:
+        return {"steps": ("checkpoint", self.steps), "t": ("checkpoint", self.t)}
+
+    def _seeds(self) -> int | None:
+        return self.loss.shape[1] if self.batched else None
+
     @property
     def t(self) -> np.ndarray:
         """Gradient-flow time ``lr * steps`` of each checkpoint."""
@@ -95,7 +103,7 @@ class PretrainResult(Result):
         return end_to_end(self.weights)
 
 
-@dataclass(frozen=True, eq=False)
+@result
 class FinetuneResult(Result):
     r"""Fine-tuning from every checkpoint at every learning rate.
 
@@ -113,7 +121,7 @@ class FinetuneResult(Result):
 
     steps: np.ndarray
     lr: np.ndarray
-    ft_steps: int
+    ft_steps: int = static()
     l2: float
     pretrain_lr: float
     pretrain_loss_before: jax.Array
@@ -126,6 +134,20 @@ class FinetuneResult(Result):
     pretrain_loss_trajectory: jax.Array | None = None
     finetune_loss_trajectory: jax.Array | None = None
     weights: tuple | None = None
+
+    _dims = {
+        **{k: ("checkpoint", "seed") for k in ("pretrain_loss_before", "finetune_loss_before")},
+        **{k: ("checkpoint", "lr", "seed") for k in ("pretrain_loss_after", "finetune_loss_after", "diverged",
+                                                     "diverged_step", "weights")},
+        **{k: ("checkpoint", "lr", "seed", "record") for k in ("pretrain_loss_trajectory", "finetune_loss_trajectory")},
+    }
+
+    def _coords(self) -> dict:
+        return {"steps": ("checkpoint", self.steps), "t": ("checkpoint", self.t), "lr": ("lr", self.lr),
+                "record_steps": ("record", self.record_steps)}
+
+    def _seeds(self) -> int | None:
+        return self.pretrain_loss_before.shape[1] if np.ndim(self.pretrain_loss_before) == 2 else None
 
     @property
     def t(self) -> np.ndarray:

@@ -15,13 +15,12 @@ at depth 2. Integrating it from each checkpoint's :math:`P` predicts fine-tuning
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.integrate import solve_ivp
 
 from .. import validation as _v
-from ..results import Result
+from ..results import Result, result, static
 from .modes import _depth, _nonneg
 
 __all__ = [
@@ -239,7 +238,7 @@ def end_to_end_flow(P0, task, t, depth: int, *, method: str = "layers", rtol: fl
 # ----------------------------------------------------------------------------- fine-tuning
 
 
-@dataclass(frozen=True, eq=False)
+@result
 class FinetunePrediction(Result):
     r"""Fine-tuning predicted by the end-to-end flow, laid out like :class:`~linoverfit.FinetuneResult`.
 
@@ -254,13 +253,25 @@ class FinetunePrediction(Result):
 
     t: np.ndarray | None
     lr: np.ndarray
-    ft_steps: int
+    ft_steps: int = static()
     tau: np.ndarray
     pretrain_loss_before: np.ndarray
     finetune_loss_before: np.ndarray
     pretrain_loss_after: np.ndarray
     finetune_loss_after: np.ndarray
     end_to_end: np.ndarray | None = None
+
+    _dims = {
+        **{k: ("checkpoint", "seed") for k in ("pretrain_loss_before", "finetune_loss_before")},
+        **{k: ("checkpoint", "lr", "seed") for k in ("pretrain_loss_after", "finetune_loss_after")},
+        "end_to_end": ("checkpoint", "lr", "seed", "d_out", "d_in"),
+    }
+
+    def _coords(self) -> dict:
+        return {"t": ("checkpoint", self.t), "lr": ("lr", self.lr), "tau": ("lr", self.tau)}
+
+    def _seeds(self) -> int | None:
+        return self.pretrain_loss_before.shape[1] if np.ndim(self.pretrain_loss_before) == 2 else None
 
     @property
     def forgetting(self) -> np.ndarray:

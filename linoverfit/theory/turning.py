@@ -17,13 +17,12 @@ learning it pays.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
 from .. import validation as _v
-from ..results import Result
+from ..results import Result, result
 from .flow import FinetunePrediction, predict_finetune
 from .modes import _nonneg, _weight_decay, mode_asymptote, mode_trajectory, mode_velocity
 from .perturbation import _spectrum_sensitivity, _widths
@@ -249,7 +248,7 @@ def perturbation_threshold(gamma, widths):
 # ----------------------------------------------------------------------------- turning point
 
 
-@dataclass(frozen=True, eq=False)
+@result
 class TurningPoint(Result):
     r"""Predicted turning point of a U-curve over pre-training time.
 
@@ -293,6 +292,11 @@ def _judged(t, f, t_star, loss, depth):
         t2, f2 = np.insert(t, j, t_star), np.insert(f, j, loss)
     u = u_curve(t2, f2, depth=depth)
     return {"depth": u.depth, "rise": u.rise, "is_turning_point": u.is_turning_point, "interval": u.interval}
+
+    _dims = {"marginal": ("mode",), "worth": ("mode",), "curve": ("grid",)}
+
+    def _coords(self) -> dict:
+        return {"t": ("grid", self.t)}
 
 
 def _grid(t_max, n):
