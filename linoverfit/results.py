@@ -216,6 +216,9 @@ class Result:
             if isinstance(v, (bool, int, float, str, np.generic)) or (hasattr(v, "shape") and np.ndim(v) == 0):
                 attrs[f.name] = np.asarray(v).item()
                 continue
+            if isinstance(v, tuple) and all(np.ndim(x) == 0 for x in v):
+                attrs[f.name] = [np.asarray(x).item() for x in v]
+                continue
             if isinstance(v, tuple):
                 for layer, w in enumerate(v, start=1):
                     w = np.asarray(w)

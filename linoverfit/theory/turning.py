@@ -282,6 +282,11 @@ class TurningPoint(Result):
     is_turning_point: bool = False
     interval: tuple = (float("nan"), float("nan"))
 
+    _dims = {"marginal": ("mode",), "worth": ("mode",), "curve": ("grid",)}
+
+    def _coords(self) -> dict:
+        return {"t": ("grid", self.t)}
+
 
 def _judged(t, f, t_star, loss, depth):
     """``dict(depth, rise, is_turning_point, interval)`` of the grid curve with the refined minimum inserted."""
@@ -292,11 +297,6 @@ def _judged(t, f, t_star, loss, depth):
         t2, f2 = np.insert(t, j, t_star), np.insert(f, j, loss)
     u = u_curve(t2, f2, depth=depth)
     return {"depth": u.depth, "rise": u.rise, "is_turning_point": u.is_turning_point, "interval": u.interval}
-
-    _dims = {"marginal": ("mode",), "worth": ("mode",), "curve": ("grid",)}
-
-    def _coords(self) -> dict:
-        return {"t": ("grid", self.t)}
 
 
 def _grid(t_max, n):
