@@ -4,14 +4,15 @@ Quick map::
 
     lo.tasks        teachers, input covariances, shifted fine-tuning tasks
     lo.DeepLinear   deep linear networks as plain tuples of matrices
-    lo.pretrain     one compiled pre-training run, every checkpoint kept
+    lo.pretrain     one compiled pre-training run, every checkpoint kept (lr schedules, online SGD)
+    lo.optimizers   momentum, Adam, SAM for pre-training, hyperparameters traced (no recompiles)
     lo.finetune     every checkpoint x learning rate fine-tuned in one compiled call
     lo.sensitivity  Monte Carlo sensitivity to Gaussian weight noise
     lo.theory       the closed forms (mode dynamics, exact perturbed loss, turning point, flows)
     lo.plotting     the house figure style and plotting helpers
 """
 
-from . import checkpoints, networks, sensitivity, tasks, training
+from . import checkpoints, networks, optimizers, sensitivity, tasks, training
 from .checkpoints import linear_checkpoints, log_checkpoints
 from .networks import DeepLinear, end_to_end
 from .tasks import Dataset, Task
@@ -46,6 +47,7 @@ def __dir__():
 __all__ = [
     "checkpoints",
     "networks",
+    "optimizers",
     "sensitivity",
     "tasks",
     "training",

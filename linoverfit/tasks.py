@@ -29,6 +29,7 @@ __all__ = [
     "geometric",
     "from_spectrum",
     "shifted",
+    "mixture",
     "SHIFT_KINDS",
 ]
 
@@ -366,3 +367,65 @@ def shifted(task: Task, kind: str = "additive", size: float = 0.1, key=None, ran
         if s_new.shape != s.shape:
             raise ValueError(f"spectrum must have {s.shape[0]} entries, got {s_new.shape[0]}")
     return task.with_(teacher=(U * s_new) @ Vt)
+
+
+def mixture(task: Task, other: Task, rho: float) -> Task:
+    r"""The objective :math:`(1-\rho)\,L_{task} + \rho\,L_{other}` as one equivalent :class:`Task`.
+
+    Both losses are quadratic in :math:`P`, so the mixture is again a task, exactly:
+    with :math:`\Sigma_\rho = (1-\rho)\Sigma_1 + \rho\Sigma_2` (assumed invertible when the
+    covariances differ),
+
+    .. math:: A_\rho = \big((1-\rho)A_1\Sigma_1 + \rho A_2\Sigma_2\big)\Sigma_\rho^{-1},
+
+    and the label noise :math:`\sigma_\rho^2` carries the constant that makes
+    ``mixture(...).loss(P)`` equal the mixed loss for every :math:`P`:
+    :math:`\tfrac12 d_{out}\sigma_\rho^2 = (1-\rho)\big(\tfrac12\operatorname{tr}A_1\Sigma_1A_1^\top
+    + \tfrac12 d_{out}\sigma_1^2\big) + \rho(\ldots)_2 - \tfrac12\operatorname{tr}A_\rho\Sigma_\rho A_\rho^\top`
+    (:math:`\ge 0`). With equal covariances :math:`A_\rho = (1-\rho)A_1 + \rho A_2`. Online samples
+    drawn from it (``lo.pretrain(..., online=True)``) have the mixture's population loss, not its
+    per-sample mixture distribution.
+
+    Args:
+      task, other: the two tasks, same shapes; rho: the weight :math:`0 \le \rho \le 1` of ``other``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, linoverfit as lo
+      >>> a = lo.Task(teacher=jnp.eye(2)); b = lo.Task(teacher=-jnp.eye(2))
+      >>> m = lo.tasks.mixture(a, b, 0.25)
+      >>> print(m.teacher.round(3))   # (1 - rho) I + rho (-I)
+      [[0.5 0. ]
+       [0.  0.5]]
+      >>> round(float(m.noise), 6)    # the constant: (1/2)(2) - (1/2)(2 * 0.25) = d_out * noise / 2
+      0.75
+    """
+    for name, t in (("task", task), ("other", other)):
+        if not isinstance(t, Task):
+            raise TypeError(f"{name} must be a linoverfit Task, got {type(t).__name__}")
+    if task.teacher.shape != other.teacher.shape:
+        raise ValueError(f"task and other must have the same teacher shape, got {task.teacher.shape} and "
+                         f"{other.teacher.shape}")
+    rho = _v.positive_scalar(rho, "rho", allow_zero=True)
+    if rho > 1:
+        raise ValueError(f"rho must be in [0, 1], got {rho}")
+    A1, A2 = np.asarray(task.teacher, np.float64), np.asarray(other.teacher, np.float64)
+    S1, S2 = np.asarray(task.input_cov, np.float64), np.asarray(other.input_cov, np.float64)
+    S = (1 - rho) * S1 + rho * S2
+    if np.array_equal(S1, S2):
+        A = (1 - rho) * A1 + rho * A2
+    else:
+        try:
+            A = np.linalg.solve(S.T, ((1 - rho) * A1 @ S1 + rho * A2 @ S2).T).T
+        except np.linalg.LinAlgError:
+            raise ValueError("the mixed input covariance (1-rho) Sigma_1 + rho Sigma_2 is singular; "
+                             "use covariances whose mixture is invertible") from None
+    d_out = A1.shape[0]
+
+    def energy(A_, S_, noise):
+        return 0.5 * np.trace(A_ @ S_ @ A_.T) + 0.5 * d_out * float(noise)
+
+    const = (1 - rho) * energy(A1, S1, task.noise) + rho * energy(A2, S2, other.noise) - energy(A, S, 0.0)
+    # round-off can make an exact 0 slightly negative
+    noise = max(2.0 * const / d_out, 0.0)
+    dtype = task.teacher.dtype
+    return Task(teacher=jnp.asarray(A, dtype), input_cov=jnp.asarray(S, dtype), noise=noise)

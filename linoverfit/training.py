@@ -3,8 +3,10 @@ r"""Checkpointed pre-training and fine-tuning sweeps, each one compiled call.
 Gradient descent on the layers, :math:`W_l \leftarrow W_l - \eta\,\partial L/\partial W_l`, with the
 gradient taken by ``jax.grad`` of the documented loss of the end-to-end map
 :math:`P = W_L\cdots W_1` (population loss of a :class:`~linoverfit.tasks.Task`, or the
-finite-sample loss of a :class:`~linoverfit.tasks.Dataset`, optionally on random minibatches).
-Gradient-flow time is :math:`t = \eta \cdot \text{steps}`.
+finite-sample loss of a :class:`~linoverfit.tasks.Dataset`, optionally on random minibatches, or
+online SGD on fresh samples of a :class:`~linoverfit.tasks.Task`).
+Gradient-flow time is the cumulative learning rate :math:`t_k = \sum_{j<k}\eta_j`
+(:math:`t = \eta \cdot \text{steps}` at a constant rate).
 
 Step loops are ``lax.fori_loop`` inside a ``lax.scan`` over checkpoint segments; seeds,
 checkpoints and learning rates are ``vmap``-ed, so a whole sweep compiles once per shape and
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import optimizers as _opt
 from . import parallel as _par
 from . import validation as _v
 from .networks import DeepLinear, end_to_end
@@ -63,11 +66,15 @@ class PretrainResult(Result):
 
     Shapes (``C`` checkpoints, optional ``S`` seeds when the initialisation was batched):
 
-    * ``steps`` ``(C,)`` step counts; ``t`` = ``lr * steps`` gradient-flow time.
+    * ``steps`` ``(C,)`` step counts; ``t`` the gradient-flow time, the cumulative learning rate
+      :math:`t_k = \sum_{j<k}\eta_j` (``lr * steps`` at a constant rate; stored in ``times`` under a schedule).
     * ``loss`` ``(C[, S])`` training-objective loss at each checkpoint.
     * ``weights``: tuple of ``L`` arrays ``(C[, S], n_l, n_{l-1})``, or ``None`` if
       ``keep_weights=False``.
-    * ``task``: the pre-training objective (Task or Dataset); ``lr``, ``weight_decay``.
+    * ``task``: the pre-training objective (Task or Dataset); ``lr`` (the constant rate, or the
+      largest value of a schedule), ``weight_decay``.
+    * ``times`` ``(C,)``: cumulative learning rate at the checkpoints when ``lr`` was a schedule, else ``None``.
+    * ``batch_size``: minibatch size (``None`` for full-batch); ``online``: fresh samples every step.
     """
 
     steps: np.ndarray
@@ -76,6 +83,9 @@ class PretrainResult(Result):
     task: Task | Dataset
     lr: float
     weight_decay: float = 0.0
+    times: np.ndarray | None = None
+    batch_size: int | None = None
+    online: bool = False
 
     _dims = {"loss": ("checkpoint", "seed"), "weights": ("checkpoint", "seed")}
 
@@ -87,8 +97,17 @@ class PretrainResult(Result):
 
     @property
     def t(self) -> np.ndarray:
-        """Gradient-flow time ``lr * steps`` of each checkpoint."""
+        """Gradient-flow time of each checkpoint: the cumulative learning rate :math:`\\sum_{j<k}\\eta_j`."""
+        if self.times is not None:
+            return np.asarray(self.times, dtype=np.float64)
         return self.lr * np.asarray(self.steps, dtype=np.float64)
+
+    @property
+    def samples_seen(self) -> np.ndarray:
+        """Samples drawn up to each checkpoint, ``batch_size * steps`` (online SGD and minibatches)."""
+        if self.batch_size is None:
+            raise ValueError("full-batch training draws no samples; pass batch_size= (and online=True for a Task)")
+        return self.batch_size * np.asarray(self.steps, dtype=np.int64)
 
     @property
     def batched(self) -> bool:
@@ -134,6 +153,7 @@ class FinetuneResult(Result):
     pretrain_loss_trajectory: jax.Array | None = None
     finetune_loss_trajectory: jax.Array | None = None
     weights: tuple | None = None
+    pretrain_t: np.ndarray | None = None
 
     _dims = {
         **{k: ("checkpoint", "seed") for k in ("pretrain_loss_before", "finetune_loss_before")},
@@ -151,7 +171,9 @@ class FinetuneResult(Result):
 
     @property
     def t(self) -> np.ndarray:
-        """Pre-training gradient-flow time of each checkpoint."""
+        """Pre-training gradient-flow time of each checkpoint (the run's cumulative learning rate)."""
+        if self.pretrain_t is not None:
+            return np.asarray(self.pretrain_t, dtype=np.float64)
         return self.pretrain_lr * np.asarray(self.steps, dtype=np.float64)
 
     @property
@@ -169,7 +191,11 @@ class FinetuneResult(Result):
 
 
 def _resolve_optimizer(optimizer):
-    """Normalise ``optimizer`` to a hashable factory ``lr -> GradientTransformation``."""
+    """Normalise ``optimizer`` to a hashable factory ``lr -> GradientTransformation``.
+
+    A :mod:`linoverfit.optimizers` instance is *not* a factory: it travels as a traced pytree
+    (see :func:`_split_optimizer`), so new hyperparameter values reuse the compiled program.
+    """
     if optimizer is None:
         return optax.sgd
     if isinstance(optimizer, optax.GradientTransformation):
@@ -194,27 +220,80 @@ class _Fixed:
         return id(self.tx)
 
 
+def _split_optimizer(optimizer):
+    """``(make_opt, spec)``: a static factory for optax inputs, or ``(None, spec)`` for a traced
+    :mod:`linoverfit.optimizers` spec (also accepted by name: ``"gd"``, ``"momentum"``, ``"adam"``, ``"sam"``)."""
+    if isinstance(optimizer, str):
+        if optimizer.lower() not in _opt.OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(_opt.OPTIMIZERS)} by name, got {optimizer!r}")
+        optimizer = _opt.OPTIMIZERS[optimizer.lower()]()
+    if isinstance(optimizer, _opt._Optimizer):
+        return None, optimizer
+    return _resolve_optimizer(optimizer), None
+
+
+def _lr_schedule(lr, n_steps: int):
+    """``(peak, per_step)``: a constant rate gives ``(lr, None)``; a schedule (callable ``step -> lr``,
+    e.g. an optax schedule) is evaluated at steps ``0 .. n_steps - 1`` into a float64 array."""
+    if not callable(lr):
+        return _v.positive_scalar(lr, "lr"), None
+    steps = np.arange(n_steps)
+    try:
+        values = np.asarray(lr(jnp.asarray(steps)), dtype=np.float64)
+    except Exception:  # a schedule written for scalar steps only
+        values = None
+    if values is None or values.shape != steps.shape:
+        values = np.asarray([float(lr(int(k))) for k in steps], dtype=np.float64)
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError("lr schedule must give finite learning rates >= 0 at every step")
+    peak = float(values.max()) if values.size else 0.0
+    if peak <= 0:
+        raise ValueError("lr schedule is 0 at every step: nothing would be learnt")
+    return peak, values
+
+
 def _check_objective(net: DeepLinear, task, name: str):
     if not isinstance(task, (Task, Dataset)):
         raise TypeError(f"{name} must be a linoverfit Task or Dataset, got {type(task).__name__}")
     return net.check_task(task, name)
 
 
-def _check_batch_size(batch_size, task, name="batch_size"):
+def _check_batch_size(batch_size, task, name="batch_size", online=False):
+    if online:
+        if not isinstance(task, Task) or batch_size is None:
+            raise ValueError("online=True needs a Task (the stream to draw from) and a batch_size")
+        return _v.positive_int(batch_size, name)
     if batch_size is None:
         return None
     if not isinstance(task, Dataset):
-        raise ValueError(f"{name} needs a finite-sample Dataset task (population loss has no minibatches)")
+        raise ValueError(f"{name} needs a finite-sample Dataset task (population loss has no minibatches), "
+                         "or online=True to draw fresh samples from the Task every step")
     batch_size = _v.positive_int(batch_size, name)
     if batch_size > task.n:
         raise ValueError(f"{name} ({batch_size}) exceeds the number of samples ({task.n})")
     return batch_size
 
 
-def _objective_loss(task, P, key, step, batch_size):
-    """Loss used for the gradient: full objective, or a random minibatch (with replacement)."""
+def _online_batch(task, root, key, step, batch_size):
+    r"""Fresh samples of step ``step``: :math:`x = z\Sigma^{1/2}`, :math:`y = Ax + \sigma_\varepsilon\xi`,
+    :math:`z, \xi \sim \mathcal N(0, I)` from ``fold_in(key, step)``; ``root`` is :math:`\Sigma^{1/2}`
+    (``None`` for :math:`\Sigma = I`). Returns ``x`` ``(B, d_in)``, ``y`` ``(B, d_out)``."""
+    kx, ke = jax.random.split(jax.random.fold_in(key, step))
+    dtype = task.teacher.dtype
+    x = jax.random.normal(kx, (batch_size, task.d_in), dtype)
+    if root is not None:
+        x = x @ root
+    eps = jax.random.normal(ke, (batch_size, task.d_out), dtype)
+    return x, x @ task.teacher.T + jnp.sqrt(jnp.asarray(task.noise, dtype)) * eps
+
+
+def _objective_loss(task, P, key, step, batch_size, root=None):
+    """Loss used for the gradient: full objective, a random minibatch (with replacement) of a
+    Dataset, or fresh samples of a Task (online SGD)."""
     if batch_size is None:
         return task.loss(P)
+    if isinstance(task, Task):
+        return Dataset.batch_loss(P, *_online_batch(task, root, key, step, batch_size))
     idx = jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, task.n)
     return Dataset.batch_loss(P, task.x[idx], task.y[idx])
 
@@ -258,7 +337,7 @@ def _task_loss(task, P, identity_cov):
     return task.loss(P)
 
 
-def _value_and_grad(task, W, key, step, batch_size, identity_cov):
+def _value_and_grad(task, W, key, step, batch_size, identity_cov, root=None):
     r"""Objective value and its gradient with respect to the layers ``W``.
 
     Population loss (:class:`Task`): the closed form :math:`G = \nabla_P L = (P - A)\Sigma` pulled
@@ -266,16 +345,17 @@ def _value_and_grad(task, W, key, step, batch_size, identity_cov):
     :math:`\partial L/\partial W_l = (W_L\cdots W_{l+1})^\top G\,(W_{l-1}\cdots W_1)^\top`:
     :math:`3(L-1)` matmuls, plus one for :math:`\Sigma \ne I`. (``jax.grad`` of the quadratic form
     would also form :math:`(P-A)\Sigma^\top`, one matmul more per step.) ``task`` must come from
-    :func:`_prepared`. Finite-sample objectives (:class:`Dataset`) use ``jax.value_and_grad``.
+    :func:`_prepared`. Finite-sample objectives (:class:`Dataset`) and online SGD (a Task with
+    ``batch_size``, fresh samples through ``root`` :math:`= \Sigma^{1/2}`) use ``jax.value_and_grad``.
     """
-    if isinstance(task, Task):
+    if isinstance(task, Task) and batch_size is None:
         P, pullback = jax.vjp(end_to_end, W)
         D = P - task.teacher
         G = D if identity_cov else D @ task.input_cov
         loss = 0.5 * jnp.sum(D * G) + 0.5 * task.noise * task.d_out
         (g,) = pullback(G)
         return loss, g
-    return jax.value_and_grad(lambda w: _objective_loss(task, end_to_end(w), key, step, batch_size))(W)
+    return jax.value_and_grad(lambda w: _objective_loss(task, end_to_end(w), key, step, batch_size, root))(W)
 
 
 #: GD steps per iteration of the compiled step loops (fewer loop round trips, same arithmetic).
@@ -314,10 +394,15 @@ def _as_key(key):
 
 
 @partial(jax.jit, static_argnames=("make_opt", "batch_size", "keep_weights", "identity_cov", "mesh", "chunk",
-                                   "parts"))
-def _pretrain_core(W0, task, lr, weight_decay, seg_lengths, keys, factor, part=0, *, make_opt, batch_size,
-                   keep_weights, identity_cov=False, mesh=None, chunk=1, parts=1):
+                                   "parts", "online"))
+def _pretrain_core(W0, task, lr, weight_decay, seg_lengths, keys, factor, part=0, lr_scale=None, spec=None, *,
+                   make_opt, batch_size, keep_weights, identity_cov=False, mesh=None, chunk=1, parts=1,
+                   online=False):
     """``W0``: tuple of ``([S,] n_l, n_{l-1})``; ``keys`` ``(S,)`` (``S = 1`` without a seed axis).
+
+    ``lr_scale`` ``(n_steps,)``: per-step multipliers of the updates (a schedule divided by its peak
+    ``lr``), or ``None`` for a constant rate. ``spec``: a traced :mod:`linoverfit.optimizers` pytree
+    (then ``make_opt`` is ``None``). ``online``: ``task`` is a Task sampled afresh every step.
 
     Seeds are sharded over ``mesh`` (``None``: one device), ``chunk`` per vmap; only part ``part`` of
     ``parts`` is computed. Returns, per seed of that part (padding included, see
@@ -327,20 +412,27 @@ def _pretrain_core(W0, task, lr, weight_decay, seg_lengths, keys, factor, part=0
     if W0[0].ndim == 2:
         W0 = tuple(w[None] for w in W0)
     task = _prepared(task)
-    shared = (task, lr, weight_decay, seg_lengths, factor)
+    # Sigma^(1/2) for drawing online samples, once per call (None: white inputs)
+    root = task.input_sqrt() if online and not identity_cov else None
+    shared = (task, lr, weight_decay, seg_lengths, factor, lr_scale, spec, root)
 
     def one_seed(run, shared):
         W_init, key = run
-        task, lr, weight_decay, seg_lengths, factor = shared
-        tx = optax.chain(optax.add_decayed_weights(weight_decay), make_opt(lr))
+        task, lr, weight_decay, seg_lengths, factor, lr_scale, spec, root = shared
+        opt = make_opt(lr) if spec is None else spec.transform(lr)
+        tx = optax.chain(optax.add_decayed_weights(weight_decay), opt)
         limit = factor * jnp.maximum(_task_loss(task, end_to_end(W_init), identity_cov), _zero_map_loss(task))
 
         def step(i, carry):
             W, state, bad_step = carry
-            loss, g = _value_and_grad(task, W, key, i, batch_size, identity_cov)
+            value_and_grad = partial(_value_and_grad, task, key=key, step=i, batch_size=batch_size,
+                                     identity_cov=identity_cov, root=root)
+            loss, g = value_and_grad(W) if spec is None else spec.gradient(value_and_grad, W)
             bad = ~jnp.isfinite(loss) | (loss > limit)
             bad_step = jnp.where((bad_step < 0) & bad, i, bad_step)
             updates, state = tx.update(g, state, W)
+            if lr_scale is not None:  # a schedule: eta_i = lr * lr_scale[i] multiplies the update
+                updates = jax.tree.map(lambda u: lr_scale[i].astype(u.dtype) * u, updates)
             return optax.apply_updates(W, updates), state, bad_step
 
         def segment(carry, n):
@@ -369,12 +461,13 @@ def pretrain(
     net: DeepLinear,
     W0,
     task,
-    lr: float = 0.05,
+    lr=0.05,
     checkpoints=(1000,),
     *,
     optimizer=None,
     weight_decay: float = 0.0,
     batch_size: int | None = None,
+    online: bool = False,
     key=None,
     keep_weights: bool = True,
     divergence_factor: float = DIVERGENCE_FACTOR,
@@ -392,11 +485,22 @@ def pretrain(
       net: the network; ``W0`` must fit its widths.
       W0: tuple of ``L`` arrays ``(n_l, n_{l-1})``, or ``(S, n_l, n_{l-1})`` for ``S`` seeds run together.
       task: :class:`Task` (population loss) or :class:`Dataset` (finite-sample loss).
-      lr: learning rate :math:`\eta > 0` (time is :math:`t = \eta\cdot\text{steps}`).
+      lr: learning rate :math:`\eta > 0` (time is :math:`t = \eta\cdot\text{steps}`), or a schedule:
+        a callable ``step -> lr`` such as an optax schedule (warmup + cosine, warmup-stable-decay,
+        step decay). Step :math:`k` then moves by :math:`\eta_k` times the optimiser's direction and
+        time is the cumulative learning rate :math:`t_k = \sum_{j<k}\eta_j` (``result.t``), the
+        variable in which every closed form of :mod:`linoverfit.theory` applies unchanged (gradient
+        flow; ``docs/theory.md``). Schedules of equal length share one compiled program.
       checkpoints: strictly increasing step counts, e.g. :func:`log_checkpoints`.
-      optimizer: ``None`` (GD), an ``optax.GradientTransformation`` (used as is; ``lr`` then only sets
+      optimizer: ``None`` (GD), a :mod:`linoverfit.optimizers` instance (``Momentum(beta)``,
+        ``Adam(...)``, ``SAM(rho, base)``, or its name; hyperparameters are traced, so new values
+        never recompile), an ``optax.GradientTransformation`` (used as is; ``lr`` then only sets
         time units) or a callable ``lr -> GradientTransformation`` (``lr`` stays sweepable).
       batch_size: minibatch SGD on a Dataset (batches drawn with replacement, from ``key`` and the step).
+      online: with a Task and ``batch_size``: online SGD, ``batch_size`` fresh samples
+        :math:`x\sim\mathcal N(0,\Sigma)`, :math:`y = Ax + \varepsilon` every step, drawn inside the
+        compiled loop from ``fold_in(key, step)`` (bitwise reproducible from ``key``); the label
+        noise is ``task.noise`` and ``result.samples_seen`` the samples drawn.
       keep_weights: ``False`` keeps only losses (memory of one checkpoint).
       devices: where the seeds run (see :mod:`linoverfit.parallel`): ``None`` = all devices, an int,
         a sequence of devices or a ``Mesh``; seeds are sharded over them.
@@ -417,12 +521,13 @@ def pretrain(
     batched = ndims == {3}
     if batched and len({np.shape(w)[0] for w in W0}) != 1:
         raise ValueError("W0 layers must share the same leading seed axis")
-    lr = _v.positive_scalar(lr, "lr")
     weight_decay = _v.positive_scalar(weight_decay, "weight_decay", allow_zero=True)
     divergence_factor = _v.positive_scalar(divergence_factor, "divergence_factor")
     steps = _v.step_grid(checkpoints, "checkpoints")
-    batch_size = _check_batch_size(batch_size, task)
-    make_opt = _resolve_optimizer(optimizer)
+    lr, per_step = _lr_schedule(lr, int(steps[-1]))
+    online = bool(online)
+    batch_size = _check_batch_size(batch_size, task, online=online)
+    make_opt, spec = _split_optimizer(optimizer)
 
     n_seeds = np.shape(W0[0])[0] if batched else 1
     keys = jax.random.split(_as_key(key), n_seeds)
@@ -431,9 +536,11 @@ def pretrain(
     plan = _par.Plan(devices, n_seeds, chunk, per_device_chunk=True)
     inputs = plan.shared((tuple(jnp.asarray(w) for w in W0), task, jnp.asarray(lr, dtype),
                           jnp.asarray(weight_decay, dtype), jnp.asarray(seg), keys, jnp.asarray(divergence_factor, dtype)))
+    extra = plan.shared((None if per_step is None else jnp.asarray(per_step / lr, dtype),
+                         None if spec is None else jax.tree.map(lambda x: jnp.asarray(x, dtype), spec)))
     outs = plan.map(lambda part: _pretrain_core(
-        *inputs, part, make_opt=make_opt, batch_size=batch_size, keep_weights=keep_weights,
-        identity_cov=_identity_cov(task), mesh=plan.mesh, chunk=plan.chunk, parts=plan.parts,
+        *inputs, part, *extra, make_opt=make_opt, batch_size=batch_size, keep_weights=keep_weights,
+        identity_cov=_identity_cov(task), mesh=plan.mesh, chunk=plan.chunk, parts=plan.parts, online=online,
     ))
     weights, losses, bad_step = plan.finish(_pretrain_layout(outs, n_seeds, batched))
     bad_step = np.asarray(bad_step)
@@ -448,7 +555,10 @@ def pretrain(
             f"{divergence_factor:g} x its initial scale. Lower lr.",
             step=first, seed=seed, checkpoint=ck,
         )
-    return PretrainResult(steps=steps, loss=losses, weights=weights, task=task, lr=lr, weight_decay=weight_decay)
+    # t_k = sum_{j<k} eta_j, summed in float64 on the host
+    times = None if per_step is None else np.cumsum(per_step)[steps - 1]
+    return PretrainResult(steps=steps, loss=losses, weights=weights, task=task, lr=lr, weight_decay=weight_decay,
+                          times=times, batch_size=batch_size, online=online)
 
 
 # ----------------------------------------------------------------------------- fine-tuning
@@ -635,6 +745,7 @@ def finetune(
         pretrain_loss_trajectory=None if record_every is None else pre_traj,
         finetune_loss_trajectory=None if record_every is None else ft_traj,
         weights=W_end,
+        pretrain_t=None if run.times is None else np.asarray(run.t),
     )
     if bool(jnp.any(diverged)):
         idx = np.argwhere(np.asarray(diverged))

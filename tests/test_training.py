@@ -275,9 +275,15 @@ def test_pretrain_values_do_not_recompile(count_compiles):
     task = lo.tasks.power_law(6, 6, 1.0, key=jax.random.key(0))
     W0 = net.init(jax.random.key(1), scale=1e-2)
     lo.pretrain(net, W0, task, lr=0.05, checkpoints=[10, 20, 40])
+    # optimisers of lo.optimizers carry traced hyperparameters: one program per kind, new values reuse it
+    optimizers = (lo.optimizers.Momentum, lo.optimizers.Adam, lambda v: lo.optimizers.SAM(v / 10, base=lo.optimizers.Momentum(v)))
+    for make in optimizers:
+        lo.pretrain(net, W0, task, lr=0.01, checkpoints=[10, 20, 40], optimizer=make(0.9))
     task2 = lo.tasks.power_law(6, 6, 2.0, key=jax.random.key(7))
     W1 = net.init(jax.random.key(2), scale=1e-2)
     before = _pretrain_core._cache_size()
     with count_compiles() as c:
         lo.pretrain(net, W1, task2, lr=0.07, checkpoints=[5, 50, 400], weight_decay=0.01)
+        for make in optimizers:
+            lo.pretrain(net, W1, task2, lr=0.02, checkpoints=[5, 50, 400], optimizer=make(0.5), weight_decay=0.01)
     assert c["n"] == 0 and _pretrain_core._cache_size() == before
