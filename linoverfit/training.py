@@ -84,8 +84,8 @@ class PretrainResult(Result):
     lr: float
     weight_decay: float = 0.0
     times: np.ndarray | None = None
-    batch_size: int | None = None
-    online: bool = False
+    batch_size: int | None = static(None)
+    online: bool = static(False)
 
     _dims = {"loss": ("checkpoint", "seed"), "weights": ("checkpoint", "seed")}
 
