@@ -12,6 +12,9 @@ Quick map::
     lo.plotting     the house figure style and plotting helpers
 """
 
+from importlib import metadata as _metadata
+from typing import Any
+
 from . import checkpoints, networks, optimizers, sensitivity, tasks, training
 from .checkpoints import linear_checkpoints, log_checkpoints
 from .networks import DeepLinear, end_to_end
@@ -26,23 +29,32 @@ from .training import (
 )
 from .sensitivity import SensitivityResult
 
-from . import plotting, theory
+try:  # the one version source is pyproject.toml, read from the installed metadata
+    __version__ = _metadata.version("linoverfit")
+except _metadata.PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0+unknown"
 
-__version__ = "0.1.0"
+#: Submodules loaded on first attribute access: ``theory`` (scipy.integrate), ``plotting``
+#: (matplotlib), ``explorer`` (ipywidgets), ``parallel`` and ``experiments``, so that
+#: ``import linoverfit`` costs little more than ``import jax``.
+_LAZY_MODULES = ("theory", "plotting", "explorer", "parallel", "experiments", "cli")
 
 
-def __getattr__(name):
-    """Lazy attributes: ``lo.explore`` (and its module ``lo.explorer``) need the optional ipywidgets only when called."""
-    if name in ("explore", "explorer"):
-        import importlib
+def __getattr__(name: str) -> Any:
+    """Lazy attributes: the submodules of :data:`_LAZY_MODULES`, and ``lo.explore`` (ipywidgets is
+    needed only when it is called)."""
+    import importlib
 
-        explorer = importlib.import_module(f"{__name__}.explorer")
-        return explorer.explore if name == "explore" else explorer
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name == "explore":
+        return importlib.import_module(f"{__name__}.explorer").explore
     raise AttributeError(f"module 'linoverfit' has no attribute {name!r}")
 
 
-def __dir__():
-    return sorted(set(globals()) | {"explore", "explorer"})
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_MODULES) | {"explore"})
+
 
 __all__ = [
     "checkpoints",

@@ -177,10 +177,13 @@ def _figures_command(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="linoverfit",
         description="Catastrophic overtraining in deep linear networks: regenerate the paper figures.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     fig = sub.add_parser(
         "figures",

@@ -1,0 +1,78 @@
+"""Honest packaging: licence, one version source, py.typed, the command line, lazy imports."""
+
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+import linoverfit as lo
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = (ROOT / "pyproject.toml").read_text()
+
+
+def _project_value(key):
+    m = re.search(rf"^{key}\s*=\s*(.+)$", PYPROJECT, re.M)
+    assert m, f"{key} missing from pyproject.toml"
+    return m.group(1).strip()
+
+
+def test_license_file_and_spdx_expression():
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "WITHOUT WARRANTY OF ANY KIND" in text
+    assert _project_value("license") == '"MIT"'
+    assert 'license-files = ["LICENSE"]' in PYPROJECT
+    # an SPDX expression and a License :: classifier together are rejected by PEP 639 tools
+    assert "License ::" not in PYPROJECT
+
+
+def test_version_has_one_source():
+    version = _project_value("version").strip('"')
+    # nowhere in the package is the version written as a literal
+    for path in (ROOT / "linoverfit").rglob("*.py"):
+        assert not re.search(r"__version__\s*=\s*['\"]\d+\.\d+", path.read_text()), path
+    try:
+        installed = metadata.version("linoverfit")
+    except metadata.PackageNotFoundError:
+        pytest.skip("linoverfit is not installed (pip install -e .): no metadata to read the version from")
+    assert lo.__version__ == installed == version
+
+
+def test_py_typed_is_shipped():
+    assert (ROOT / "linoverfit" / "py.typed").exists()
+    assert re.search(r"\[tool\.setuptools\.package-data\]\s*\nlinoverfit = \[\"py\.typed\"\]", PYPROJECT)
+
+
+def _run(*args, **kw):
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, **kw)
+
+
+def test_version_and_help_from_the_command_line():
+    proc = _run("-m", "linoverfit", "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"linoverfit {lo.__version__}"
+    proc = _run("-m", "linoverfit", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "figures" in proc.stdout and "--version" in proc.stdout
+    proc = _run("-m", "linoverfit", "figures", "--help")
+    assert proc.returncode == 0 and "--only" in proc.stdout
+
+
+def test_import_is_lazy():
+    # the closed forms (scipy.integrate), the plots (matplotlib) and the explorer load on first use
+    code = ("import sys, linoverfit as lo\n"
+            "heavy = ['matplotlib', 'scipy.integrate', 'scipy.optimize', 'linoverfit.theory', 'linoverfit.plotting',"
+            " 'ipywidgets']\n"
+            "print([m for m in heavy if m in sys.modules])\n"
+            "lo.theory.turning_point, lo.plotting.style\n"
+            "print([m for m in heavy[:5] if m not in sys.modules])\n")
+    proc = _run("-c", code)
+    assert proc.returncode == 0, proc.stderr
+    before, after = proc.stdout.strip().splitlines()
+    assert before == "[]", f"imported eagerly by `import linoverfit`: {before}"
+    assert after == "[]", f"not loaded on first use: {after}"
+    assert {"theory", "plotting", "explore"} <= set(dir(lo))
