@@ -29,3 +29,45 @@ def _counter():
 def count_compiles():
     """``with count_compiles() as c: ...`` then ``c["n"]`` = XLA backend compilations inside the block."""
     return _counter
+
+
+# ----------------------------------------------------------------------------- documentation site
+
+class BuiltSite:
+    """The documentation site built once per test session (``sphinx-build -W --keep-going``, the
+    README's command into a temporary folder): ``html`` (the pages), ``returncode``, ``log``,
+    ``notebook`` (the tutorial as myst-nb executed it)."""
+
+    def __init__(self, out, returncode, log):
+        self.out, self.returncode, self.log = out, returncode, log
+        self.html = out / "html"
+        self.notebook = out / "jupyter_execute" / "tutorial.ipynb"
+
+    def warnings(self):
+        return "\n".join(line for line in self.log.splitlines() if "WARNING" in line or "ERROR" in line)
+
+
+@pytest.fixture(scope="session")
+def docs_site(tmp_path_factory):
+    """Build docs/ once: the tutorial is executed by this build only, and both the site tests and
+    the tutorial tests read its result."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    pytest.importorskip("sphinx", reason="the docs extra is not installed: pip install -e '.[docs]'")
+    pytest.importorskip("myst_nb", reason="the docs extra is not installed: pip install -e '.[docs]'")
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("docs_build")
+    env = dict(os.environ)
+    env.pop("MPLBACKEND", None)  # the kernel's inline backend draws the tutorial's figures (Agg would hide them)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html",
+                           str(root / "docs"), str(out / "html")],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=1500)
+    site = BuiltSite(out, proc.returncode, proc.stdout + proc.stderr)
+    site.seconds = time.perf_counter() - start
+    return site
