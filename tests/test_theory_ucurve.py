@@ -57,6 +57,7 @@ def test_random_curves_obey_the_definition(case):
         assert y[np.flatnonzero(t > hi)[0]] > level
     # plain Python types: summaries are JSON-ready
     assert type(u.t_star) is float and type(u.index) is int and type(u.is_turning_point) is bool
+    assert all(type(x) is float for x in (u.min_value, u.rise, u.degradation, u.depth, *u.interval))
 
 
 @pytest.mark.parametrize("t0", [3.0, 100.0, 2.5e3])

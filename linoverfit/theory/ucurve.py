@@ -188,12 +188,12 @@ def u_curve(t, values, *, depth: float = 0.01) -> UCurve:
             t_star = float(np.exp(xv)) if is_log else float(xv)
         t_star = min(max(t_star, t_lo), t_hi)
     return UCurve(
-        t_star=t_star,
+        t_star=float(t_star),
         index=m,
         min_value=y_min,
         rise=float(rise),
         degradation=float(degradation),
         depth=depth,
         is_turning_point=bool(interior and rise >= depth),
-        interval=(t_lo, t_hi),
+        interval=(float(t_lo), float(t_hi)),
     )
