@@ -175,7 +175,16 @@ def write_api_pages() -> None:
     (API_DIR / "index.rst").write_text("\n".join(index) + "\n")
 
 
+def include_public_methods(app, what, name, obj, skip, options):
+    """Every public method of a documented class is listed with its signature, docstring or not
+    (undocumented data attributes stay out: the class docstring describes the fields)."""
+    if what == "class" and not name.startswith("_") and inspect.isroutine(obj):
+        return False
+    return None
+
+
 def setup(app):
+    app.connect("autodoc-skip-member", include_public_methods)
     # before the sources are collected, so the pages written here are read in the same build
     app.connect("builder-inited", lambda app: write_api_pages())
     return {"parallel_read_safe": True}
