@@ -1,14 +1,28 @@
-"""F6 — does the degradation survive tuning the fine-tuning learning rate per checkpoint?
+"""F6 — which ways of tuning the fine-tuning learning rate per checkpoint leave the degradation?
 
-The F4 setting at widths 32 (depth 2, sigma_i = 1/i, aligned init, ``additive`` shift, 1000
-fine-tuning steps). Every checkpoint is fine-tuned at every learning rate of a log grid in ONE
-vmapped ``lo.finetune`` call. For a target fine-tuning loss, each checkpoint gets the learning
-rate that reaches the target with the lowest pre-training loss afterwards (the most favourable
-tuning; the lr where the loss crosses the target is interpolated between grid points;
-checkpoints where no grid lr reaches the target are marked). Left: the pre-training loss
-after fine-tuning at the tuned lr (and, for reference, at one fixed lr), in units of each
-curve's minimum; right: the tuned learning rate. Lines: the same selection applied to the
-prediction of ``lo.theory.finetune_curve`` on the same lr grid.
+The F4 setting at widths 32 (depth 2, sigma_i = 1/i, aligned init, ``additive`` shift). Every
+checkpoint is fine-tuned at every learning rate of a log grid for ``ft_steps`` steps in ONE
+vmapped ``lo.finetune`` call that records both losses every ``record_every`` steps, so the runs
+with a smaller step budget are the prefixes of the same runs (population GD is deterministic).
+Four tuning criteria pick one learning rate per checkpoint from that call, always interpolated in
+log lr between grid points (a choice read off a coarse grid jumps by a whole grid step and fakes
+a few percent of degradation):
+
+* ``target_loss``: the lr that reaches a fine-tuning-loss target after ``ft_steps`` with the
+  lowest pre-training loss (the crossing of the target interpolated in log lr).
+* ``best_finetune_loss``: the lr with the lowest fine-tuning loss after a small step budget
+  (``budgets``, the regime of the paper's sweeps); it sits at GD's stability edge.
+* ``best_sum``: the lr with the lowest pre-training + fine-tuning loss after a budget.
+* ``matched_finetune_loss``: at a few fixed lrs, the pre-training loss at the step where the
+  fine-tuning loss reaches a target (interpolated between records): smaller lr, same fine-tuning
+  loss — does it forget less?
+
+Left: the pre-training loss after fine-tuning at the tuned lr, in units of each curve's minimum,
+with a fixed lr for reference; middle: the tuned lr; right: matched fine-tuning loss across fixed
+lrs. Lines: the same selection applied to ``lo.theory.finetune_curve`` (the function-space flow);
+the flow has no optimum in lr at a fixed budget (its fine-tuning loss falls with tau = lr * steps),
+so for ``best_finetune_loss`` the line is the flow at the simulated lr, to show where the flow holds.
+Every curve is judged by ``lo.theory.u_curve`` (an interior minimum and a rise of at least 1%).
 
 Run: ``python experiments/F6_tuned_lr.py [--quick] [--out DIR] [--set targets="(0.01,)"]``.
 """
@@ -16,6 +30,7 @@ Run: ``python experiments/F6_tuned_lr.py [--quick] [--out DIR] [--set targets="(
 from __future__ import annotations
 
 import sys
+import warnings
 
 import jax
 import numpy as np
@@ -25,7 +40,7 @@ from linoverfit import plotting as lp
 from linoverfit.experiments import _common as C
 
 NUMBER, NAME = "F6", "tuned_lr"
-TITLE = "tuned fine-tuning learning rate per checkpoint: does the degradation survive tuning?"
+TITLE = "tuning the fine-tuning learning rate per checkpoint: which criteria leave the degradation?"
 
 # ----------------------------------------------------------------------------- config
 CONFIG = dict(
@@ -34,25 +49,79 @@ CONFIG = dict(
     init_scale=1e-3,                 # aligned init: s0 = scale^2
     lr=0.05,                         # pre-training learning rate
     steps=16384,
-    checkpoints=64,
+    checkpoints=32,
     first_step=16,
     shift=("additive", 0.1, None),   # (kind, size, rank)
-    ft_steps=1000,
-    lr_grid=(1e-3, 0.1, 17),         # geomspace(lo, hi, n): fine-tuning learning rates, one vmapped call
-    targets=(0.01, 0.03),            # fine-tuning-loss targets
-    fixed_lr=0.01,                   # reference without tuning (must be on the grid)
-    theory_every=2,                  # predict at every n-th checkpoint (the flow runs to lr_max * ft_steps)
+    ft_steps=300,                    # the longest budget; shorter budgets are prefixes of the same runs
+    record_every=10,                 # losses recorded every 10 steps (budgets must be multiples)
+    lr_exponents=(-3.0, 0.125),      # lr grid 10**(k / lrs_per_decade) between these decades (one call);
+                                     # it ends one grid step past GD's stability edge 1/sigma'_1 ~ 1 at the
+                                     # fine-tuning solution (depth 2: sharpness 2 sigma'_1), so an optimum
+                                     # just below the edge is interior and interpolated
+    lrs_per_decade=8,                # grid ratio 10**(1/8) = 1.33
+    targets=(0.01, 0.03),            # target_loss: fine-tuning-loss targets after ft_steps
+    budgets=(10, 30),                # best_finetune_loss: step budgets (paper's regime)
+    sum_budgets=(30, 300),           # best_sum: step budgets
+    matched_lrs=(0.0316, 0.1, 0.316),  # matched_finetune_loss: fixed lrs (nearest grid lr is used)
+    matched_target=0.03,             # matched_finetune_loss: the fine-tuning loss to match
+    fixed_lr=0.0316,                 # reference curve without tuning (nearest grid lr)
+    flow_valid_lr=0.25,              # the flow is compared with GD at selected lrs up to this (see FLOW_NOTE)
+    theory_lr_max=0.4,               # the flow is integrated for grid lrs up to this (tau <= lr * ft_steps)
+    theory_every=2,                  # predict at every n-th checkpoint
     theory_rtol=1e-7,
 )
-QUICK = dict(width=16, steps=8192, checkpoints=32, ft_steps=500, lr_grid=(1e-3, 0.1, 9), theory_every=2)
+QUICK = dict(width=16, steps=8192, checkpoints=20, ft_steps=150, lrs_per_decade=6, sum_budgets=(30, 150),
+             lr_exponents=(-2.5, 0.125), matched_lrs=(0.1, 0.316), fixed_lr=0.1, targets=(0.03,), theory_every=2,
+             flow_valid_lr=0.05)  # width 16, 150 steps: GD is 2.3% off the flow at lr 0.1 on the matched curve
 # ----------------------------------------------------------------------------- end of config
 
-#: The degradation "survives" tuning when the tuned curve has an interior minimum and ends this % above it.
-SURVIVES_PERCENT = 1.0
+#: Why the flow is compared with GD only up to ``flow_valid_lr``.
+FLOW_NOTE = ("GD follows the function-space flow up to O(lr * sharpness); the sharpness of the learnt "
+             "top mode is 2 sigma_1 = 2 (stability edge lr 1), so up to lr 0.25 the step is at most a "
+             "quarter of the edge; beyond it (the best_finetune_loss lrs) the flow is not a prediction of GD")
 
 
-def tune(lrs, ft_after, pre_after, target):
-    """Tuned learning rate per checkpoint and the pre-training loss it leaves.
+# ----------------------------------------------------------------------------- selections
+
+
+def _vertex(x, y):
+    """Vertex of the parabola through three points ``(x, y)`` (a minimum), clipped to ``[x0, x2]``."""
+    a, b, _ = np.polyfit(x, y, 2)
+    if not (a > 0):
+        return float(x[1])
+    return float(np.clip(-b / (2 * a), x[0], x[2]))
+
+
+def _quad(x, y, x0):
+    """The parabola through three points evaluated at ``x0`` (Lagrange)."""
+    return float(np.polyval(np.polyfit(x, y, 2), x0))
+
+
+def best_lr(lrs, crit, value):
+    """Per checkpoint, the lr minimising ``crit`` and ``value`` there, both ``(C, R)`` over the lr grid.
+
+    The grid argmin (finite entries only) is refined by the vertex of the parabola through it and
+    its two neighbours in ``(log lr, log crit)``; ``value`` is interpolated there by the parabola
+    through the same three points in ``(log lr, log value)``. At the grid's ends or next to a
+    non-finite (diverged) neighbour the grid point is used. Returns ``(lr, value)``, ``(C,)``.
+    """
+    x = np.log(lrs)
+    out_lr, out_v = np.full(len(crit), np.nan), np.full(len(crit), np.nan)
+    for c, (f, v) in enumerate(zip(crit, value)):
+        ok = np.isfinite(f) & np.isfinite(v) & (f > 0) & (v > 0)
+        if not ok.any():
+            continue
+        j = int(np.flatnonzero(ok)[np.argmin(f[ok])])
+        out_lr[c], out_v[c] = lrs[j], v[j]
+        if 0 < j < len(lrs) - 1 and ok[j - 1] and ok[j + 1]:
+            s = slice(j - 1, j + 2)
+            xs = _vertex(x[s], np.log(f[s]))
+            out_lr[c], out_v[c] = np.exp(xs), np.exp(_quad(x[s], np.log(v[s]), xs))
+    return out_lr, out_v
+
+
+def tune_to_target(lrs, ft_after, pre_after, target):
+    """Tuned learning rate per checkpoint for a fine-tuning-loss target, and the pre-training loss it leaves.
 
     Arrays ``(C, R)`` over the lr grid ``lrs`` (NaN = diverged). The feasible lrs are those whose
     fine-tuning loss after is <= ``target``: the smallest one is found between grid points by
@@ -80,116 +149,313 @@ def tune(lrs, ft_after, pre_after, target):
     return out_lr, out_pre
 
 
+def at_matched_loss(steps, ft_traj, pre_traj, target):
+    """Pre-training loss where the fine-tuning loss first reaches ``target`` along each run.
+
+    ``steps`` ``(K,)`` recorded steps (the first may be 0, the start), trajectories ``(C, K)``. The
+    crossing is interpolated linearly in (step, log loss) between the two records around it.
+    Returns ``(step, pre)``, ``(C,)``, NaN where the target is not reached.
+    """
+    out_s, out_p = np.full(len(ft_traj), np.nan), np.full(len(ft_traj), np.nan)
+    for c, (f, p) in enumerate(zip(ft_traj, pre_traj)):
+        ok = np.isfinite(f) & np.isfinite(p)
+        hit = np.flatnonzero(ok & (f <= target))
+        if hit.size == 0:
+            continue
+        k = int(hit[0])
+        if k == 0 or not ok[k - 1]:
+            out_s[c], out_p[c] = steps[k], p[k]
+            continue
+        lf0, lf1 = np.log(f[k - 1]), np.log(f[k])
+        w = (np.log(target) - lf0) / (lf1 - lf0)
+        out_s[c] = steps[k - 1] + w * (steps[k] - steps[k - 1])
+        out_p[c] = np.exp(np.log(p[k - 1]) + w * (np.log(p[k]) - np.log(p[k - 1])))
+    return out_s, out_p
+
+
+def _entry(t, y, lr_sel, t_th, y_th, lr_valid, lr_th=None):
+    """Summary row of one selected curve: the U-curve verdict, the tuned lr range, theory vs simulation."""
+    u = C.turning(t, y)
+    row = {"survives": bool(u is not None and u.is_turning_point),
+           "degradation_percent": None if u is None else 100.0 * u.degradation,
+           "rise_percent": None if u is None else 100.0 * u.rise,
+           "t_star": None if u is None else u.t_star,
+           "is_turning_point": bool(u is not None and u.is_turning_point),
+           "depth_percent": 100.0 * C.DEPTH,
+           "checkpoints_selected": int(np.isfinite(y).sum()),
+           "tuned_lr_first": _first(lr_sel), "tuned_lr_last": _last(lr_sel)}
+    if y_th is not None:
+        uth = C.turning(t_th, y_th)
+        row["theory_survives"] = bool(uth is not None and uth.is_turning_point)
+        row["theory_degradation_percent"] = None if uth is None else 100.0 * uth.degradation
+        every = len(t) // len(t_th) if len(t_th) else 1
+        ys, ls = y[::every][: len(t_th)], lr_sel[::every][: len(t_th)]
+        rel = np.abs(ys - y_th) / y_th
+        # the flow is a prediction of GD where both selections lie at lrs <= lr_valid
+        valid = np.isfinite(rel) & (ls <= lr_valid) & (np.asarray(lr_th) <= lr_valid)
+        row["flow_valid_checkpoints"] = int(valid.sum())
+        row["max_rel_diff_theory_vs_sim_flow_valid"] = float(np.max(rel[valid])) if valid.any() else None
+        row["max_rel_diff_theory_vs_sim_all"] = float(np.nanmax(rel)) if np.isfinite(rel).any() else None
+        row["theory_t_star"] = None if uth is None else uth.t_star
+    return row
+
+
+def _first(a):
+    a = np.asarray(a, float)
+    return float(a[np.isfinite(a)][0]) if np.isfinite(a).any() else None
+
+
+def _last(a):
+    a = np.asarray(a, float)
+    return float(a[-1]) if np.isfinite(a[-1]) else None
+
+
+def _worst(rows: dict) -> dict:
+    """Headline of a criterion with sub-entries: the sub-entry with the largest degradation (the
+    criterion leaves a degradation when any of its settings does)."""
+    key = max(rows, key=lambda k: (rows[k]["survives"], rows[k]["degradation_percent"] or 0.0))
+    head = {k: rows[key][k] for k in ("survives", "degradation_percent", "rise_percent", "t_star",
+                                      "is_turning_point", "depth_percent")}
+    return {**head, "headline": key}
+
+
+# ----------------------------------------------------------------------------- run
+
+
 def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None, progress=None) -> dict:
     """Make ``F6_tuned_lr.png`` / ``.npz`` in ``out_dir``; return the headline numbers."""
     cfg = C.resolve_config(CONFIG, QUICK, quick, config)
     stages = C.Stages(4, progress)
     k_task, k_init, k_shift, k_ft = jax.random.split(jax.random.key(seed), 4)
     d = cfg["width"]
-    lo_, hi, n = cfg["lr_grid"]
-    lrs = np.geomspace(lo_, hi, int(n))
-    fixed = int(np.argmin(np.abs(np.log(lrs / cfg["fixed_lr"]))))
-    if not np.isclose(lrs[fixed], cfg["fixed_lr"], rtol=1e-6):
-        raise ValueError(f"fixed_lr={cfg['fixed_lr']} is not on the lr grid {lrs}")
+    e_lo, e_hi = cfg["lr_exponents"]
+    per = int(cfg["lrs_per_decade"])
+    lrs = 10.0 ** (np.arange(round(e_lo * per), round(e_hi * per) + 1) / per)
+    S, rec = int(cfg["ft_steps"]), int(cfg["record_every"])
+    budgets, sum_budgets = tuple(int(b) for b in cfg["budgets"]), tuple(int(b) for b in cfg["sum_budgets"])
+    for b in budgets + sum_budgets:
+        if b % rec or not 0 < b <= S:
+            raise ValueError(f"every budget must be a multiple of record_every={rec} in (0, ft_steps={S}], got {b}")
+
+    def on_grid(lr, name):
+        i = int(np.argmin(np.abs(np.log(lrs / lr))))
+        if abs(np.log(lrs[i] / lr)) > 0.5 * np.log(10) / per:
+            raise ValueError(f"{name}={lr} lies outside the lr grid {lrs[0]:g}..{lrs[-1]:g}")
+        return i
+
+    fixed = on_grid(cfg["fixed_lr"], "fixed_lr")
+    matched = [on_grid(v, "matched_lrs") for v in cfg["matched_lrs"]]
     targets = np.asarray(cfg["targets"], float)
     task = lo.tasks.power_law(d, d, alpha=cfg["alpha"], key=k_task)
     net = lo.DeepLinear((d, d, d))
     kind, size, rank = cfg["shift"]
     ft = lo.tasks.shifted(task, kind=kind, size=size, rank=rank, key=k_shift)
+    sig_ft = np.linalg.svd(np.asarray(ft.teacher, float), compute_uv=False)
 
     with stages("pre-train"):
         W0 = net.init(k_init, scale=cfg["init_scale"], scheme="aligned", task=task)
         ck = lo.log_checkpoints(cfg["steps"], cfg["checkpoints"], first=cfg["first_step"])
         run_ = lo.pretrain(net, W0, task, lr=cfg["lr"], checkpoints=ck)
-    t = run_.t
-    with stages(f"fine-tune {len(t)} checkpoints x {len(lrs)} lrs (one call)"):
-        fr = lo.finetune(net, run_, ft, lr=lrs, steps=cfg["ft_steps"], key=k_ft)
-        pre = np.asarray(fr.pretrain_loss_after, float)
-        fin = np.asarray(fr.finetune_loss_after, float)
+    t = np.asarray(run_.t, float)
+    with stages(f"fine-tune {len(t)} checkpoints x {len(lrs)} lrs x {S} steps (one call)"):
+        with warnings.catch_warnings():  # runs beyond the stability edge diverge by design; counted below
+            warnings.simplefilter("ignore", lo.DivergenceWarning)
+            fr = lo.finetune(net, run_, ft, lr=lrs, steps=S, key=k_ft, record_every=rec)
+        steps = np.concatenate([[0], np.asarray(fr.record_steps)])
+        # (C, R, K) with the start as record 0; entries after a divergence are NaN
+        pre = np.concatenate([np.repeat(np.asarray(fr.pretrain_loss_before, float)[:, None, None], len(lrs), 1),
+                              np.asarray(fr.pretrain_loss_trajectory, float)], axis=2)
+        fin = np.concatenate([np.repeat(np.asarray(fr.finetune_loss_before, float)[:, None, None], len(lrs), 1),
+                              np.asarray(fr.finetune_loss_trajectory, float)], axis=2)
+        bad = ~(np.isfinite(pre) & np.isfinite(fin))
+        pre[bad], fin[bad] = np.nan, np.nan
         diverged = np.asarray(fr.diverged)
+
+    def rec_of(b):
+        return int(np.searchsorted(steps, b))
+
+    # ---- simulated selections
+    sel = {}  # name -> dict(lr=(C,), y=(C,), label=...)
+    for g in targets:
+        lr_t, y = tune_to_target(lrs, fin[:, :, -1], pre[:, :, -1], g)
+        sel[("target_loss", f"target={g:g}")] = dict(lr=lr_t, y=y)
+    for b in budgets:
+        k = rec_of(b)
+        lr_b, y = best_lr(lrs, fin[:, :, k], pre[:, :, k])
+        sel[("best_finetune_loss", f"budget={b}")] = dict(lr=lr_b, y=y)
+    for b in sum_budgets:
+        k = rec_of(b)
+        lr_b, y = best_lr(lrs, fin[:, :, k] + pre[:, :, k], pre[:, :, k])
+        sel[("best_sum", f"budget={b}")] = dict(lr=lr_b, y=y)
+    for r in matched:
+        st, y = at_matched_loss(steps, fin[:, r], pre[:, r], cfg["matched_target"])
+        sel[("matched_finetune_loss", f"lr={lrs[r]:.3g}")] = dict(lr=np.where(np.isfinite(y), lrs[r], np.nan),
+                                                                   y=y, step=st)
+
+    # ---- theory: lo.theory.finetune_curve at the real (lr, steps) of every budget used, on the grid lrs
+    # up to theory_lr_max (NaN above), plus the simulated best_finetune_loss lrs (no flow optimum there)
     t_th = t[:: cfg["theory_every"]]
-    with stages(f"predict {len(t_th)} checkpoints x {len(lrs)} lrs"):
-        pred = lo.theory.finetune_curve(task, ft, t_th, widths=net, s0=cfg["init_scale"] ** 2, lr=lrs,
-                                        steps=cfg["ft_steps"], rtol=cfg["theory_rtol"])
-        pre_th, fin_th = pred.pretrain_loss_after, pred.finetune_loss_after
+    every = cfg["theory_every"]
+    th_r = lrs <= cfg["theory_lr_max"]
+    th = {}  # budget -> (pre (C_th, R), fin (C_th, R), {sim lr key: pre (C_th,)})
+    used = sorted(set(budgets) | set(sum_budgets) | {S})
+    with stages(f"predict {len(t_th)} checkpoints x {int(th_r.sum())} lrs at {len(used)} budgets"):
+        for b in used:
+            sim = [sel[("best_finetune_loss", f"budget={b}")]["lr"][::every]] if b in budgets else []
+            extra = np.concatenate([e[np.isfinite(e)] for e in sim]) if sim else np.zeros(0)
+            lr_call = np.unique(np.concatenate([lrs[th_r], extra]))
+            pred = lo.theory.finetune_curve(task, ft, t_th, widths=net, s0=cfg["init_scale"] ** 2, lr=lr_call,
+                                            steps=b, rtol=cfg["theory_rtol"])
+            P_pre, P_fin = np.asarray(pred.pretrain_loss_after), np.asarray(pred.finetune_loss_after)
+            g_pre, g_fin = np.full((len(t_th), len(lrs)), np.nan), np.full((len(t_th), len(lrs)), np.nan)
+            idx = np.searchsorted(lr_call, lrs[th_r])
+            g_pre[:, th_r], g_fin[:, th_r] = P_pre[:, idx], P_fin[:, idx]
+            at_sim = None
+            if sim:
+                at_sim = np.full(len(t_th), np.nan)
+                ok = np.isfinite(sim[0])
+                at_sim[ok] = P_pre[np.flatnonzero(ok), np.searchsorted(lr_call, sim[0][ok])]
+            th[b] = (g_pre, g_fin, at_sim)
+    pre_th = th[S][0]  # the plotted fixed-lr line
 
-    m_fixed = C.measured_minimum(t, pre[:, fixed])
-    summary = {"width": d, "shift": {"kind": kind, "size": size, "rank": rank}, "ft_steps": cfg["ft_steps"],
-               "lr_grid": lrs, "diverged_runs": int(diverged.sum()), "survives_percent": SURVIVES_PERCENT,
-               "fixed_lr": {"lr": lrs[fixed], "t_star_measured": m_fixed["t"] if m_fixed["interior"] else None,
-                            "degradation_last_vs_min_percent": C.degradation_percent(pre[:, fixed], m_fixed["index"])},
-               "targets": {}}
-    tuned = {}
-    for target in targets:
-        lr_t, y = tune(lrs, fin, pre, target)
-        lr_th, y_th = tune(lrs, fin_th, pre_th, target)
-        reached = np.isfinite(y)
-        m = C.measured_minimum(t, y)
-        deg = C.degradation_percent(y, m["index"]) if m["index"] >= 0 else float("nan")
-        survives = bool(m["interior"] and deg >= SURVIVES_PERCENT)
-        tuned[target] = dict(y=y, lr=lr_t, y_th=y_th, lr_th=lr_th, m=m, reached=reached)
-        summary["targets"][f"{target:g}"] = {
-            "checkpoints_reaching_target": int(reached.sum()),
-            "checkpoints_not_reaching_target": int((~reached).sum()),
-            "tuned_lr_first_reached": lr_t[reached][0] if reached.any() else None,
-            "tuned_lr_last": lr_t[-1] if reached[-1] else None,
-            "t_star_measured": m["t"] if m["interior"] else None,
-            "measured_min_interior": m["interior"],
-            "degradation_last_vs_min_percent": deg,
-            "degradation_survives_tuning": survives,
-            "predicted_tuned_curve_min_interior": C.measured_minimum(t_th, y_th)["interior"],
-            "max_rel_diff_theory_vs_sim": float(np.nanmax(np.abs(y[:: cfg["theory_every"]] - y_th) / y_th))
-            if np.any(np.isfinite(y_th) & np.isfinite(y[:: cfg["theory_every"]])) else None,
-        }
+    for key in sel:
+        name, sub = key
+        if name == "target_loss":
+            g = float(sub.split("=")[1])
+            sel[key]["lr_th"], sel[key]["y_th"] = tune_to_target(lrs, th[S][1], th[S][0], g)
+        elif name == "best_sum":
+            b = int(sub.split("=")[1])
+            sel[key]["lr_th"], sel[key]["y_th"] = best_lr(lrs, th[b][1] + th[b][0], th[b][0])
+        elif name == "matched_finetune_loss":
+            # the flow has one path for every lr: the point where it reaches the target is the matched
+            # prediction of each fixed lr (read off the lr grid at ft_steps, where the crossing lies)
+            lr_m, sel[key]["y_th"] = tune_to_target(lrs, th[S][1], th[S][0], cfg["matched_target"])
+            sel[key]["lr_th"] = np.where(np.isfinite(sel[key]["y_th"]), float(sub.split("=")[1]), np.nan)
+        else:  # best_finetune_loss: the flow at the simulated lr
+            b = int(sub.split("=")[1])
+            sel[key]["lr_th"], sel[key]["y_th"] = sel[key]["lr"][::every], th[b][2]
 
+    # ---- summary
+    u_fixed = C.turning(t, pre[:, fixed, -1])
+    summary = {"width": d, "shift": {"kind": kind, "size": size, "rank": rank}, "ft_steps": S,
+               "record_every": rec, "lr_grid": lrs, "targets": targets, "budgets": list(budgets),
+               "sum_budgets": list(sum_budgets), "matched_lrs": lrs[matched], "matched_target": cfg["matched_target"], "lr_grid_ratio": float(10 ** (1 / per)),
+               "diverged_runs": int(diverged.sum()), "depth_percent": 100.0 * C.DEPTH,
+               "flow_valid_lr": cfg["flow_valid_lr"], "flow_note": FLOW_NOTE,
+               # GD's stability edge 2 / sharpness at the fine-tuning solution P = A' (balanced aligned
+               # weights): sharpness L sigma'_1^(2 - 2/L), the top mode's rate (docs/theory.md, 4.4)
+               "stability_edge_lr_at_finetune_solution": 2.0 / lo.theory.sharpness_from_spectrum(sig_ft, ft, net),
+               "fixed_lr": {"lr": lrs[fixed], **u_fixed.summary()},
+               "criteria": {}}
+    names = ("target_loss", "best_finetune_loss", "best_sum", "matched_finetune_loss")
+    for name in names:
+        rows = {}
+        for (n, sub), s in sel.items():
+            if n == name:
+                rows[sub] = _entry(t, s["y"], s["lr"], t_th, s["y_th"], cfg["flow_valid_lr"], s["lr_th"])
+        summary["criteria"][name] = {**_worst(rows), "settings": rows}
+    tl = summary["criteria"]["target_loss"]
+    tl["selection"] = f"lowest pre-training loss among lrs reaching the fine-tuning-loss target after {S} steps"
+    bf = summary["criteria"]["best_finetune_loss"]
+    bf["selection"] = "lowest fine-tuning loss after the budget (parabolic vertex in log lr)"
+    bf["theory_selection"] = ("the flow at the simulated lr: the flow's fine-tuning loss falls monotonically "
+                              "with tau = lr * budget, so it has no optimum of its own (GD's is its stability edge)")
+    summary["criteria"]["best_sum"]["selection"] = "lowest pre-training + fine-tuning loss after the budget"
+    mf = summary["criteria"]["matched_finetune_loss"]
+    mf["selection"] = f"pre-training loss where the fine-tuning loss first reaches {cfg['matched_target']:g}, fixed lrs"
+    mf["target"] = cfg["matched_target"]
+    ys = np.array([sel[("matched_finetune_loss", f"lr={lrs[r]:.3g}")]["y"] for r in matched])
+    both = np.all(np.isfinite(ys), axis=0)
+    fg = ys - np.asarray(fr.pretrain_loss_before, float)[None]  # forgetting at matched fine-tuning loss
+    mf["checkpoints_reached_by_all"] = int(both.sum())
+    if both.any():
+        # + : the smaller lr forgets more; - : it forgets less (checkpoints every lr reaches)
+        rel = fg[0, both] / fg[-1, both] - 1.0
+        mf["forgetting_smallest_vs_largest_lr_percent"] = {"min": 100 * float(rel.min()), "max": 100 * float(rel.max())}
+        mf["lrs_compared"] = [float(lrs[matched[0]]), float(lrs[matched[-1]])]
+        mf["pretrain_loss_spread_across_lrs_percent"] = float(100 * np.max(ys[:, both].max(0) / ys[:, both].min(0) - 1))
+
+    # ---- acceptance checks (linoverfit figures fails when one is missed)
+    short = [r for k, r in bf["settings"].items() if int(k.split("=")[1]) <= 30]
+    checks = [C.check("best_finetune_loss leaves a turning point (rise >= 1%) at a budget <= 30 steps",
+                      any(r["survives"] for r in short), expected=True)]
+    for name in ("target_loss", "best_sum", "matched_finetune_loss"):
+        for sub, r in summary["criteria"][name]["settings"].items():
+            if r["flow_valid_checkpoints"]:
+                checks.append(C.check(f"{name} {sub}: flow vs simulated selection where lr <= {cfg['flow_valid_lr']:g}"
+                                      " (relative)", r["max_rel_diff_theory_vs_sim_flow_valid"], at_most=0.02))
+    summary["checks"] = checks
+
+    # ---- plot
     with stages("plot"):
         png, npz = C.figure_paths(out_dir, NUMBER, NAME)
+        show = [("target_loss", f"target={targets[0]:g}"), *[("best_finetune_loss", f"budget={b}") for b in budgets],
+                *[("best_sum", f"budget={b}") for b in sum_budgets]]
+        labels = {"target_loss": "fine-tuning loss $\\leq$ {v} after %d steps" % S,
+                  "best_finetune_loss": "best fine-tuning loss after {v} steps",
+                  "best_sum": "best pre-tr. + fine-tuning loss, {v} steps"}
+        palette = ["tab:green", "tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
+        cols = dict(zip(show, palette))
         with lp.style():
-            fig, (ax, bx) = lp.subplots(1, 2, width="page", aspect=0.62)
-            cols = dict(zip(targets, lp.strength_colors(len(targets) + 1, cmap="viridis")[1:]))
-            fc = lp.lr_color(lrs[fixed])
-            ref = pre[m_fixed["index"], fixed]
+            fig, axes = lp.subplots(2, 2, width="page", aspect=0.7)
+            (ax, bx), (cx, dx) = axes
+            fc = "0.45"
+            yf = pre[:, fixed, -1]
+            ref = np.nanmin(yf)
             lp.theory(ax, t_th, pre_th[:, fixed] / ref, color=fc)
-            lp.simulation(ax, t, pre[:, fixed] / ref, color=fc, marker="s", markersize=2.8)
-            for target in targets:
-                tu = tuned[target]
-                c = cols[target]
-                if tu["m"]["index"] < 0:
-                    continue
-                r = tu["y"][tu["m"]["index"]]
-                lp.theory(ax, t_th, tu["y_th"] / r, color=c)
-                lp.simulation(ax, t, tu["y"] / r, color=c, markersize=3)
-                if not tu["reached"].all():
-                    ax.plot(t[~tu["reached"]], np.full((~tu["reached"]).sum(), 0.97), "x", color=c, ms=3.5)
-                lp.theory(bx, t_th, tu["lr_th"], color=c)
-                lp.simulation(bx, t, tu["lr"], color=c, markersize=3)
+            lp.simulation(ax, t, yf / ref, color=fc, marker="s", markersize=2.6)
+            for key in show:
+                s, c = sel[key], cols[key]
+                r = np.nanmin(s["y"])
+                lp.theory(ax, t_th, s["y_th"] / r, color=c)
+                lp.simulation(ax, t, s["y"] / r, color=c, markersize=2.8)
+                lp.theory(bx, t_th, s["lr_th"], color=c)
+                lp.simulation(bx, t, s["lr"], color=c, markersize=2.8)
             lp.time_axis(ax)
-            ax.set_ylim(0.95, 1.5)
+            ax.set_ylim(0.97, 1.6)
             ax.set_ylabel("pre-training loss after\nfine-tuning / its minimum")
-            ax.set_title("(a) degradation with and without lr tuning", loc="left")
+            ax.set_title("(a) lr tuned per checkpoint, by criterion", loc="left")
             lp.time_axis(bx)
             bx.set_yscale("log")
             bx.set_ylabel(r"tuned fine-tuning lr $\eta^*$")
-            bx.set_title(r"(b) the tuned learning rate", loc="left")
+            bx.set_title("(b) the tuned learning rate", loc="left")
+            # (c) forgetting at matched fine-tuning loss, relative to the largest fixed lr (flow: all equal)
+            mcols = lp.strength_colors(len(matched) + 1, cmap="viridis")[1:]
+            y0 = np.asarray(fr.pretrain_loss_before, float)
+            big = sel[("matched_finetune_loss", f"lr={lrs[matched[-1]]:.3g}")]["y"] - y0
+            for r, c in zip(matched[:-1], mcols):
+                fgr = sel[("matched_finetune_loss", f"lr={lrs[r]:.3g}")]["y"] - y0
+                lp.simulation(cx, t, fgr / big, color=c, markersize=2.8)
+            cx.axhline(1.0, color="k", lw=1.0)
+            lp.time_axis(cx)
+            cx.set_xlim(ax.get_xlim())
+            cx.set_ylabel(f"forgetting when the fine-tuning loss\nreaches {cfg['matched_target']:g}, / at lr {lrs[matched[-1]]:.3g}")
+            cx.set_title("(c) matched fine-tuning loss, fixed lrs", loc="left")
+            dx.axis("off")
+            colors = {labels[n].format(v=sub.split("=")[1]): cols[(n, sub)] for n, sub in show}
+            colors[f"fixed lr {lrs[fixed]:.3g}, {S} steps (squares)"] = fc
+            colors.update({f"(c) fixed lr {lrs[r]:.3g} (relative to {lrs[matched[-1]]:.3g})": c
+                           for r, c in zip(matched[:-1], mcols)})
             from matplotlib.lines import Line2D
 
-            colors = {f"tuned lr, fine-tuning loss $\\leq$ {g:g}": cols[g] for g in targets}
-            colors[f"fixed lr $\\eta = {lrs[fixed]:g}$ (squares)"] = fc
             extra = []
-            if any(not tuned[g]["reached"].all() for g in targets):
-                extra.append(("target not reached by any grid lr", Line2D([], [], marker="x", color="k", linestyle="none")))
             if diverged.any():
-                extra.append((f"{int(diverged.sum())} diverged runs excluded", Line2D([], [], color="none")))
-            lp.legend(fig, colors=colors, theory_label="theory: same selection on lo.theory.finetune_curve",
+                extra.append((f"{int(diverged.sum())} runs beyond the stability edge diverged (excluded)",
+                              Line2D([], [], color="none")))
+            lp.legend(dx, colors=colors,
+                      theory_label="theory: same selection on the flow\n(best fine-tuning loss: flow at the simulated lr;\n(c) the flow gives 1)",
                       sim_label=f"simulation: {len(lrs)} lrs in one lo.finetune call", extra=extra,
-                      loc="outside lower center", ncol=3)
+                      loc="center", fontsize=6)
             lp.save(fig, png)
-        C.save_data(npz, t=t, t_theory=t_th, lr_grid=lrs, targets=targets, pretrain_loss_after=pre,
-                    finetune_loss_after=fin, diverged=diverged, pretrain_loss_after_theory=pre_th,
-                    finetune_loss_after_theory=fin_th,
-                    **{f"tuned_{g:g}_pretrain_loss_after": tuned[g]["y"] for g in targets},
-                    **{f"tuned_{g:g}_lr": tuned[g]["lr"] for g in targets},
-                    **{f"tuned_{g:g}_pretrain_loss_after_theory": tuned[g]["y_th"] for g in targets})
+        keep = np.unique([0, *[rec_of(b) for b in budgets + sum_budgets], len(steps) - 1])  # the records used
+        C.save_data(npz, t=t, t_theory=t_th, lr_grid=lrs, record_steps=steps[keep], pretrain_loss=pre[:, :, keep],
+                    finetune_loss=fin[:, :, keep], diverged=diverged,
+                    **{f"pretrain_loss_theory_{b}_steps": th[b][0] for b in th},
+                    **{f"finetune_loss_theory_{b}_steps": th[b][1] for b in th}, **{f"matched_lr_{lrs[r]:.3g}_pretrain_loss": pre[:, r]
+                                                                for r in matched},
+                    **{f"{n}_{sub}_pretrain_loss_after": s["y"] for (n, sub), s in sel.items()},
+                    **{f"{n}_{sub}_lr": s["lr"] for (n, sub), s in sel.items()},
+                    **{f"{n}_{sub}_pretrain_loss_after_theory": s["y_th"] for (n, sub), s in sel.items()})
     return summary
 
 
