@@ -226,7 +226,8 @@ def test_page_in_headless_chromium(page, browser, served_site):
     assert browser.title and "404" not in browser.title
 
     # math is typeset: MathJax ran, produced output, no errors, no raw LaTeX or roles left
-    assert browser.execute_async_script(_WAIT_FOR_MATHJAX) == "typeset"
+    state = browser.execute_async_script(_WAIT_FOR_MATHJAX)
+    assert state == "typeset", f"{page}: MathJax did not typeset the page ({state})"
     n_math = browser.execute_script("return document.querySelectorAll('mjx-container').length")
     assert n_math > 0, f"{page}: no typeset math"
     assert browser.execute_script("return document.querySelectorAll('mjx-merror, [data-mjx-error]').length") == 0
