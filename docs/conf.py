@@ -17,6 +17,7 @@ import importlib
 import inspect
 import os
 import pkgutil
+import re
 import sys
 from pathlib import Path
 
@@ -186,8 +187,34 @@ def include_public_methods(app, what, name, obj, skip, options):
     return None
 
 
+# files outside docs/ that the site shows as a page of its own
+INCLUDED_AS_PAGE = {"benchmarks/README.md": "benchmarks.md", "README.md": "index.md"}
+_LOCAL_LINK = re.compile(r"(\]\()(?![a-z][a-z0-9+.-]*:|#|/)([^)\s#]+)(#[^)\s]*)?(\))")
+
+
+def relink_included(app, relative_path, parent_docname, content):
+    """Markdown pulled in from outside docs/ (the README's intro and figures, benchmarks/README.md)
+    links relative to its own folder; rewrite those links and images relative to docs/ so the
+    same text works on GitHub and on the site."""
+    source = (Path(app.srcdir) / relative_path).resolve()
+    if HERE in source.parents:
+        return
+
+    def fix(m):
+        target = (source.parent / m.group(2)).resolve()
+        rel = target.relative_to(ROOT).as_posix() if ROOT in target.parents else None
+        if rel in INCLUDED_AS_PAGE:
+            new = INCLUDED_AS_PAGE[rel]
+        else:
+            new = os.path.relpath(target, HERE).replace(os.sep, "/")
+        return f"{m.group(1)}{new}{m.group(3) or ''}{m.group(4)}"
+
+    content[0] = _LOCAL_LINK.sub(fix, content[0])
+
+
 def setup(app):
     app.connect("autodoc-skip-member", include_public_methods)
+    app.connect("include-read", relink_included)
     # before the sources are collected, so the pages written here are read in the same build
     app.connect("builder-inited", lambda app: write_api_pages())
     return {"parallel_read_safe": True}
