@@ -148,7 +148,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         r["rel_error"] = (C.rel_diff(p["t_star_measured"], r["t_star_measured"])
                           if (p["is_turning_point"] and r["is_turning_point"]) else None)
 
-    summary = {"width": d, "shift": {"kind": kind, "size": size, "rank": rank}, "ft_lr": cfg["ft_lr"],
+    summary = {"width": d, "depth": net.depth, "shift": {"kind": kind, "size": size, "rank": rank}, "ft_lr": cfg["ft_lr"],
                "ft_steps": cfg["ft_steps"], "checkpoints": len(t), "l2s": l2s, "weight_decays": wds,
                "checkpoint_spacing_ratio": float(np.exp(np.mean(np.diff(np.log(t))))),
                "negligible_percent": NEGLIGIBLE_PERCENT, "depth_percent": 100.0 * C.DEPTH,

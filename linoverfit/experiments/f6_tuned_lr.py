@@ -337,7 +337,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
 
     # ---- summary
     u_fixed = C.turning(t, pre[:, fixed, -1])
-    summary = {"width": d, "shift": {"kind": kind, "size": size, "rank": rank}, "ft_steps": S,
+    summary = {"width": d, "depth": net.depth, "shift": {"kind": kind, "size": size, "rank": rank}, "ft_steps": S,
                "record_every": rec, "lr_grid": lrs, "targets": targets, "budgets": list(budgets),
                "sum_budgets": list(sum_budgets), "matched_lrs": lrs[matched], "matched_target": cfg["matched_target"], "lr_grid_ratio": float(10 ** (1 / per)),
                "diverged_runs": int(diverged.sum()), "depth_percent": 100.0 * C.DEPTH,
