@@ -28,6 +28,8 @@ from .training import (
     pretrain,
 )
 from .sensitivity import SensitivityResult
+from .results import ResultFileError
+from .memory import MemoryBudgetError
 
 try:  # the one version source is pyproject.toml, read from the installed metadata
     __version__ = _metadata.version("linoverfit")
@@ -78,4 +80,6 @@ __all__ = [
     "SensitivityResult",
     "DivergenceError",
     "DivergenceWarning",
+    "ResultFileError",
+    "MemoryBudgetError",
 ]

@@ -11,6 +11,15 @@ T*, degradation past the turning point, ...), rounded to 4 significant digits so
 seed gives the same file. With ``--only``, the entries of the other figures already in
 ``summary.json`` are kept. Progress: one bar over the figures, one over the stages of the current
 figure; the wall time of each figure is printed. Runs headless (matplotlib's Agg backend).
+
+Files: every PNG, ``.npz`` and ``summary.json`` is written atomically
+(:func:`linoverfit.files.atomic_write`), so an interrupted or killed run leaves each file either
+complete and old or complete and new. ``summary.json`` gets each figure's entry as soon as the
+figure is done, merged under a lock (:func:`linoverfit.files.locked`), so concurrent runs of
+different figures into one folder keep every entry. ``--out`` is checked before anything is
+computed (exit 2 when it is a file, under a file, or not writable), and a ``summary.json`` that is
+not a JSON object is reported (exit 2), never replaced. Ctrl-C stops the run at once with exit
+status 130; the files of the figures already written stay as they are.
 """
 
 from __future__ import annotations
@@ -19,9 +28,13 @@ import argparse
 import json
 import os
 import sys
+import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
+
+from .files import atomic_write, locked, remove_stale_temporaries
 
 __all__ = ["main", "parse_only", "run_figures", "ToleranceError"]
 
@@ -65,19 +78,67 @@ def parse_only(text: str | None) -> list[str]:
     return [k for k in FIGURES if k in picked]
 
 
+#: Exit status after Ctrl-C (128 + SIGINT), the shell convention.
+EXIT_INTERRUPTED = 130
+
+
+def check_out(out) -> Path:
+    """Create ``out`` if needed and check that figures can be written into it, before computing.
+
+    Raises ``ValueError`` naming ``--out`` when it is a file, lies under a file, cannot be created
+    or is not writable.
+    """
+    out = Path(out)
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == out else f"is under {parent}, which is a file"
+            raise ValueError(f"--out {out} {where}; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot create the folder ({err.strerror or err})") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".linoverfit-write-check."):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out {out} is not writable ({err.strerror or err}); choose another folder") from None
+    return out
+
+
 def _load_summary(path: Path) -> dict:
+    """The figures' entries in ``path`` (``{}`` if missing); ``ValueError`` naming the file when it is
+    not a JSON object of objects (it is then left untouched, for the user to inspect)."""
     if not path.exists():
         return {}
+    keep = "move it away or delete it (it was not changed)"
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read {path} ({err}); {keep}") from None
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); {keep}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object of figure entries "
+                         f"{{\"F1\": {{...}}, ...}}; {keep}")
+    return data
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    with atomic_write(path) as fh:
+        fh.write(text.encode())
+
+
+def merge_summary(path, entries: dict, order) -> dict:
+    """Merge ``entries`` (``{figure: entry}``) into the JSON file ``path`` under a lock, atomically;
+    figures not in ``entries`` keep their entries. Keys follow ``order``. Returns the merged dict."""
+    path = Path(path)
+    with locked(path.with_name(f".{path.name}.lock")):
+        old = _load_summary(path)
+        merged = {k: (entries[k] if k in entries else old[k]) for k in order if k in entries or k in old}
+        merged.update({k: v for k, v in old.items() if k not in merged})  # unknown keys are kept, at the end
+        _write_json(path, merged)
+    return merged
 
 
 def run_figures(out="paper_figs", only=None, quick=False, seed=0, progress=True, stream=None) -> dict:
@@ -103,11 +164,11 @@ def run_figures(out="paper_figs", only=None, quick=False, seed=0, progress=True,
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     numbers = list(FIGURES) if only is None else list(only)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out(out)
+    remove_stale_temporaries(out)  # left by a killed run
     stream = sys.stderr if stream is None else stream
     summary_path = out / "summary.json"
-    old = _load_summary(summary_path)
+    _load_summary(summary_path)  # a corrupt summary is reported before anything is computed
     new: dict = {}
     times: dict = {}
     failed, missed = [], []
@@ -130,11 +191,9 @@ def run_figures(out="paper_figs", only=None, quick=False, seed=0, progress=True,
                 tqdm.write(line, file=stream)
             new[number] = {"name": module.NAME, "title": module.TITLE, "quick": bool(quick), "seed": seed,
                            **rounded(result)}
+            merge_summary(summary_path, {number: new[number]}, FIGURES)  # at once: an interrupted run keeps it
             png = out / f"{number}_{module.NAME}.png"
             tqdm.write(f"{number} {module.NAME:<16s} {times[number]:7.1f} s  -> {png}", file=stream)
-    # keep the entries of figures not run now, in figure order
-    merged = {k: (new[k] if k in new else old[k]) for k in FIGURES if k in new or k in old}
-    _write_json(summary_path, merged)
     total = sum(times.values())
     print(f"{len(times)} figure(s) in {total:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in times.items())}) "
           f"-> {out}/", file=stream)
@@ -163,7 +222,8 @@ def _figures_command(args) -> int:
         print(f"linoverfit figures: error: {err}", file=sys.stderr)
         return 2
     try:
-        run_figures(args.out, only=only, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+        _interruptible(run_figures, args.out, only=only, quick=args.quick, seed=args.seed,
+                       progress=not args.no_progress)
     except ToleranceError as err:
         print(f"linoverfit figures: {err}", file=sys.stderr)
         return 3
@@ -174,6 +234,38 @@ def _figures_command(args) -> int:
         print(f"linoverfit figures: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _interruptible(fn, out, **kw):
+    """``fn(out, **kw)`` in a worker thread while the main thread waits, so that Ctrl-C is handled at
+    once even while compiled code runs (which does not return to Python for a signal). On Ctrl-C the
+    temporary files of this process in ``out`` are removed and the process exits with status 130:
+    every output file is complete (old or new), since each is only ever replaced by a rename."""
+    box = {}
+
+    def work():
+        try:
+            box["value"] = fn(out, **kw)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+            box["error"] = err
+
+    worker = threading.Thread(target=work, name="linoverfit-figures", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        for p in Path(out).glob(f".*.{os.getpid()}.tmp"):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+        print("\nlinoverfit figures: interrupted; files already written are kept", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(EXIT_INTERRUPTED)  # without waiting for compiled code still running in the worker
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Entry point of the ``linoverfit`` console script; ``argv=None`` reads ``sys.argv``.
 
-    Returns the exit status: 0 = success, 1 = a figure failed (the others still ran), 2 = bad arguments,
-    3 = every figure ran but one missed its own tolerance (stderr names the figure and the number).
+    Returns the exit status: 0 = success, 1 = a figure failed (the others still ran), 2 = bad arguments
+    (including an unusable ``--out`` or a corrupt ``summary.json``), 3 = every figure ran but one
+    missed its own tolerance (stderr names the figure and the number); Ctrl-C exits at once with 130.
     """
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -131,7 +131,7 @@ class DeepLinear:
             if task is None:
                 raise ValueError("scheme='aligned' needs task= (the teacher whose singular vectors to align with)")
             self.check_task(task)
-        key = jax.random.key(key) if isinstance(key, int) else key
+        key = _v.prng_key(key, "key")
         if seeds is not None:
             seeds = _v.positive_int(seeds, "seeds")
             keys = jax.random.split(key, seeds)

@@ -193,6 +193,10 @@ class Plan:
     """
 
     def __init__(self, devices, n: int, chunk: int | None = None, per_device_chunk: bool = False):
+        if chunk is not None:
+            from .validation import positive_int
+
+            chunk = positive_int(chunk, "chunk")
         self.n = int(n)
         mesh = sweep_mesh(devices, self.n)
         # one default device and no explicit request: plain jit, no mesh (arrays stay uncommitted)

@@ -166,11 +166,17 @@ def save(fig, path, **kw) -> Path:
     """Save ``fig`` to ``path`` (PNG by default; parent folders created). Returns the path.
 
     No creation-date or software metadata is written, so the same figure gives the same bytes.
+    Written atomically (:func:`linoverfit.files.atomic_write`): an interrupted save leaves the
+    previous file intact.
     """
+    from .files import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"Software": None} if path.suffix.lower() in ("", ".png") else {}
-    fig.savefig(path, metadata=meta, **kw)
+    fmt = kw.pop("format", None) or (path.suffix[1:].lower() or "png")
+    meta = {"Software": None} if fmt == "png" else {}
+    with atomic_write(path) as fh:
+        fig.savefig(fh, format=fmt, metadata=meta, **kw)
     return path
 
 

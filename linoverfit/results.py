@@ -5,8 +5,11 @@ arrays (weights), plain Python scalars, tasks, or ``None``. Every result class i
 :func:`result` and is therefore a pytree (:func:`jax.tree_util.register_dataclass`): its arrays,
 tasks and numeric scalars are leaves, the fields marked :func:`static` (and ``str`` fields) are
 static metadata, so a result passes through ``jax.jit``, ``jax.vmap`` and ``jax.tree.map``.
-``save`` writes one ``.npz`` file atomically (temporary file in the same folder, fsync,
-``os.replace``) and ``load`` returns an object whose arrays are bit-identical to the saved ones.
+``save`` writes one ``.npz`` file atomically (:func:`linoverfit.files.atomic_write`: temporary
+file in the same folder, fsync, ``os.replace``; the file gets the permissions the umask asks for)
+and ``load`` returns an object whose arrays are bit-identical to the saved ones. ``load``
+validates the file (readable, written for this class, every field present, shapes consistent
+with each other) and raises :class:`ResultFileError` naming the file and what is wrong.
 ``to_xarray`` (optional ``xarray`` extra) names the axes: ``checkpoint``, ``lr`` or ``gamma``,
 ``seed``, ``record``.
 """
@@ -14,8 +17,8 @@ static metadata, so a result passes through ``jax.jit``, ``jax.vmap`` and ``jax.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 
 from typing import Any, ClassVar
@@ -23,7 +26,18 @@ from typing import Any, ClassVar
 import jax
 import numpy as np
 
-__all__ = ["Result", "result", "static"]
+from .files import atomic_write
+
+__all__ = ["Result", "ResultFileError", "result", "static"]
+
+
+class ResultFileError(ValueError):
+    """A saved result cannot be read back: missing, unreadable, written for another class, a field
+    missing, or shapes inconsistent. ``.path`` is the file; the message says what is wrong."""
+
+    def __init__(self, path, problem):
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = path, problem
 
 
 def static(default: Any = dataclasses.MISSING) -> Any:
@@ -100,6 +114,7 @@ def _xarray():
         raise ImportError("to_xarray needs the optional xarray package: pip install \"linoverfit[xarray]\"") from err
     return xarray
 
+
 _SEP = "."
 
 
@@ -127,10 +142,12 @@ def _encode(name: str, value, out: dict) -> None:
 def _decode(name: str, data) -> object:
     from .tasks import Dataset, Task
 
-    keys = [k for k in data.files if k.split(_SEP, 1)[0] == name]
+    keys = [k for k in data if k.split(_SEP, 1)[0] == name]
     if not keys:
-        raise KeyError(f"field {name!r} missing from saved result")
-    tags = {k.split(_SEP)[1] for k in keys}
+        raise ValueError(f"field {name!r} is missing")
+    tags = {k.split(_SEP)[1] for k in keys if _SEP in k}
+    if len(tags) != 1:
+        raise ValueError(f"field {name!r} is stored in {len(tags)} incompatible ways")
     (tag,) = tags
     if tag == "none":
         return None
@@ -258,32 +275,75 @@ class Result:
         return out
 
     def save(self, path) -> Path:
-        """Write to ``path`` (``.npz``) atomically; returns the path written."""
+        """Write to ``path`` (``.npz`` appended if missing) atomically; returns the path written.
+
+        Raises ``ValueError`` when ``path`` is a folder (give a file name inside it) or its parent
+        is a file.
+        """
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"cannot save to {path}: it is a folder; pass a file name, e.g. {path / 'result.npz'}")
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise ValueError(f"cannot save to {path}: it is a folder; pass another file name")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ValueError(f"cannot save to {path}: a parent of it is a file, not a folder") from None
         payload = {"__class__.py": np.asarray(type(self).__name__)}
         for f in dataclasses.fields(self):
             _encode(f.name, getattr(self, f.name), payload)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path) as fh:
+            np.savez(fh, **payload)
         return path
 
     @classmethod
     def load(cls, path):
-        """Read a result written by :meth:`save`; arrays come back as numpy arrays, bit-identical."""
-        with np.load(Path(path), allow_pickle=False) as data:
-            saved = str(data["__class__.py"])
-            if saved != cls.__name__:
-                raise ValueError(f"{path} holds a {saved}, not a {cls.__name__}")
-            return cls(**{f.name: _decode(f.name, data) for f in dataclasses.fields(cls)})
+        """Read a result written by :meth:`save`; arrays come back as numpy arrays, bit-identical.
+
+        Raises :class:`ResultFileError` naming the file and the problem when it is missing,
+        unreadable (empty, truncated, corrupted, not an ``.npz``), holds another class, lacks a
+        field, or has shapes that do not fit together.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ResultFileError(path, "no such file" if not path.exists() else "not a file")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}  # reads (and CRC-checks) every member now
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, KeyError, UnicodeDecodeError) as err:
+            raise ResultFileError(path, f"not a readable .npz result file ({type(err).__name__}: {err})") from None
+        if "__class__.py" not in arrays:
+            raise ResultFileError(path, "not a linoverfit result (no __class__ entry); was it written by Result.save?")
+        saved = str(arrays["__class__.py"])
+        if saved != cls.__name__:
+            raise ResultFileError(path, f"holds a {saved}, not a {cls.__name__}; load it with {saved}.load")
+        try:
+            fields = {f.name: _decode(f.name, arrays) for f in dataclasses.fields(cls)}
+            obj = cls(**fields)
+            obj._check_consistent()
+        except (ValueError, TypeError, KeyError, IndexError) as err:
+            raise ResultFileError(path, f"inconsistent {cls.__name__}: {err}") from None
+        return obj
+
+    def _check_consistent(self) -> None:
+        """Raise ``ValueError`` when the fields do not fit together (shapes); subclasses say how."""
+
+
+def expect_shape(name: str, value, shape: tuple) -> None:
+    """``ValueError`` unless ``value`` has exactly ``shape`` (for :meth:`Result._check_consistent`)."""
+    got = tuple(np.shape(value))
+    if got != tuple(shape):
+        raise ValueError(f"{name} has shape {got}, expected {tuple(shape)}")
+
+
+def expect_weights(name: str, weights, lead: tuple) -> None:
+    """``ValueError`` unless ``weights`` is ``None`` or a tuple of arrays ``lead + (n_l, n_{l-1})`` that chain."""
+    if weights is None:
+        return
+    for i, w in enumerate(weights):
+        if tuple(np.shape(w)[:-2]) != tuple(lead) or np.ndim(w) != len(lead) + 2:
+            raise ValueError(f"{name}[{i}] has shape {np.shape(w)}, expected {tuple(lead)} + (n_l, n_(l-1))")
+        if i and np.shape(w)[-1] != np.shape(weights[i - 1])[-2]:
+            raise ValueError(f"{name}[{i}] does not chain with {name}[{i - 1}]")

@@ -10,20 +10,26 @@ The closed form of :math:`\mathbb E[L(W+\gamma E)]` is :func:`linoverfit.theory.
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import memory as _mem
 from . import validation as _v
 from .networks import DeepLinear, end_to_end
-from .results import Result, result, static
+from .results import Result, expect_shape, result, static
 from .tasks import Dataset, Task
 from . import parallel as _par
 from .training import PretrainResult, _identity_cov, _sweep, _task_loss
 
-__all__ = ["gaussian", "SensitivityResult"]
+__all__ = ["gaussian", "SensitivityResult", "NonFiniteWarning"]
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """Some Monte Carlo estimates overflowed (non-finite); they are named in the message."""
 
 
 @result
@@ -59,6 +65,16 @@ class SensitivityResult(Result):
     def t(self) -> np.ndarray:
         """Pre-training gradient-flow time of each checkpoint."""
         return self.pretrain_lr * np.asarray(self.steps, dtype=np.float64)
+
+    def _check_consistent(self):
+        C, G = np.size(self.steps), np.size(self.gamma)
+        expect_shape("steps", self.steps, (C,))
+        expect_shape("gamma", self.gamma, (G,))
+        lead = np.shape(self.loss)
+        if len(lead) not in (1, 2) or lead[0] != C:
+            raise ValueError(f"loss has shape {lead}, expected ({C},) or ({C}, seeds)")
+        for name in ("perturbed_loss", "sensitivity", "stderr"):
+            expect_shape(name, getattr(self, name), (C, G) + lead[1:])
 
 
 #: Perturbed copies evaluated together: samples per batch = this / (largest layer size), i.e.
@@ -142,6 +158,20 @@ def _gaussian_layout(outs, lead):
     return jnp.reshape(base, lead), to_cg(mean), to_cg(se)
 
 
+def _gaussian_memory(weights, lead, samples, n_gamma, plan, dtype):
+    """Refuse a sensitivity sweep whose estimated peak memory exceeds what is available: the noise
+    ``samples x P`` (twice while drawn), the weights, and per weight set in flight the perturbed
+    copies of one sample batch (three networks each)."""
+    P, isz = sum(int(np.prod(np.shape(w)[-2:])) for w in weights), _mem.itemsize(dtype)
+    B = int(np.prod(lead))
+    batch = _sample_batch(samples, [int(np.prod(np.shape(w)[-2:])) for w in weights])
+    in_flight = min(B, plan.chunk * plan.parts * (1 if plan.mesh is None else plan.mesh.size))
+    need = (2 * samples + B + 3 * batch * in_flight) * P * isz + 6 * B * n_gamma * isz
+    _mem.require(need, "the sensitivity estimate",
+                 f"{samples} samples x {P} parameters of {np.dtype(dtype).name}, {B} weight set(s)",
+                 "pass fewer samples, fewer checkpoints per call, or a smaller chunk")
+
+
 def gaussian(
     net: DeepLinear,
     run: PretrainResult,
@@ -161,7 +191,7 @@ def gaussian(
       task: Task (population loss) or Dataset whose loss is perturbed; default ``run.task``.
       gamma: one or more noise scales :math:`\gamma > 0`.
       samples: Monte Carlo draws :math:`E` per checkpoint (>= 2, for the standard error).
-      key: ``jax.random`` key (required: randomness is always explicit).
+      key: ``jax.random`` key or an integer seed in ``[0, 2**32)`` (required: randomness is always explicit).
       devices: where the checkpoint x seed weight sets go (see :mod:`linoverfit.parallel`): ``None`` =
         all devices, an int, a sequence of devices or a ``Mesh``; they are sharded over them.
       chunk: weight sets per vmap on a device (default 1: each one already batches its ``samples``).
@@ -185,13 +215,14 @@ def gaussian(
         raise TypeError(f"task must be a linoverfit Task or Dataset, got {type(task).__name__}")
     net.check_task(task)
     weights = net.check_weights(run.weights, "run.weights")
+    dtype = _v.working_dtype(weights, "run.weights")
+    weights = tuple(jnp.asarray(w, dtype) for w in weights)
+    task = _v.cast_objective(task, dtype)
     gammas = _v.positive_vector(gamma, "gamma")
     samples = _v.positive_int(samples, "samples")
     if samples < 2:
         raise ValueError(f"samples must be >= 2 to estimate a standard error, got {samples}")
-    if key is None:
-        raise TypeError("key is required: pass a jax.random key, e.g. jax.random.key(0)")
-    key = jax.random.key(key) if isinstance(key, int) else key
+    key = _v.prng_key(key, "key", purpose="the Monte Carlo draws")
 
     if prng_impl is not None:
         # a key of the requested implementation, derived deterministically from ``key``
@@ -200,13 +231,22 @@ def gaussian(
 
     lead = run.loss.shape
     plan = _par.Plan(devices, int(np.prod(lead)), 1 if chunk is None else chunk)
-    dtype = jnp.asarray(weights[0]).dtype
+    _gaussian_memory(weights, lead, samples, gammas.size, plan, dtype)
     # common random numbers: one draw serves every checkpoint, seed, gamma (and every part)
     noise = _gaussian_noise(key, samples=samples, shapes=tuple((tuple(np.shape(w)[-2:]), dtype) for w in weights))
-    inputs = plan.shared((tuple(jnp.asarray(w) for w in weights), task, jnp.asarray(gammas, dtype), noise))
+    inputs = plan.shared((weights, task, jnp.asarray(gammas, dtype), noise))
     outs = plan.map(lambda part: _gaussian_core(*inputs, part, identity_cov=_identity_cov(task),
                                                 mesh=plan.mesh, chunk=plan.chunk, parts=plan.parts))
     base, sens, se = plan.finish(_gaussian_layout(outs, tuple(lead)))
+    bad = ~(np.isfinite(np.asarray(sens)) & np.isfinite(np.asarray(se)))
+    if bad.any():
+        g_bad = np.unique(gammas[np.nonzero(bad)[1]])
+        warnings.warn(
+            f"{int(bad.sum())} sensitivity estimate(s) are not finite (the perturbed loss overflowed "
+            f"{np.dtype(dtype).name}) at gamma={', '.join(f'{g:g}' for g in g_bad[:5])}; use smaller gamma "
+            "or float64 weights (jax_enable_x64). They are inf/NaN in the result.",
+            NonFiniteWarning, stacklevel=2,
+        )
     return SensitivityResult(
         steps=np.asarray(run.steps),
         gamma=gammas,

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import memory as _mem
 from . import validation as _v
 
 __all__ = [
@@ -37,11 +38,8 @@ SHIFT_KINDS = ("rotate", "additive", "subspace", "spectrum")
 
 
 def _as_key(key, name: str = "key"):
-    if key is None:
-        raise TypeError(f"{name} is required: pass a jax.random key, e.g. jax.random.key(0)")
-    if isinstance(key, int):
-        return jax.random.key(key)
-    return key
+    """``key`` checked by :func:`linoverfit.validation.prng_key` (required: randomness is explicit)."""
+    return _v.prng_key(key, name)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -243,7 +241,13 @@ def from_spectrum(singular_values, d_in: int, d_out: int, key, input_cov=None, n
     if s.size > min(d_in, d_out):
         raise ValueError(f"singular_values has {s.size} entries but min(d_in, d_out) = {min(d_in, d_out)}")
     dtype = dtype or jnp.result_type(float)
-    ku, kv = jax.random.split(_as_key(key))
+    key = _as_key(key)
+    # Haar draws factor a full n x n Gaussian matrix (QR: the matrix, its factors, the workspace)
+    n_floats = 3 * (d_out**2 + d_in**2) + 2 * d_out * d_in + (d_in**2 if input_cov is None else 0)
+    _mem.require(n_floats * _mem.itemsize(dtype), "building the task",
+                 f"d_in={d_in}, d_out={d_out}: Haar-random singular vectors of size {d_out}x{d_out} and {d_in}x{d_in}",
+                 "use smaller d_in / d_out")
+    ku, kv = jax.random.split(key)
     U = _orthonormal(ku, d_out, s.size, dtype)
     V = _orthonormal(kv, d_in, s.size, dtype)
     A = (U * jnp.asarray(s, dtype)) @ V.T

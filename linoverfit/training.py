@@ -8,6 +8,23 @@ online SGD on fresh samples of a :class:`~linoverfit.tasks.Task`).
 Gradient-flow time is the cumulative learning rate :math:`t_k = \sum_{j<k}\eta_j`
 (:math:`t = \eta \cdot \text{steps}` at a constant rate).
 
+Divergence: the loss of the weights after every update, the last one included, must stay finite
+and below ``divergence_factor`` times the task's natural scale, or the run is reported.
+
+Dtypes: one working dtype per call, the widest float dtype of the weights as JAX can currently
+represent it (``float64`` needs ``jax_enable_x64``; otherwise ``float32``); the task, the
+learning rates and every other input are cast to it at the API boundary, so flipping
+``jax_enable_x64`` between building the inputs and training is harmless. Complex, integer, bool
+and float16 weights are refused with a ``TypeError``. Step counters are int64 with 64-bit mode on
+and int32 otherwise; a step count that does not fit raises a ``ValueError`` instead of wrapping.
+
+Keys: a ``jax.random`` key or an integer seed in ``[0, 2**32)`` (checked by
+:func:`linoverfit.validation.prng_key`); minibatch SGD without a key is an error.
+
+Memory: before allocating, each sweep estimates its peak bytes and raises
+:class:`linoverfit.memory.MemoryBudgetError` (naming the sizes and the options that shrink them)
+when that exceeds the available memory.
+
 Step loops are ``lax.fori_loop`` inside a ``lax.scan`` over checkpoint segments; seeds,
 checkpoints and learning rates are ``vmap``-ed, so a whole sweep compiles once per shape and
 changing only values (learning rates, teachers, step counts) reuses the compiled code.
@@ -24,11 +41,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import memory as _mem
 from . import optimizers as _opt
 from . import parallel as _par
 from . import validation as _v
 from .networks import DeepLinear, end_to_end
-from .results import Result, result, static
+from .results import Result, expect_shape, expect_weights, result, static
 from .tasks import Dataset, Task
 
 __all__ = [
@@ -114,6 +132,13 @@ class PretrainResult(Result):
         """True when the run carries a seed axis (``loss`` is ``(C, S)``)."""
         return np.ndim(self.loss) == 2
 
+    def _check_consistent(self):
+        C = np.size(self.steps)
+        expect_shape("steps", self.steps, (C,))
+        if np.ndim(self.loss) not in (1, 2) or np.shape(self.loss)[0] != C:
+            raise ValueError(f"loss has shape {np.shape(self.loss)}, expected ({C},) or ({C}, seeds) for {C} checkpoints")
+        expect_weights("weights", self.weights, np.shape(self.loss))
+
     @property
     def end_to_end(self):
         """End-to-end maps ``(C[, S], d_out, d_in)``."""
@@ -175,6 +200,23 @@ class FinetuneResult(Result):
         if self.pretrain_t is not None:
             return np.asarray(self.pretrain_t, dtype=np.float64)
         return self.pretrain_lr * np.asarray(self.steps, dtype=np.float64)
+
+    def _check_consistent(self):
+        C, R = np.size(self.steps), np.size(self.lr)
+        expect_shape("steps", self.steps, (C,))
+        expect_shape("lr", self.lr, (R,))
+        lead = np.shape(self.pretrain_loss_before)
+        if len(lead) not in (1, 2) or lead[0] != C:
+            raise ValueError(f"pretrain_loss_before has shape {lead}, expected ({C},) or ({C}, seeds)")
+        expect_shape("finetune_loss_before", self.finetune_loss_before, lead)
+        after = (C, R) + lead[1:]
+        for name in ("pretrain_loss_after", "finetune_loss_after", "diverged", "diverged_step"):
+            expect_shape(name, getattr(self, name), after)
+        if self.record_steps is not None:
+            K = np.size(self.record_steps)
+            for name in ("pretrain_loss_trajectory", "finetune_loss_trajectory"):
+                expect_shape(name, getattr(self, name), after + (K,))
+        expect_weights("weights", self.weights, after)
 
     @property
     def forgetting(self):
@@ -278,7 +320,7 @@ def _online_batch(task, root, key, step, batch_size):
     r"""Fresh samples of step ``step``: :math:`x = z\Sigma^{1/2}`, :math:`y = Ax + \sigma_\varepsilon\xi`,
     :math:`z, \xi \sim \mathcal N(0, I)` from ``fold_in(key, step)``; ``root`` is :math:`\Sigma^{1/2}`
     (``None`` for :math:`\Sigma = I`). Returns ``x`` ``(B, d_in)``, ``y`` ``(B, d_out)``."""
-    kx, ke = jax.random.split(jax.random.fold_in(key, step))
+    kx, ke = jax.random.split(_step_key(key, step))
     dtype = task.teacher.dtype
     x = jax.random.normal(kx, (batch_size, task.d_in), dtype)
     if root is not None:
@@ -294,8 +336,25 @@ def _objective_loss(task, P, key, step, batch_size, root=None):
         return task.loss(P)
     if isinstance(task, Task):
         return Dataset.batch_loss(P, *_online_batch(task, root, key, step, batch_size))
-    idx = jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, task.n)
+    idx = jax.random.randint(_step_key(key, step), (batch_size,), 0, task.n)
     return Dataset.batch_loss(P, task.x[idx], task.y[idx])
+
+
+def _step_key(key, step):
+    """``fold_in(key, step)``; 64-bit step counts past ``2**32`` also fold in their high word, so
+    no two steps share a minibatch key (steps below ``2**32`` keep the 32-bit stream)."""
+    step = jnp.asarray(step)
+    k = jax.random.fold_in(key, step)
+    if jnp.dtype(step.dtype).itemsize <= 4:
+        return k
+    high = (step >> 32).astype(jnp.uint32)
+    return jax.lax.cond(high > 0, lambda: jax.random.fold_in(jax.random.fold_in(key, step.astype(jnp.uint32)), high),
+                        lambda: k)
+
+
+def _bad(loss, limit):
+    """A loss that is non-finite or above the explosion limit."""
+    return ~jnp.isfinite(loss) | (loss > limit)
 
 
 def _zero_map_loss(task):
@@ -384,10 +443,34 @@ def _sweep(fn, runs, shared, mesh, chunk, part=0, parts=1):
     return _par.sweep(fn, runs, shared, mesh=mesh, chunk=chunk, part=part, parts=parts)
 
 
-def _as_key(key):
-    if key is None:
-        return jax.random.key(0)
-    return jax.random.key(key) if isinstance(key, int) else key
+def _run_key(key, batch_size):
+    """The key of a run: required for minibatch SGD, checked (and otherwise unused) for full-batch GD."""
+    if batch_size is not None:
+        return _v.prng_key(key, "key", purpose=f"minibatch SGD (batch_size={batch_size})")
+    key = _v.prng_key(key, "key", required=False)
+    return jax.random.key(0) if key is None else key  # full-batch GD draws nothing
+
+
+def _checked_inputs(weights, objectives, name):
+    """The dtype policy: every array of ``weights`` and of the objectives in one working dtype (see
+    :func:`linoverfit.validation.working_dtype`); returns ``(dtype, weights, objectives)``."""
+    dtype = _v.working_dtype(weights, name)
+    return (dtype, tuple(jnp.asarray(w, dtype) for w in weights),
+            tuple(None if t is None else _v.cast_objective(t, dtype) for t in objectives))
+
+
+def _n_params(weights) -> int:
+    return sum(int(np.prod(np.shape(w)[-2:])) for w in weights)
+
+
+def _in_flight(plan) -> int:
+    """Runs whose working sets exist at the same time: a chunk per part per device."""
+    return plan.chunk * plan.parts * (1 if plan.mesh is None else plan.mesh.size)
+
+
+#: Per-run working set of a step, in units of one network's parameters: the weights, the gradient,
+#: the update, the new weights, the start point (fine-tuning) and two optimizer moments (Adam).
+WORKING_COPIES = 8
 
 
 # ----------------------------------------------------------------------------- pre-training
@@ -424,12 +507,12 @@ def _pretrain_core(W0, task, lr, weight_decay, seg_lengths, keys, factor, part=0
         limit = factor * jnp.maximum(_task_loss(task, end_to_end(W_init), identity_cov), _zero_map_loss(task))
 
         def step(i, carry):
+            # the loss at step i is that of the weights after i updates
             W, state, bad_step = carry
             value_and_grad = partial(_value_and_grad, task, key=key, step=i, batch_size=batch_size,
                                      identity_cov=identity_cov, root=root)
             loss, g = value_and_grad(W) if spec is None else spec.gradient(value_and_grad, W)
-            bad = ~jnp.isfinite(loss) | (loss > limit)
-            bad_step = jnp.where((bad_step < 0) & bad, i, bad_step)
+            bad_step = jnp.where((bad_step < 0) & _bad(loss, limit), i, bad_step)
             updates, state = tx.update(g, state, W)
             if lr_scale is not None:  # a schedule: eta_i = lr * lr_scale[i] multiplies the update
                 updates = jax.tree.map(lambda u: lr_scale[i].astype(u.dtype) * u, updates)
@@ -438,10 +521,13 @@ def _pretrain_core(W0, task, lr, weight_decay, seg_lengths, keys, factor, part=0
         def segment(carry, n):
             W, state, bad_step, i0 = carry
             W, state, bad_step = _fori(i0, n, step, (W, state, bad_step))
-            out = (W if keep_weights else None, _task_loss(task, end_to_end(W), identity_cov))
-            return (W, state, bad_step, i0 + n), out
+            loss = _task_loss(task, end_to_end(W), identity_cov)
+            # the last update of the segment is checked here (its loss is the checkpoint's)
+            bad_step = jnp.where((bad_step < 0) & _bad(loss, limit), i0 + n, bad_step)
+            return (W, state, bad_step, i0 + n), (W if keep_weights else None, loss)
 
-        init = (W_init, tx.init(W_init), jnp.asarray(-1, jnp.int32), jnp.asarray(0, jnp.int32))
+        counter = seg_lengths.dtype
+        init = (W_init, tx.init(W_init), jnp.asarray(-1, counter), jnp.asarray(0, counter))
         (_, _, bad_step, _), (Ws, losses) = jax.lax.scan(segment, init, seg_lengths)
         return Ws, losses, bad_step
 
@@ -501,6 +587,7 @@ def pretrain(
         :math:`x\sim\mathcal N(0,\Sigma)`, :math:`y = Ax + \varepsilon` every step, drawn inside the
         compiled loop from ``fold_in(key, step)`` (bitwise reproducible from ``key``); the label
         noise is ``task.noise`` and ``result.samples_seen`` the samples drawn.
+      key: a ``jax.random`` key or an integer seed; required with ``batch_size`` (full-batch GD draws nothing).
       keep_weights: ``False`` keeps only losses (memory of one checkpoint).
       devices: where the seeds run (see :mod:`linoverfit.parallel`): ``None`` = all devices, an int,
         a sequence of devices or a ``Mesh``; seeds are sharded over them.
@@ -515,6 +602,7 @@ def pretrain(
         raise TypeError(f"net must be a DeepLinear, got {type(net).__name__}")
     task = _check_objective(net, task, "task")
     W0 = net.check_weights(W0, "W0")
+    dtype, W0, (task,) = _checked_inputs(W0, (task,), "W0")
     ndims = {np.ndim(w) for w in W0}
     if ndims not in ({2}, {3}):
         raise ValueError("W0 layers must all be 2-D (one network) or all 3-D (a batch of seeds)")
@@ -524,17 +612,18 @@ def pretrain(
     weight_decay = _v.positive_scalar(weight_decay, "weight_decay", allow_zero=True)
     divergence_factor = _v.positive_scalar(divergence_factor, "divergence_factor")
     steps = _v.step_grid(checkpoints, "checkpoints")
+    _v.representable_steps(steps[-1], "checkpoints")
     lr, per_step = _lr_schedule(lr, int(steps[-1]))
     online = bool(online)
     batch_size = _check_batch_size(batch_size, task, online=online)
     make_opt, spec = _split_optimizer(optimizer)
 
     n_seeds = np.shape(W0[0])[0] if batched else 1
-    keys = jax.random.split(_as_key(key), n_seeds)
-    seg = np.diff(steps, prepend=0).astype(np.int32)
-    dtype = jnp.asarray(W0[0]).dtype
+    keys = jax.random.split(_run_key(key, batch_size), n_seeds)
+    seg = np.diff(steps, prepend=0).astype(_v.step_dtype())
     plan = _par.Plan(devices, n_seeds, chunk, per_device_chunk=True)
-    inputs = plan.shared((tuple(jnp.asarray(w) for w in W0), task, jnp.asarray(lr, dtype),
+    _pretrain_memory(net, W0, task, steps.size, n_seeds, keep_weights, plan, dtype)
+    inputs = plan.shared((W0, task, jnp.asarray(lr, dtype),
                           jnp.asarray(weight_decay, dtype), jnp.asarray(seg), keys, jnp.asarray(divergence_factor, dtype)))
     extra = plan.shared((None if per_step is None else jnp.asarray(per_step / lr, dtype),
                          None if spec is None else jax.tree.map(lambda x: jnp.asarray(x, dtype), spec)))
@@ -545,20 +634,39 @@ def pretrain(
     weights, losses, bad_step = plan.finish(_pretrain_layout(outs, n_seeds, batched))
     bad_step = np.asarray(bad_step)
     if np.any(bad_step >= 0):
-        seed = int(np.argmax(bad_step >= 0)) if batched else None
         first = int(bad_step[bad_step >= 0].min())
-        ck = int(np.searchsorted(steps, first, side="right"))
+        seed = int(np.argmax(bad_step == first)) if batched else None
+        ck = min(int(np.searchsorted(steps, first, side="left")), len(steps) - 1)
         where = f" (seed {seed})" if batched else ""
         raise DivergenceError(
-            f"pre-training diverged at step {first}{where}, before checkpoint {ck} "
-            f"(step {steps[min(ck, len(steps) - 1)]}), with lr={lr}: the loss became non-finite or exceeded "
-            f"{divergence_factor:g} x its initial scale. Lower lr.",
+            f"pre-training diverged at step {first}{where}: the loss after {first} update(s) was non-finite or "
+            f"above {divergence_factor:g} x its initial scale, with lr={lr}; checkpoint {ck} (step {steps[ck]}) "
+            f"and later are affected. Lower lr.",
             step=first, seed=seed, checkpoint=ck,
         )
     # t_k = sum_{j<k} eta_j, summed in float64 on the host
     times = None if per_step is None else np.cumsum(per_step)[steps - 1]
     return PretrainResult(steps=steps, loss=losses, weights=weights, task=task, lr=lr, weight_decay=weight_decay,
                           times=times, batch_size=batch_size, online=online)
+
+
+def _pretrain_memory(net, W0, task, n_checkpoints, n_seeds, keep_weights, plan, dtype):
+    """Refuse a pre-training sweep whose estimated peak memory exceeds what is available.
+
+    Peak: the checkpoint weights ``C x S x P`` three times (the scan's stacked outputs, the joined
+    parts, the ``(C, S, ...)`` layout) plus :data:`WORKING_COPIES` networks per run in flight and
+    the inputs.
+    """
+    P, isz = _n_params(W0), _mem.itemsize(dtype)
+    kept = 3 * n_checkpoints * n_seeds * P * isz if keep_weights else 0
+    working = WORKING_COPIES * min(n_seeds, _in_flight(plan)) * P * isz
+    inputs = n_seeds * P * isz + sum(int(np.size(x)) for x in jax.tree.leaves(task)) * isz
+    _mem.require(
+        kept + working + inputs, "pre-training",
+        f"{n_checkpoints} checkpoints x {n_seeds} seed(s) x {P} parameters of {np.dtype(dtype).name}"
+        + (", weights kept" if keep_weights else ""),
+        "pass keep_weights=False (losses only), fewer checkpoints, fewer seeds per call, or a smaller chunk",
+    )
 
 
 # ----------------------------------------------------------------------------- fine-tuning
@@ -572,34 +680,41 @@ def _finetune_core(W_start, ft_task, pre_task, lrs, l2, seg_len, keys, factor, p
 
     The ``N = C[*S]*R`` runs (run ``b * R + r`` starts from checkpoint(-seed) ``b`` at learning rate
     ``r``, with key ``split(key, N)[b * R + r]``) form one flat sweep, sharded over ``mesh``
+    (a run carries the index ``b`` of its start, not a copy of it: the ``C[*S]`` starting weights
+    exist once, so memory does not grow with the number of learning rates)
     (``None``: one device), ``chunk`` runs per vmap; only part ``part`` of ``parts`` is computed.
     Returns, per run of that part (padding included, see :func:`_finetune_layout`): final weights
     (``None`` unless ``return_weights``), first bad step and the ``n_records`` loss records.
     """
     lead = W_start[0].shape[:-2]
     B, R = int(np.prod(lead)), lrs.shape[0]
-    W_start = tuple(jnp.repeat(jnp.reshape(w, (B,) + w.shape[-2:]), R, axis=0) for w in W_start)
-    runs = (W_start, jnp.tile(lrs, B), jax.random.split(keys, B * R))
+    W_start = tuple(jnp.reshape(w, (B,) + w.shape[-2:]) for w in W_start)
+    runs = (jnp.repeat(jnp.arange(B, dtype=jnp.int32), R), jnp.tile(lrs, B), jax.random.split(keys, B * R))
     ft_task = _prepared(ft_task)
-    shared = (ft_task, pre_task, l2, seg_len, factor)
+    shared = (W_start, ft_task, pre_task, l2, seg_len, factor)
 
     def one(run, shared):
-        W_init, lr, key = run
-        ft_task, pre_task, l2, seg_len, factor = shared
+        b, lr, key = run
+        W_start, ft_task, pre_task, l2, seg_len, factor = shared
+        W_init = tuple(w[b] for w in W_start)
         tx = make_opt(lr)
         limit = factor * jnp.maximum(_task_loss(ft_task, end_to_end(W_init), identity_cov), _zero_map_loss(ft_task))
 
-        def step(i, carry):
-            W, state, bad_step = carry
-            loss, g = _value_and_grad(ft_task, W, key, i, batch_size, identity_cov)
-            # l2 pull toward the checkpoint, + l2/2 sum ||W - W0||^2 (skipped at run time when l2 == 0)
-            def pull(args):
+        def pull(W, loss, g):
+            """l2 pull toward the checkpoint, + l2/2 sum ||W - W0||^2 (skipped at run time when l2 == 0)."""
+            def on(args):
                 loss, g = args
                 diff = tuple(w - w0 for w, w0 in zip(W, W_init))
                 return loss + 0.5 * l2 * sum(jnp.sum(d * d) for d in diff), tuple(gl + l2 * d for gl, d in zip(g, diff))
 
-            loss, g = jax.lax.cond(l2 != 0, pull, lambda args: args, (loss, g))
-            bad_step = jnp.where((bad_step < 0) & (~jnp.isfinite(loss) | (loss > limit)), i, bad_step)
+            return jax.lax.cond(l2 != 0, on, lambda args: args, (loss, g))
+
+        def step(i, carry):
+            # the loss at step i is that of the weights after i updates
+            W, state, bad_step = carry
+            loss, g = _value_and_grad(ft_task, W, key, i, batch_size, identity_cov)
+            loss, g = pull(W, loss, g)
+            bad_step = jnp.where((bad_step < 0) & _bad(loss, limit), i, bad_step)
             updates, new_state = tx.update(g, state, W)
             new_W = optax.apply_updates(W, updates)
             # freeze a diverged run at its last finite weights instead of propagating NaN
@@ -612,9 +727,15 @@ def _finetune_core(W_start, ft_task, pre_task, lrs, l2, seg_len, keys, factor, p
             W, state, bad_step, i0 = carry
             W, state, bad_step = _fori(i0, seg_len, step, (W, state, bad_step))
             P = end_to_end(W)
-            return (W, state, bad_step, i0 + seg_len), (pre_task.loss(P), _task_loss(ft_task, P, identity_cov))
+            ft_loss = _task_loss(ft_task, P, identity_cov)
+            # the last update of the segment is checked here (the step loop checks each loss before an update)
+            objective, _ = pull(W, ft_loss, W)
+            end = i0 + seg_len
+            bad_step = jnp.where((bad_step < 0) & _bad(objective, limit), end, bad_step)
+            return (W, state, bad_step, end), (pre_task.loss(P), ft_loss)
 
-        init = (W_init, tx.init(W_init), jnp.asarray(-1, jnp.int32), jnp.asarray(0, jnp.int32))
+        counter = seg_len.dtype
+        init = (W_init, tx.init(W_init), jnp.asarray(-1, counter), jnp.asarray(0, counter))
         (W, _, bad_step, _), (pre_traj, ft_traj) = jax.lax.scan(segment, init, None, length=n_records)
         return (W if return_weights else None), bad_step, pre_traj, ft_traj
 
@@ -651,6 +772,29 @@ def _mask_diverged(bad_step, record_steps, pre_traj, ft_traj):
     return diverged, jnp.where(invalid, jnp.nan, pre_traj), jnp.where(invalid, jnp.nan, ft_traj)
 
 
+def _finetune_memory(weights, lead, R, n_records, return_weights, plan, dtype):
+    """Refuse a fine-tuning sweep whose estimated peak memory exceeds what is available.
+
+    Peak: the ``B = C[*S]`` starting networks (held once, indexed by every run), the
+    :data:`WORKING_COPIES` networks of each run in flight, and the outputs of the ``N = B x R``
+    runs three times (the parts' outputs, their join, the ``(C, R[, S])`` layout): final weights
+    when ``return_weights``, and two loss records per record step.
+    """
+    P, isz = _n_params(weights), _mem.itemsize(dtype)
+    B = int(np.prod(lead))
+    N = B * R
+    out = 3 * N * ((P if return_weights else 0) + 2 * n_records + 2) * isz
+    working = WORKING_COPIES * min(N, _in_flight(plan)) * P * isz
+    _mem.require(
+        B * P * isz + working + out, "fine-tuning",
+        f"{lead[0]} checkpoints x {lead[1] if len(lead) > 1 else 1} seed(s) x {R} learning rate(s) = {N} runs of "
+        f"{P} parameters of {np.dtype(dtype).name}, {n_records} record(s) per run"
+        + (", final weights returned" if return_weights else ""),
+        "pass return_weights=False, fewer checkpoints or learning rates per call, a larger record_every, "
+        "or a smaller chunk",
+    )
+
+
 def finetune(
     net: DeepLinear,
     run: PretrainResult,
@@ -682,6 +826,7 @@ def finetune(
       run: a :class:`PretrainResult` with weights; ``task``: the fine-tuning Task or Dataset.
       lr: one or more learning rates (all > 0); ``steps``: fine-tuning steps (>= 1).
       record_every: also record both losses every ``record_every`` steps (must divide ``steps``).
+      key: a ``jax.random`` key or an integer seed; required with ``batch_size`` (minibatch SGD).
       devices: where the runs go (see :mod:`linoverfit.parallel`): ``None`` = all devices, an int, a
         sequence of devices or a ``Mesh``. The checkpoint x seed x learning-rate runs are flattened
         into one sweep axis and sharded over them.
@@ -700,8 +845,10 @@ def finetune(
     task = _check_objective(net, task, "task")
     pre_task = _check_objective(net, run.task if pretrain_task is None else pretrain_task, "pretrain_task")
     weights = net.check_weights(run.weights, "run.weights")
+    dtype = _v.working_dtype(weights, "run.weights")
     lrs = _learning_rates(lr)
     steps = _v.positive_int(steps, "steps")
+    _v.representable_steps(steps, "steps")
     l2 = _v.positive_scalar(l2, "l2", allow_zero=True)
     divergence_factor = _v.positive_scalar(divergence_factor, "divergence_factor")
     batch_size = _check_batch_size(batch_size, task)
@@ -717,10 +864,12 @@ def finetune(
     lead = run.loss.shape  # (C,) or (C, S)
     B = int(np.prod(lead))
     R = lrs.size
-    dtype = jnp.asarray(weights[0]).dtype
+    key = _run_key(key, batch_size)
     plan = _par.Plan(devices, B * R, chunk)
-    inputs = plan.shared((tuple(jnp.asarray(w) for w in weights), task, pre_task, jnp.asarray(lrs, dtype),
-                          jnp.asarray(l2, dtype), jnp.asarray(seg_len, jnp.int32), _as_key(key),
+    _finetune_memory(weights, lead, R, n_records, return_weights, plan, dtype)
+    _, weights, (task, pre_task) = _checked_inputs(weights, (task, pre_task), "run.weights")  # after the check
+    inputs = plan.shared((weights, task, pre_task, jnp.asarray(lrs, dtype),
+                          jnp.asarray(l2, dtype), jnp.asarray(seg_len, _v.step_dtype()), key,
                           jnp.asarray(divergence_factor, dtype)))
     outs = plan.map(lambda part: _finetune_core(
         *inputs, part, make_opt=make_opt, batch_size=batch_size, n_records=n_records, return_weights=return_weights,

@@ -38,6 +38,10 @@ def finite_matrix(x, name: str, shape: tuple[int | None, int | None] | None = No
                 )
     if not np.issubdtype(arr.dtype, np.number):
         raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be real, got complex dtype {arr.dtype}; pass the real part (x.real) if that is meant")
+    if 0 in arr.shape:
+        raise ValueError(f"{name} must have at least one row and one column, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or inf")
     return x
@@ -112,8 +116,10 @@ def positive_int(x, name: str) -> int:
 
 def layer_widths(widths, name: str = "widths") -> tuple[int, ...]:
     """Layer widths ``(d_in, h_1, ..., d_out)``: a sequence of >= 2 integers >= 1 (depth >= 1)."""
-    if isinstance(widths, (numbers.Integral, str)) or not hasattr(widths, "__len__"):
-        raise TypeError(f"{name} must be a sequence of layer widths (d_in, ..., d_out), got {widths!r}")
+    ordered = isinstance(widths, (Sequence, np.ndarray, jax.Array)) and not isinstance(widths, (str, bytes))
+    if not ordered or np.ndim(widths) != 1:
+        # sets and dicts have no order, so (d_in, ..., d_out) would be a guess
+        raise TypeError(f"{name} must be an ordered sequence of layer widths (d_in, ..., d_out), got {widths!r}")
     w = tuple(widths)
     if len(w) < 2:
         raise ValueError(f"{name} must have at least 2 entries (depth >= 1), got {w} (depth {len(w) - 1})")
@@ -154,6 +160,7 @@ def weights_tuple(weights, name: str = "weights") -> tuple:
         arr = np.asarray(w)
         if arr.ndim < 2:
             raise ValueError(f"{name}[{i}] must be at least 2-D, got shape {arr.shape}")
+        float_dtype(arr, f"{name}[{i}]")
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name}[{i}] contains NaN or inf")
     for i in range(1, len(out)):
@@ -163,3 +170,101 @@ def weights_tuple(weights, name: str = "weights") -> tuple:
                 f"{np.shape(out[i - 1])}: W_(l+1) must have as many columns as W_l has rows"
             )
     return out
+
+
+# ----------------------------------------------------------------------------- keys
+
+#: Largest integer seed (exclusive) accepted as a ``key``: ``jax.random.key`` keeps only the low 32
+#: bits of a seed when 64-bit mode is off, so larger seeds would silently collide.
+SEED_LIMIT = 2**32
+
+
+def prng_key(key, name: str = "key", *, required: bool = True, purpose: str = ""):
+    """The one key check of the public API: return a typed ``jax.random`` key, or ``None``.
+
+    Accepted: a scalar typed key (``jax.random.key(seed)``), a raw legacy key
+    (``jax.random.PRNGKey(seed)``, ``uint32`` of the default implementation's shape), or an integer
+    seed ``0 <= seed < 2**32`` (Python or numpy integer; ``jax.random.key(seed)``). Rejected with a
+    ``TypeError``/``ValueError`` naming ``name``: ``None`` when ``required`` (randomness is always
+    explicit; ``purpose`` says what needs it), bools, floats, strings, ``numpy.random.Generator``,
+    batched keys and anything else. ``None`` with ``required=False`` returns ``None``.
+    """
+    how = f"pass {name}=jax.random.key(0) (or an integer seed)"
+    if key is None:
+        if required:
+            need = f" for {purpose}" if purpose else ""
+            raise TypeError(f"{name} is required{need}: {how}; randomness is never implicit")
+        return None
+    if is_traced(key):
+        return key
+    if isinstance(key, (numbers.Integral, np.integer)) and not isinstance(key, (bool, np.bool_)):
+        seed = int(key)
+        if not 0 <= seed < SEED_LIMIT:
+            raise ValueError(f"{name} as an integer seed must be in [0, 2**32), got {seed}")
+        return jax.random.key(seed)
+    if isinstance(key, jax.Array):
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            if key.shape != ():
+                raise ValueError(f"{name} must be a single key, got a batch of keys of shape {key.shape}; pick one")
+            return key
+        default_shape = jax.random.key_data(jax.random.key(0)).shape
+        if key.dtype == np.uint32 and key.shape == default_shape:
+            return jax.random.wrap_key_data(key)
+    elif isinstance(key, np.ndarray) and key.dtype == np.uint32 and key.ndim == 1:
+        return prng_key(jax.numpy.asarray(key), name, required=required, purpose=purpose)
+    raise TypeError(f"{name} must be a jax.random key or an integer seed, got {type(key).__name__} {key!r:.60}; {how}")
+
+
+# ----------------------------------------------------------------------------- dtypes
+
+
+def float_dtype(x, name: str):
+    """Check that ``x`` has a real floating dtype of at least 32 bits; return that dtype.
+
+    Complex, integer, bool and float16/bfloat16 arrays get a ``TypeError`` naming ``name``: the
+    simulations need real floats with enough precision to resolve small losses.
+    """
+    dtype = np.dtype(getattr(x, "dtype", None) or np.asarray(x).dtype)
+    if np.issubdtype(dtype, np.complexfloating):
+        raise TypeError(f"{name} must be real, got complex dtype {dtype}; pass the real part (x.real) if that is meant")
+    if not np.issubdtype(dtype, np.floating) and dtype.name != "bfloat16":
+        raise TypeError(f"{name} must be floating point (float32 or float64), got dtype {dtype}; "
+                        f"cast it with .astype('float32') or .astype('float64')")
+    if dtype.itemsize < 4:
+        raise TypeError(f"{name} has dtype {dtype}, too few bits for these simulations; use float32 or float64")
+    return dtype
+
+
+def working_dtype(arrays, name: str):
+    r"""The one working dtype of a computation: the widest float dtype among ``arrays`` (checked by
+    :func:`float_dtype`), as JAX can currently represent it (``float64`` becomes ``float32`` when
+    64-bit mode is off). Every input of a sweep is cast to it at the API boundary, so flipping
+    ``jax_enable_x64`` between building the inputs and training is harmless."""
+    dtypes = [float_dtype(a, f"{name}[{i}]") for i, a in enumerate(arrays)]
+    return jax.dtypes.canonicalize_dtype(np.result_type(*dtypes))
+
+
+def cast_objective(task, dtype):
+    """``task`` (a :class:`~linoverfit.Task` or :class:`~linoverfit.Dataset`) with every array in
+    ``dtype`` (its pytree structure, hence compiled code, is unchanged)."""
+    leaves, tree = jax.tree_util.tree_flatten(task)
+    return jax.tree_util.tree_unflatten(tree, [jax.numpy.asarray(x, dtype) for x in leaves])
+
+
+# ----------------------------------------------------------------------------- step counts
+
+
+def step_dtype():
+    """Integer dtype of step counters in compiled loops: int64 with 64-bit mode on, else int32."""
+    return jax.dtypes.canonicalize_dtype(np.int64)
+
+
+def representable_steps(largest: int, name: str) -> None:
+    """Raise a ``ValueError`` naming ``name`` when ``largest`` steps do not fit the step counter
+    (:func:`step_dtype`), instead of letting the counter wrap around."""
+    limit = int(np.iinfo(step_dtype()).max)
+    if int(largest) > limit:
+        raise ValueError(
+            f"{name} reaches step {int(largest)}, more than the {limit} steps a {np.dtype(step_dtype()).name} counter "
+            f"holds; enable 64-bit mode (jax.config.update('jax_enable_x64', True)) before building the inputs"
+        )

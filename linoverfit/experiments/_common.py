@@ -183,9 +183,13 @@ def figure_paths(out_dir, number: str, name: str):
 
 
 def save_data(path, **arrays) -> Path:
-    """Write the plotted data as one ``.npz`` (values converted with ``np.asarray``; ``None`` skipped)."""
+    """Write the plotted data as one ``.npz`` (values converted with ``np.asarray``; ``None`` skipped),
+    atomically (:func:`linoverfit.files.atomic_write`)."""
+    from ..files import atomic_write
+
     path = Path(path)
-    np.savez(path, **{k: np.asarray(v) for k, v in arrays.items() if v is not None})
+    with atomic_write(path) as fh:
+        np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items() if v is not None})
     return path
 
 

@@ -18,6 +18,8 @@ import numbers
 import numpy as np
 from scipy.integrate import solve_ivp
 
+from .. import validation as _v
+
 __all__ = ["mode_trajectory", "mode_velocity", "mode_asymptote", "gaussian_init_s0"]
 
 
@@ -257,7 +259,7 @@ def gaussian_init_s0(scale: float, widths, modes: int | None = None):
     eps = float(np.asarray(scale))
     if not (np.isfinite(eps) and eps > 0):
         raise ValueError(f"scale must be > 0, got {scale!r}")
-    k = min(widths) if modes is None else int(modes)
+    k = min(widths) if modes is None else _v.positive_int(modes, "modes")
     if not 1 <= k <= min(widths):
         raise ValueError(f"modes must be in [1, {min(widths)}], got {modes!r}")
     h = widths[1]

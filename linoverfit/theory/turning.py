@@ -25,7 +25,7 @@ from .. import validation as _v
 from ..results import Result, result
 from .flow import FinetunePrediction, predict_finetune
 from .modes import _nonneg, _weight_decay, mode_asymptote, mode_trajectory, mode_velocity
-from .perturbation import _spectrum_sensitivity, _widths
+from .perturbation import _gamma, _spectrum_sensitivity, _widths
 from .ucurve import u_curve
 
 __all__ = [
@@ -128,6 +128,7 @@ def perturbed_loss_curve(task, t, gamma, *, widths, s0, weight_decay: float = 0.
     """
     widths = _widths(widths)
     L = len(widths) - 1
+    gamma = np.asarray(_gamma(gamma))
     sigma, noise = _spectrum(task, widths)
     sig, rest = _learnable(sigma, widths)
     s = mode_trajectory(sig, t, _s0(s0, sig.size), L, weight_decay)
@@ -210,6 +211,10 @@ def perturbation_threshold(gamma, widths):
       gamma: :math:`\gamma > 0`, scalar or any shape.
       widths: ``(d_in, ..., d_out)`` or a :class:`~linoverfit.DeepLinear`.
 
+    Exact scaling: :math:`\sigma^*(\gamma) = \gamma^L\,\sigma^*(1)` (each layer of every term of
+    :math:`\Delta` is either perturbed, :math:`\gamma^2`, or in a product, :math:`\sigma^{2/L}`), so
+    one root serves every :math:`\gamma`; a threshold beyond float64 raises ``ValueError``.
+
     Returns :math:`\sigma^*` with the shape of ``gamma``.
 
     Examples:
@@ -226,22 +231,32 @@ def perturbation_threshold(gamma, widths):
         return np.zeros(g.shape)
     if L == 2:
         return g**2 * (widths[0] + widths[-1])
-    out = np.empty(g.shape)
-    for idx in np.ndindex(g.shape):
-        gi = float(g[idx])
-        base = _spectrum_sensitivity(np.zeros(1), gi, widths)[0]
+    # every term of S(sigma) - S(0) and sigma^2 carry gamma^(2L) once sigma = gamma^L u (each layer
+    # is either perturbed, gamma^2, or in a product, sigma^(2/L)), so sigma*(gamma) = gamma^L sigma*(1)
+    # exactly: one root at gamma = 1, valid for every gamma (no underflow for tiny gamma)
+    base = _spectrum_sensitivity(np.zeros(1), 1.0, widths)[0]
 
-        def delta(log_sig):
-            sig = np.exp(log_sig)
-            return _spectrum_sensitivity(np.array([sig]), gi, widths)[0] - base - 0.5 * sig**2
+    def delta(log_sig):
+        sig = np.exp(log_sig)
+        return _spectrum_sensitivity(np.array([sig]), 1.0, widths)[0] - base - 0.5 * sig**2
 
-        guess = np.log(max((gi**2 * (widths[0] + widths[-1] + L - 2)) ** (L / 2), 1e-300))
-        lo_, hi = guess - 1.0, guess + 1.0
-        while delta(lo_) <= 0:
-            lo_ -= 2.0
-        while delta(hi) >= 0:
-            hi += 2.0
-        out[idx] = np.exp(brentq(delta, lo_, hi, xtol=1e-14, rtol=1e-14))
+    guess = np.log((widths[0] + widths[-1] + L - 2) ** (L / 2))
+    lo_, hi = guess - 1.0, guess + 1.0
+    for _ in range(200):  # Delta < 0 for large sigma and > 0 for small sigma: a bracket exists
+        if delta(lo_) > 0:
+            break
+        lo_ -= 2.0
+    for _ in range(200):
+        if delta(hi) < 0:
+            break
+        hi += 2.0
+    log_u = brentq(delta, lo_, hi, xtol=1e-14, rtol=1e-14)
+    with np.errstate(over="ignore", divide="ignore"):
+        out = np.exp(L * np.log(g) + log_u)
+    if not np.all(np.isfinite(out)):
+        big = float(g[~np.isfinite(out)].ravel()[0])
+        raise ValueError(f"perturbation_threshold: gamma={big:g} gives a threshold gamma**{L} x {np.exp(log_u):.4g} "
+                         f"beyond float64; gamma must be below {np.exp((np.log(np.finfo(float).max) - log_u) / L):.3g}")
     return out
 
 
