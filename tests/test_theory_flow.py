@@ -168,7 +168,8 @@ def test_predict_finetune_layout_with_seeds():
     pred = predict_finetune(run, ft, lr=(1e-3, 2e-3), steps=500, return_maps=True)
     assert pred.pretrain_loss_after.shape == (3, 2, 2) and pred.end_to_end.shape == (3, 2, 2, 3, 4)
     assert pred.pretrain_loss_before.shape == (3, 2) and pred.forgetting.shape == (3, 2, 2)
-    one = end_to_end_flow(np.asarray(run.end_to_end)[1, 1], ft, 2e-3 * 500, depth=2)
+    # "auto" at eta * lambda ~ 4e-3: the second-order modified equation of GD
+    one = end_to_end_flow(np.asarray(run.end_to_end)[1, 1], ft, 2e-3 * 500, depth=2, lr=2e-3, gd_order=2)
     np.testing.assert_allclose(pred.end_to_end[1, 1, 1], one, rtol=1e-9)  # (checkpoint, lr, seed)
     np.testing.assert_array_equal(pred.t, run.t)
 

@@ -15,7 +15,10 @@ at depth 2. Integrating it from each checkpoint's :math:`P` predicts fine-tuning
 
 from __future__ import annotations
 
+from functools import partial
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy.integrate import solve_ivp
 
@@ -175,13 +178,123 @@ def _integrate(P0, A, cov, L, times, rtol, atol, method="layers"):
     return out
 
 
+GD_ORDERS = (0, 1, 2)
+#: ``gd_order="auto"`` uses the modified equation (order 2) while eta * sharpness <= this, else exact GD
+#: on the balanced factors; at 0.25 the order-2 error is <= 1e-3 (docs/theory.md, section 4.4)
+AUTO_EXACT_ABOVE = 0.25
+
+
+def _gd_order(order, allow=("auto", "exact")):
+    if isinstance(order, str) and order in allow:
+        return order
+    if isinstance(order, bool) or order not in GD_ORDERS:
+        raise ValueError(f"gd_order must be one of {GD_ORDERS + tuple(allow)} (0: gradient flow, 1-2: modified "
+                         f"equation of GD, 'exact': GD on the balanced factors, 'auto'), got {order!r}")
+    return int(order)
+
+
+@partial(jax.jit, static_argnames=("L",))
+def _iterate_gd_core(Ws, A, cov, eta, steps, L):
+    def step(_, Ws):
+        g = jax.vmap(jax.grad(lambda w: _layer_loss(w, A, cov)))(Ws)
+        return tuple(w - eta * gw for w, gw in zip(Ws, g))
+
+    Ws = jax.lax.fori_loop(jnp.zeros((), steps.dtype), steps, step, Ws)
+    P = Ws[0]
+    for w in Ws[1:]:
+        P = w @ P
+    return P
+
+
+def _iterate_gd(P0, A, cov, L, eta, steps):
+    """Exact GD (``steps`` steps at ``eta``) on the balanced factors of ``P0`` ``(B, m, n)``: for an exactly
+    balanced start this is GD on the network itself (the extra hidden units stay at zero, docs section 4.4)."""
+    W0 = _balanced_factors(P0, L)
+    cov = np.eye(A.shape[1]) if cov is None else cov
+    with jax.enable_x64(True):
+        P = _iterate_gd_core(tuple(jnp.asarray(w, jnp.float64) for w in W0), jnp.asarray(A, jnp.float64),
+                             jnp.asarray(cov, jnp.float64), float(eta), jnp.asarray(int(steps), jnp.int64), L)
+        return np.asarray(P)
+
+
+def _layer_loss(Ws, A, cov):
+    P = Ws[0]
+    for w in Ws[1:]:
+        P = w @ P
+    D = P - A
+    return 0.5 * jnp.sum(D * (D @ cov))
+
+
+@partial(jax.jit, static_argnames=("shapes", "order"))
+def _modified_field(y, A, cov, eta, shapes, order):
+    """Modified vector field of GD on the layers, f = -g - eta/2 Hg - eta^2 (HHg/3 + T(g,g)/12), batched.
+
+    ``y`` ``(B, n)`` flat layers; Hessian-vector products by forward-over-reverse differentiation."""
+    cuts = np.cumsum([int(np.prod(sh)) for sh in shapes])[:-1].tolist()
+
+    def unflat(x):
+        return tuple(p.reshape(sh) for p, sh in zip(jnp.split(x, cuts), shapes))
+
+    def one(x):
+        grad = jax.grad(lambda z: _layer_loss(unflat(z), A, cov))
+        g = grad(x)
+        hvp = lambda v: jax.jvp(grad, (x,), (v,))[1]  # noqa: E731
+        Hg = hvp(g)
+        F = -g - 0.5 * eta * Hg
+        if order >= 2:
+            HHg = hvp(Hg)
+            Tgg = jax.jvp(lambda z: jax.jvp(grad, (z,), (g,))[1], (x,), (g,))[1]  # D^3 L [g, g], g held fixed
+            F = F - eta**2 * (HHg / 3.0 + Tgg / 12.0)
+        return F
+
+    return jax.vmap(one)(y)
+
+
+def _integrate_gd(P0, A, cov, L, times, rtol, atol, eta, order):
+    """Modified-equation layer flow of GD at learning rate ``eta`` from the balanced factors of ``P0``;
+    ``(B, len(times), m, n)`` at the sorted unique ``times``."""
+    B = P0.shape[0]
+    if times[-1] == 0:
+        return np.repeat(P0[:, None], times.size, axis=1)
+    if L == 1:  # linear regression: GD is exactly P_k = A + (P_0 - A)(I - eta Sigma)^k
+        w, Q = np.linalg.eigh(np.eye(A.shape[1]) if cov is None else cov)
+        k = times / eta  # fractional k: the continuous interpolation of the geometric sequence
+        with np.errstate(invalid="ignore"):
+            M = np.einsum("ij,tj,kj->tik", Q, np.power((1.0 - eta * w)[None, :] + 0j, k[:, None]).real, Q)
+        return A + np.einsum("bij,tjk->btik", P0 - A, M)
+    W0 = _balanced_factors(P0, L)
+    shapes = tuple(tuple(w.shape[1:]) for w in W0)
+    y0 = np.concatenate([w.reshape(B, -1) for w in W0], axis=1)
+    cov = np.eye(A.shape[1]) if cov is None else cov
+    with jax.enable_x64(True):
+        Aj, cj = jnp.asarray(A, jnp.float64), jnp.asarray(cov, jnp.float64)
+
+        def rhs(_, y):
+            return np.asarray(_modified_field(jnp.asarray(y.reshape(B, -1)), Aj, cj, eta, shapes, order)).ravel()
+
+        sol = solve_ivp(rhs, (0.0, float(times[-1])), y0.ravel(), method="DOP853", t_eval=times, rtol=rtol, atol=atol)
+    if not sol.success:  # pragma: no cover - smooth field; failure means a bad tolerance
+        raise RuntimeError(f"modified GD flow failed: {sol.message}")
+    cuts = np.cumsum([int(np.prod(sh)) for sh in shapes])[:-1]
+    out = np.empty((B, times.size) + A.shape)
+    for k in range(times.size):
+        parts = np.split(sol.y[:, k].reshape(B, -1), cuts, axis=1)
+        P = parts[0].reshape((B,) + shapes[0])
+        for part, sh in zip(parts[1:], shapes[1:]):
+            P = part.reshape((B,) + sh) @ P
+        out[:, k] = P
+    out[:, times == 0] = P0[:, None]
+    return out
+
+
 def _method(method):
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     return method
 
 
-def end_to_end_flow(P0, task, t, depth: int, *, method: str = "layers", rtol: float = 1e-10, atol: float = 1e-12):
+def end_to_end_flow(P0, task, t, depth: int, *, lr=None, gd_order: int = 2, method: str = "layers",
+                    rtol: float = 1e-10, atol: float = 1e-12):
     r"""Integrate the balanced end-to-end flow :math:`\dot P = -\sum_j (PP^\top)^{(L-j)/L}(P-A)\Sigma(P^\top P)^{(j-1)/L}`.
 
     Exact for gradient flow on the layers from any balanced initialisation
@@ -204,6 +317,15 @@ def end_to_end_flow(P0, task, t, depth: int, *, method: str = "layers", rtol: fl
       task: the :class:`~linoverfit.Task` being trained on (e.g. the fine-tuning task).
       t: flow time(s) :math:`t = \eta\cdot\text{steps} \ge 0`, scalar or shape ``T`` (any order).
       depth: :math:`L \ge 1`.
+      lr: ``None`` (gradient flow, the default here) or the GD learning rate :math:`\eta`: then the
+        *modified equation* of GD on the balanced layers is integrated instead,
+        :math:`\dot W = -g - \tfrac\eta2 Hg - \eta^2(\tfrac13 HHg + \tfrac1{12}\nabla^3L[g,g])`
+        (:math:`g = \nabla_W L`, :math:`H = \nabla^2_W L`, Hessian-vector products by ``jax.jvp`` of
+        ``jax.grad``; ``docs/theory.md`` section 4.4), which passes through the GD iterates
+        :math:`W_k` at :math:`t = k\eta` up to :math:`O(\eta^{p+1})`, :math:`p` = ``gd_order``.
+        Assumes exactly balanced starts (GD from them equals GD on the balanced factors).
+      gd_order: 1 (first order, implicit gradient regularisation :math:`L + \tfrac\eta4\lVert\nabla L\rVert^2`)
+        or 2 (default); 0 is the flow. Only with ``method="layers"``.
       method: ``"layers"`` or ``"function"`` (same ODE, see above).
       rtol, atol: solver tolerances on the entries of the state (:math:`P`, or the layers).
 
@@ -230,7 +352,13 @@ def end_to_end_flow(P0, task, t, depth: int, *, method: str = "layers", rtol: fl
     times = np.unique(t.ravel())
     if times.size == 0:
         return np.zeros(lead + t.shape + A.shape)
-    out = _integrate(P0.reshape((-1,) + A.shape), A, cov, L, times, rtol, atol, method)
+    eta, order = _flow_lr(lr), _gd_order(gd_order, allow=())
+    if eta is not None and order > 0:
+        if method != "layers":
+            raise ValueError("method='function' integrates gradient flow only; GD (lr=) needs method='layers'")
+        out = _integrate_gd(P0.reshape((-1,) + A.shape), A, cov, L, times, rtol, atol, eta, order)
+    else:
+        out = _integrate(P0.reshape((-1,) + A.shape), A, cov, L, times, rtol, atol, method)
     out = out[:, np.searchsorted(times, t.ravel())]
     return out.reshape(lead + t.shape + A.shape)
 
@@ -249,6 +377,13 @@ class FinetunePrediction(Result):
     * ``pretrain_loss_before`` / ``finetune_loss_before`` ``(C[, S])``.
     * ``pretrain_loss_after`` / ``finetune_loss_after`` ``(C, R[, S])``.
     * ``end_to_end`` ``(C, R[, S], d_out, d_in)`` fine-tuned maps, or ``None``.
+    * ``gd_order``: 0 for gradient flow, 1 or 2 for the modified equation of GD, ``"exact"`` or
+      ``"auto"`` (section 4.4).
+    * ``past_edge`` ``(C, R[, S])`` bool: the learning rate is at or past the stability edge
+      :math:`2/\lambda` at the start map or at the predicted end (:math:`\lambda` the Gauss-Newton
+      sharpness :math:`L s_1^{2-2/L}\lVert\Sigma_{ft}\rVert`, exact at a minimum with
+      :math:`\Sigma_{ft} = I`); such predictions warn (:class:`~linoverfit.theory.PastEdgeWarning`)
+      and do not describe GD.
     """
 
     t: np.ndarray | None
@@ -260,11 +395,14 @@ class FinetunePrediction(Result):
     pretrain_loss_after: np.ndarray
     finetune_loss_after: np.ndarray
     end_to_end: np.ndarray | None = None
+    gd_order: int | str = static(0)
+    past_edge: np.ndarray | None = None
 
     _dims = {
         **{k: ("checkpoint", "seed") for k in ("pretrain_loss_before", "finetune_loss_before")},
         **{k: ("checkpoint", "lr", "seed") for k in ("pretrain_loss_after", "finetune_loss_after")},
         "end_to_end": ("checkpoint", "lr", "seed", "d_out", "d_in"),
+        "past_edge": ("checkpoint", "lr", "seed"),
     }
 
     def _coords(self) -> dict:
@@ -282,6 +420,12 @@ class FinetunePrediction(Result):
     def plasticity(self) -> np.ndarray:
         """Fine-tuning loss before minus after, ``(C, R[, S])``."""
         return np.expand_dims(self.finetune_loss_before, 1) - self.finetune_loss_after
+
+
+def _flow_lr(lr):
+    from .modes import _lr
+
+    return _lr(lr)
 
 
 def _resolve_start(start, depth, pretrain_task):
@@ -318,7 +462,7 @@ def _loss(task, P):
 
 
 def predict_finetune(start, finetune_task, lr=(0.01,), steps: int = 1000, *, depth: int | None = None,
-                     pretrain_task=None, return_maps: bool = False, method: str = "layers",
+                     pretrain_task=None, return_maps: bool = False, gd_order="auto", method: str = "layers",
                      rtol: float = 1e-10, atol: float = 1e-12) -> FinetunePrediction:
     r"""Predict fine-tuning from every start map by the end-to-end flow (no parameters simulated).
 
@@ -327,8 +471,19 @@ def predict_finetune(start, finetune_task, lr=(0.01,), steps: int = 1000, *, dep
     the result carries the pre-training and fine-tuning losses before and after, hence the
     forgetting :math:`L_{pre}(P(\tau)) - L_{pre}(P_0)` and the fine-tuning U-curve over checkpoints.
 
-    Assumes balanced layers, gradient flow (GD at small :math:`\eta` agrees to :math:`O(\eta)`)
-    and plain fine-tuning (no l2 pull, no weight decay: those break the function-space closure).
+    By default (``gd_order="auto"``) it predicts gradient *descent* at each :math:`\eta`: the
+    modified equation of GD on the balanced layers to second order (error :math:`O(\eta^3)`) while
+    :math:`\eta\lambda \le 1/4` (:math:`\lambda` the Gauss-Newton sharpness at the start maps and at
+    the fine-tuning optimum), and beyond that, where the modified-equation series stops converging,
+    GD itself on the balanced factors of each :math:`P_0` (``"exact"``: a compiled loop of ``steps``
+    steps on width-:math:`\min(d_{in}, d_{out})` layers, equal to GD on the network for an exactly
+    balanced start). ``gd_order=1`` / ``2`` force the modified equation (errors :math:`O(\eta^2)`,
+    :math:`O(\eta^3)`); depth 1 is always exact, :math:`P_k = A + (P_0 - A)(I - \eta\Sigma)^k`.
+    ``gd_order=0`` is the gradient flow (error :math:`O(\eta)`). Learning rates at or past the
+    stability edge are marked in ``past_edge`` and warn (:class:`~linoverfit.theory.PastEdgeWarning`).
+
+    Assumes balanced layers and plain fine-tuning (no l2 pull, no weight decay: those break the
+    function-space closure).
 
     Args:
       start: a :class:`~linoverfit.PretrainResult` (its maps, depth and task are used), or maps
@@ -337,7 +492,8 @@ def predict_finetune(start, finetune_task, lr=(0.01,), steps: int = 1000, *, dep
       lr: learning rate(s) :math:`\eta > 0`, shape ``(R,)``; ``steps``: fine-tuning steps >= 1.
       pretrain_task: Task or Dataset whose loss is tracked (default: the run's task).
       return_maps: also return the fine-tuned maps ``(C, R[, S], d_out, d_in)``.
-      method, rtol, atol: as in :func:`end_to_end_flow`.
+      gd_order: ``"auto"`` (default), ``"exact"``, 2, 1, or 0 (gradient flow); see above.
+      method, rtol, atol: as in :func:`end_to_end_flow` (``method="function"`` needs ``gd_order=0``).
 
     Returns a :class:`FinetunePrediction` (shapes as in :class:`~linoverfit.FinetuneResult`).
     """
@@ -348,11 +504,30 @@ def predict_finetune(start, finetune_task, lr=(0.01,), steps: int = 1000, *, dep
     steps = _v.positive_int(steps, "steps")
     tau = lrs * steps
     lead = P0.shape[:-2]
-    times = np.unique(tau)
-    flat = _integrate(P0.reshape((-1,) + A.shape), A, cov, L, times, rtol, atol, _method(method))
-    after = flat[:, np.searchsorted(times, tau)].reshape(lead + (lrs.size,) + A.shape)
+    order, method = _gd_order(gd_order), _method(method)
+    flatP0 = P0.reshape((-1,) + A.shape)
+    if order == 0:
+        times = np.unique(tau)
+        flat = _integrate(flatP0, A, cov, L, times, rtol, atol, method)
+        flat = flat[:, np.searchsorted(times, tau)]
+    else:
+        if method != "layers":
+            raise ValueError("method='function' integrates gradient flow only; use gd_order=0 with it")
+        lam0 = np.max(_gn_sharpness(flatP0, cov, L))
+        lam1 = _gn_sharpness(np.asarray(A), cov, L)  # at the fine-tuning optimum
+        cols = []
+        for eta, x in zip(lrs, tau):
+            exact = order == "exact" or (order == "auto" and eta * max(lam0, lam1) > AUTO_EXACT_ABOVE)
+            if exact and L > 1:
+                cols.append(_iterate_gd(flatP0, A, cov, L, eta, steps))
+            else:
+                cols.append(_integrate_gd(flatP0, A, cov, L, np.array([x]), rtol, atol, eta,
+                                          2 if isinstance(order, str) else order)[:, 0])
+        flat = np.stack(cols, axis=1)
+    after = flat.reshape(lead + (lrs.size,) + A.shape)
     if len(lead) >= 2:  # (C, S, R, ...) -> (C, R, S, ...) as in FinetuneResult
         after = np.moveaxis(after, len(lead), 1)
+    past = _past_edge(P0, after, lrs, cov, L)
     return FinetunePrediction(
         t=t,
         lr=lrs,
@@ -363,7 +538,30 @@ def predict_finetune(start, finetune_task, lr=(0.01,), steps: int = 1000, *, dep
         pretrain_loss_after=_loss(pre_task, after),
         finetune_loss_after=_loss(finetune_task, after),
         end_to_end=after if return_maps else None,
+        gd_order=order,
+        past_edge=past,
     )
+
+
+def _gn_sharpness(P, cov, L):
+    """Gauss-Newton sharpness L s_1^(2-2/L) ||Sigma|| of balanced layers with end-to-end map P ``(..., m, n)``."""
+    s1 = np.linalg.norm(P, ord=2, axis=(-2, -1))
+    c = 1.0 if cov is None else float(np.linalg.eigvalsh(cov)[-1])
+    return L * s1 ** (2.0 - 2.0 / L) * c
+
+
+def _past_edge(P0, after, lrs, cov, L):
+    """``(C, R[, S])``: lr >= 2 / max(sharpness at the start, at the predicted end); warns where any is."""
+    from .curvature import check_edge
+
+    lead = P0.shape[:-2]
+    start = _gn_sharpness(P0, cov, L)  # (C[, S])
+    end = _gn_sharpness(after, cov, L)  # (C, R[, S])
+    lam = np.maximum(np.expand_dims(start, 1), end)
+    r = lrs.reshape((1, -1) + (1,) * (len(lead) - 1))
+    with np.errstate(divide="ignore"):
+        edge = 2.0 / lam
+    return check_edge(np.broadcast_to(r, edge.shape), edge, "predict_finetune", stacklevel=4)
 
 
 def first_order_forgetting(start, finetune_task, tau, *, depth: int | None = None, pretrain_task=None):

@@ -14,7 +14,10 @@ Gradient flow keeps this form, every mode evolves on its own, and with weight de
 from __future__ import annotations
 
 import numbers
+from functools import partial
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy.integrate import solve_ivp
 
@@ -51,17 +54,52 @@ def _weight_decay(weight_decay) -> float:
     return float(arr)
 
 
-def mode_velocity(s, sigma, depth: int = 2, weight_decay: float = 0.0):
+def _layer_field(a, sigma, L, lam):
+    """Per-layer value's field f(a) = a^(L-1)(sigma - a^L) - lam a and its derivatives f', f''."""
+    aL = a**L
+    f = np.power(a, L - 1) * (sigma - aL) - lam * a
+    df = (L - 1) * np.power(a, L - 2) * (sigma - aL) - L * np.power(a, 2 * L - 2) - lam if L > 1 else -(1.0 + lam) + 0 * a
+    if L >= 3:
+        d2f = (L - 1) * (L - 2) * sigma * np.power(a, L - 3) - (2 * L - 1) * (2 * L - 2) * np.power(a, 2 * L - 3)
+    elif L == 2:
+        d2f = -6.0 * a
+    else:
+        d2f = 0.0 * a
+    return f, df, d2f
+
+
+def _lr(lr):
+    if lr is None:
+        return None
+    arr = np.asarray(lr)
+    if arr.ndim != 0 or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise TypeError(f"lr must be None (gradient flow) or a real scalar > 0, got {lr!r}")
+    val = float(arr)
+    if not (np.isfinite(val) and val > 0):
+        raise ValueError(f"lr must be > 0 (or None for gradient flow), got {lr!r}")
+    return val
+
+
+def mode_velocity(s, sigma, depth: int = 2, weight_decay: float = 0.0, *, lr=None):
     r"""Right-hand side of the mode ODE, :math:`\dot s = L s^{2-2/L}(\sigma - s) - L\lambda s`.
 
     For depth :math:`L = 1` this reads :math:`\dot s = \sigma - s - \lambda s` (plain linear
     regression, where :math:`s^{0} = 1` even at :math:`s = 0`).
+
+    With a learning rate :math:`\eta` it is the velocity of gradient *descent*: the modified
+    equation (backward error analysis, ``docs/theory.md`` section 1.6) of the per-layer map
+    :math:`a \mapsto a + \eta f(a)`, :math:`f(a) = a^{L-1}(\sigma - a^L) - \lambda a`, to second order,
+
+    .. math:: \dot a = f - \tfrac\eta2 f'f + \eta^2\big(\tfrac13 f'^2 f + \tfrac1{12} f'' f^2\big), \qquad \dot s = L a^{L-1}\dot a,
+
+    whose solution passes through the GD iterates up to :math:`O(\eta^3)` per unit time.
 
     Args:
       s: current mode values :math:`s \ge 0`, any shape.
       sigma: teacher singular values, broadcastable against ``s``.
       depth: :math:`L \ge 1`.
       weight_decay: :math:`\lambda \ge 0` on every layer.
+      lr: ``None`` (gradient flow) or the GD learning rate :math:`\eta > 0`.
 
     Returns :math:`\dot s` with the broadcast shape of ``s`` and ``sigma``.
 
@@ -74,7 +112,13 @@ def mode_velocity(s, sigma, depth: int = 2, weight_decay: float = 0.0):
     s = _nonneg(s, "s")
     sigma = _nonneg(sigma, "sigma")
     lam = _weight_decay(weight_decay)
-    return L * np.power(s, 2.0 - 2.0 / L) * (sigma - s) - L * lam * s
+    eta = _lr(lr)
+    if eta is None:
+        return L * np.power(s, 2.0 - 2.0 / L) * (sigma - s) - L * lam * s
+    a = s ** (1.0 / L)
+    f, df, d2f = _layer_field(a, sigma, L, lam)
+    adot = f - 0.5 * eta * df * f + eta**2 * (df * df * f / 3.0 + d2f * f * f / 12.0)
+    return L * np.power(a, L - 1) * adot
 
 
 def mode_asymptote(sigma, s0, depth: int = 2, weight_decay: float = 0.0):
@@ -117,7 +161,7 @@ def mode_asymptote(sigma, s0, depth: int = 2, weight_decay: float = 0.0):
     return out
 
 
-def mode_trajectory(sigma, t, s0, depth: int = 2, weight_decay: float = 0.0, *, rtol: float = 1e-11):
+def mode_trajectory(sigma, t, s0, depth: int = 2, weight_decay: float = 0.0, *, lr=None, rtol: float = 1e-11):
     r"""Value :math:`s_i(t)` of each teacher mode under gradient flow from a balanced aligned init.
 
     Solves :math:`\dot s = L s^{2-2/L}(\sigma - s) - L\lambda s`, :math:`s(0) = s_0`
@@ -133,6 +177,17 @@ def mode_trajectory(sigma, t, s0, depth: int = 2, weight_decay: float = 0.0, *, 
       to make the relaxation of learnt modes stiff; tolerance ``rtol`` relative on :math:`s`,
       all modes at once).
 
+    With a learning rate ``lr`` :math:`= \eta` it is gradient *descent* instead, exactly: an aligned
+    balanced network stays aligned under GD, every layer of mode :math:`i` carries the same value
+    :math:`a_i = s_i^{1/L}`, and one step is the scalar map
+
+    .. math:: a \mapsto a + \eta\big(a^{L-1}(\sigma - a^L) - \lambda a\big),
+
+    iterated ``t / lr`` times (a compiled ``lax.fori_loop``, float64; depth 1 in closed form,
+    :math:`s_k = s_\infty + (s_0 - s_\infty)(1 - \eta(1+\lambda))^k`). Between steps (``t / lr`` not
+    an integer) the last step is taken for its fraction. A learning rate at or past the stability
+    edge :math:`2/(L\sigma_1^{2-2/L})` of the learnt minimum warns (:class:`PastEdgeWarning`).
+
     Args:
       sigma: teacher singular values :math:`\sigma_i \ge 0`, shape ``(M,)`` (any shape ``S``).
       t: gradient-flow times :math:`t = \eta\cdot\text{steps} \ge 0`, shape ``(T,)`` (any shape, any order).
@@ -140,13 +195,14 @@ def mode_trajectory(sigma, t, s0, depth: int = 2, weight_decay: float = 0.0, *, 
         it is :math:`c^L`); broadcast against ``sigma``.
       depth: :math:`L \ge 1`.
       weight_decay: :math:`\lambda \ge 0`, applied to every layer (``lo.pretrain(weight_decay=)``).
-      rtol: relative accuracy of the ODE solve (depth >= 3 only).
+      lr: ``None`` (gradient flow, the default) or the GD learning rate :math:`\eta > 0` (exact GD).
+      rtol: relative accuracy of the ODE solve (depth >= 3 flow only).
 
     Returns an array of shape ``t.shape + broadcast(sigma, s0).shape``: row ``k`` is the learnt
     spectrum at time ``t[k]`` (the leading axis is the checkpoint axis, as in the simulation results).
 
-    Assumes gradient *flow*; gradient descent with learning rate :math:`\eta` follows it up to
-    :math:`O(\eta)` (``tests/test_theory_modes.py`` measures the gap).
+    The flow (``lr=None``) differs from GD by :math:`O(\eta)` (``docs/theory.md`` eq. (1.9));
+    ``lr=`` removes that gap (``tests/test_theory_modes.py``).
 
     Examples:
       >>> import numpy as np, linoverfit as lo
@@ -166,6 +222,10 @@ def mode_trajectory(sigma, t, s0, depth: int = 2, weight_decay: float = 0.0, *, 
     if not (0 < rtol < 1):
         raise ValueError(f"rtol must be in (0, 1), got {rtol}")
     sigma, s0 = np.broadcast_arrays(sigma, s0)
+    eta = _lr(lr)
+    if eta is not None:
+        _warn_past_edge(eta, sigma, L, lam)
+        return _gd_trajectory(sigma, t, s0, L, lam, eta)
     tt = t.reshape(t.shape + (1,) * sigma.ndim)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         if L == 1:
@@ -179,6 +239,54 @@ def mode_trajectory(sigma, t, s0, depth: int = 2, weight_decay: float = 0.0, *, 
             out = s0 / (np.exp(-x) + s0 * 2.0 * tt * phi)
             return np.where(s0 > 0, out, 0.0)
     return _deep_trajectory(sigma, t, s0, L, lam, rtol)
+
+
+def _warn_past_edge(eta, sigma, L, lam):
+    from .curvature import check_edge
+
+    top = float(np.max(sigma, initial=0.0))
+    if top > 0:  # sharpness at the learnt minimum of an aligned net (docs/theory.md, section 7.1)
+        check_edge(eta, 2.0 / (L * top ** (2.0 - 2.0 / L) + lam), "mode_trajectory", stacklevel=4)
+
+
+def _gd_trajectory(sigma, t, s0, L, lam, eta):
+    """Exact GD on the per-layer values of aligned balanced modes; ``t.shape + sigma.shape``."""
+    n_float = t / eta
+    n = np.round(n_float)
+    near = np.abs(n_float - n) <= 1e-9 * np.maximum(1.0, n_float)
+    n = np.where(near, n, np.floor(n_float))
+    frac = np.where(near, 0.0, n_float - n)
+    tt = (n.reshape(t.shape + (1,) * sigma.ndim), frac.reshape(t.shape + (1,) * sigma.ndim))
+    with np.errstate(over="ignore", invalid="ignore"):
+        if L == 1:
+            s_inf = sigma / (1.0 + lam)
+            rate = 1.0 - eta * (1.0 + lam)
+            return s_inf + (s0 - s_inf) * rate ** tt[0] * (1.0 - eta * (1.0 + lam) * tt[1])
+    order, inverse = np.unique(n.ravel(), return_inverse=True)
+    seg = np.diff(np.concatenate([[0], order])).astype(np.int64)
+    K = 1 << max(int(np.ceil(np.log2(max(seg.size, 1)))), 0)  # pad: one compilation per power of 2
+    seg = np.concatenate([seg, np.zeros(K - seg.size, np.int64)])
+    a0 = s0.ravel() ** (1.0 / L)
+    with jax.enable_x64(True):
+        a = np.asarray(_iterate_modes(jnp.asarray(a0), jnp.asarray(sigma.ravel(), jnp.float64), float(lam), float(eta),
+                                      jnp.asarray(seg), L))[: order.size]
+    a = a[inverse].reshape(t.shape + sigma.shape)
+    with np.errstate(over="ignore", invalid="ignore"):
+        f = np.power(a, L - 1) * (sigma - a**L) - lam * a
+        a = a + tt[1] * eta * f  # the fraction of the next step
+        return np.where(s0 > 0, a**L, 0.0)
+
+
+@partial(jax.jit, static_argnames=("L",))
+def _iterate_modes(a0, sig, lam, eta, seg, L):
+    def step(_, a):
+        return a + eta * (a ** (L - 1) * (sig - a**L) - lam * a)
+
+    def segment(a, n):
+        a = jax.lax.fori_loop(jnp.zeros((), n.dtype), n, step, a)
+        return a, a
+
+    return jax.lax.scan(segment, a0, seg)[1]
 
 
 def _deep_trajectory(sigma, t, s0, L, lam, rtol):

@@ -156,7 +156,8 @@ def _aligned_maps(task, widths, s):
 
 
 def finetune_curve(task, finetune, t, *, widths, s0, lr, steps: int, weight_decay: float = 0.0,
-                   return_maps: bool = False, method: str = "layers", rtol: float = 1e-10) -> FinetunePrediction:
+                   pretrain_lr=None, gd_order="auto", return_maps: bool = False, method: str = "layers",
+                   rtol: float = 1e-10) -> FinetunePrediction:
     r"""Predicted fine-tuning outcome from every pre-training time ``t`` (balanced aligned init, :math:`\Sigma = I`).
 
     Pre-training gives :math:`P(t) = U\operatorname{diag}(s(t))V^\top` (:func:`mode_trajectory`);
@@ -170,6 +171,10 @@ def finetune_curve(task, finetune, t, *, widths, s0, lr, steps: int, weight_deca
       t: pre-training times, shape ``(C,)``.
       widths, s0, weight_decay: the pre-training network and init, as in :func:`perturbed_loss_curve`.
       lr: fine-tuning learning rate(s) ``(R,)``; steps: fine-tuning steps.
+      pretrain_lr: ``None`` (pre-training by gradient flow) or the pre-training learning rate: then
+        :math:`s(t)` is GD's, exactly (:func:`mode_trajectory` with ``lr=``).
+      gd_order: how fine-tuning at each ``lr`` is predicted (:func:`predict_finetune`; default
+        ``"auto"``: GD, not the flow).
       method, rtol: how the flow is integrated (:func:`end_to_end_flow`).
 
     Returns a :class:`FinetunePrediction` with ``t`` and losses ``(C, R)``.
@@ -184,9 +189,9 @@ def finetune_curve(task, finetune, t, *, widths, s0, lr, steps: int, weight_deca
     t = _nonneg(t, "t")
     if t.ndim != 1:
         raise ValueError(f"t must be 1-D (the checkpoint axis), got shape {t.shape}")
-    s = mode_trajectory(sig, t, _s0(s0, sig.size), len(widths) - 1, weight_decay)
+    s = mode_trajectory(sig, t, _s0(s0, sig.size), len(widths) - 1, weight_decay, lr=pretrain_lr)
     pred = predict_finetune(_aligned_maps(task, widths, s), finetune, lr, steps, depth=len(widths) - 1,
-                            pretrain_task=task, return_maps=return_maps, method=method, rtol=rtol)
+                            pretrain_task=task, return_maps=return_maps, gd_order=gd_order, method=method, rtol=rtol)
     return FinetunePrediction(**{**pred.__dict__, "t": t})
 
 
@@ -326,7 +331,8 @@ def _staircase(sig, s0, L, lam):
 
 
 def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, finetune=None, lr=None,
-                  steps=None, t_max=None, grid=None, depth: float = 0.01) -> TurningPoint:
+                  steps=None, t_max=None, grid=None, depth: float = 0.01, pretrain_lr=None,
+                  gd_order="auto") -> TurningPoint:
     r"""Predicted turning point :math:`T^* = \arg\min_t f(t)` of the perturbation or fine-tuning U-curve.
 
     Perturbation (``gamma=``): :math:`f` is :func:`perturbed_loss_curve`; its derivative is exact,
@@ -348,6 +354,8 @@ def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, fi
       widths: ``(d_in, ..., d_out)`` or a :class:`~linoverfit.DeepLinear`; s0: initial mode value;
         weight_decay: pre-training :math:`\lambda`.
       finetune: fine-tuning :class:`~linoverfit.Task`; lr: its learning rate (scalar); steps: its steps.
+      pretrain_lr, gd_order: GD instead of gradient flow in pre-training (``pretrain_lr``, default
+        flow) and fine-tuning (``gd_order``, default ``"auto"``: GD), as in :func:`finetune_curve`.
       t_max: horizon (default: long enough for every learnable mode to be learnt).
       grid: number of grid points (default 4096 for perturbation, 96 for fine-tuning).
       depth: smallest relative rise after the minimum that makes it a turning point
@@ -421,7 +429,8 @@ def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, fi
     steps = _v.positive_int(steps, "steps")
 
     def curve(ts):
-        pred = finetune_curve(task, finetune, ts, widths=widths, s0=s0, lr=lr, steps=steps, weight_decay=lam)
+        pred = finetune_curve(task, finetune, ts, widths=widths, s0=s0, lr=lr, steps=steps, weight_decay=lam,
+                              pretrain_lr=pretrain_lr, gd_order=gd_order)
         return pred.pretrain_loss_after[:, 0]
 
     t = _grid(t_max, grid or 96)
@@ -435,6 +444,7 @@ def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, fi
             t_star, loss = float(res.x), float(res.fun)
     interior = i < t.size - 1
     P = _aligned_maps(task, widths, stairs)
-    after = predict_finetune(P, finetune, lr, steps, depth=L, pretrain_task=task).pretrain_loss_after[:, 0]
+    after = predict_finetune(P, finetune, lr, steps, depth=L, pretrain_task=task,
+                             gd_order=gd_order).pretrain_loss_after[:, 0]
     return TurningPoint("finetune", t_star, loss, bool(interior), float("nan"), np.diff(after), np.diff(after) < 0, t, f,
                         **_judged(t, f, t_star, loss, depth))
