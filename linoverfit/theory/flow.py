@@ -179,9 +179,12 @@ def _integrate(P0, A, cov, L, times, rtol, atol, method="layers"):
 
 
 GD_ORDERS = (0, 1, 2)
-#: ``gd_order="auto"`` uses the modified equation (order 2) while eta * sharpness <= this, else exact GD
-#: on the balanced factors; at 0.25 the order-2 error is <= 1e-3 (docs/theory.md, section 4.4)
+#: ``gd_order="auto"`` iterates GD exactly on the balanced factors when eta * sharpness exceeds this (the
+#: modified-equation series stops converging near 1; at 0.25 its order-2 error is <= 1e-3, docs/theory.md 4.4)
 AUTO_EXACT_ABOVE = 0.25
+#: ... or when there are at most this many steps (exact GD then costs fewer gradient evaluations than
+#: the modified-equation solve, ~10 gradients per right-hand side, hundreds of right-hand sides)
+AUTO_EXACT_STEPS = 10_000
 
 
 def _gd_order(order, allow=("auto", "exact")):
@@ -471,15 +474,17 @@ def predict_finetune(start, finetune_task, lr=(0.01,), steps: int = 1000, *, dep
     the result carries the pre-training and fine-tuning losses before and after, hence the
     forgetting :math:`L_{pre}(P(\tau)) - L_{pre}(P_0)` and the fine-tuning U-curve over checkpoints.
 
-    By default (``gd_order="auto"``) it predicts gradient *descent* at each :math:`\eta`: the
-    modified equation of GD on the balanced layers to second order (error :math:`O(\eta^3)`) while
-    :math:`\eta\lambda \le 1/4` (:math:`\lambda` the Gauss-Newton sharpness at the start maps and at
-    the fine-tuning optimum), and beyond that, where the modified-equation series stops converging,
-    GD itself on the balanced factors of each :math:`P_0` (``"exact"``: a compiled loop of ``steps``
-    steps on width-:math:`\min(d_{in}, d_{out})` layers, equal to GD on the network for an exactly
-    balanced start). ``gd_order=1`` / ``2`` force the modified equation (errors :math:`O(\eta^2)`,
-    :math:`O(\eta^3)`); depth 1 is always exact, :math:`P_k = A + (P_0 - A)(I - \eta\Sigma)^k`.
-    ``gd_order=0`` is the gradient flow (error :math:`O(\eta)`). Learning rates at or past the
+    By default (``gd_order="auto"``) it predicts gradient *descent* at each :math:`\eta`, not the
+    flow. For an exactly balanced start GD on the network equals GD on the balanced factors of
+    :math:`P_0` (width :math:`\min(d_{in}, d_{out})`; ``docs/theory.md`` section 4.4), so
+    ``"exact"`` iterates that (a compiled loop of ``steps`` steps, error round-off). ``1`` / ``2``
+    integrate the modified equation of GD on the balanced layers instead (errors :math:`O(\eta^2)`,
+    :math:`O(\eta^3)`; cost independent of ``steps``). ``"auto"`` iterates exactly when
+    ``steps <= AUTO_EXACT_STEPS`` (10 000: then it is also the cheaper) or :math:`\eta\lambda > 1/4`
+    (:math:`\lambda` the Gauss-Newton sharpness at the start maps and at the fine-tuning optimum; the
+    modified-equation series stops converging near :math:`\eta\lambda = 1`), else uses order 2.
+    Depth 1 is always exact, :math:`P_k = A + (P_0 - A)(I - \eta\Sigma)^k`. ``gd_order=0`` is the
+    gradient flow (error :math:`O(\eta)`). Learning rates at or past the
     stability edge are marked in ``past_edge`` and warn (:class:`~linoverfit.theory.PastEdgeWarning`).
 
     Assumes balanced layers and plain fine-tuning (no l2 pull, no weight decay: those break the
@@ -517,7 +522,8 @@ def predict_finetune(start, finetune_task, lr=(0.01,), steps: int = 1000, *, dep
         lam1 = _gn_sharpness(np.asarray(A), cov, L)  # at the fine-tuning optimum
         cols = []
         for eta, x in zip(lrs, tau):
-            exact = order == "exact" or (order == "auto" and eta * max(lam0, lam1) > AUTO_EXACT_ABOVE)
+            exact = order == "exact" or (order == "auto" and (eta * max(lam0, lam1) > AUTO_EXACT_ABOVE
+                                                              or steps <= AUTO_EXACT_STEPS))
             if exact and L > 1:
                 cols.append(_iterate_gd(flatP0, A, cov, L, eta, steps))
             else:
