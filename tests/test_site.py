@@ -45,6 +45,10 @@ def test_site_builds_with_warnings_as_errors(docs_site):
     assert docs_site.returncode == 0, f"sphinx-build -W failed:\n{docs_site.warnings()}\n{docs_site.log[-3000:]}"
     for page in (*PAGES, "theory.html", "benchmarks.html", "api/index.html"):
         assert (docs_site.html / page).exists(), page
+    # the home page shows the whole figure gallery
+    home = (docs_site.html / "index.html").read_text()
+    missing = [f.name for f in sorted((ROOT / "paper_figs").glob("*.png")) if f'src="_images/{f.name}"' not in home]
+    assert not missing, f"figures missing from the home page: {missing}"
     # MathJax is part of the site, not a CDN
     assert (docs_site.html / "_static" / "mathjax" / "tex-chtml.js").stat().st_size > 100_000
     for page in PAGES:
