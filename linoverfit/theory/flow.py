@@ -180,7 +180,7 @@ def _integrate(P0, A, cov, L, times, rtol, atol, method="layers"):
 
 GD_ORDERS = (0, 1, 2)
 #: ``gd_order="auto"`` iterates GD exactly on the balanced factors when eta * sharpness exceeds this (the
-#: modified-equation series stops converging near 1; at 0.25 its order-2 error is <= 1e-3, docs/theory.md 4.4)
+#: modified-equation series stops converging near 1; at 0.25 its order-2 error is <= 1e-3, docs/theory.md 4.6)
 AUTO_EXACT_ABOVE = 0.25
 #: ... or when there are at most this many steps (exact GD then costs fewer gradient evaluations than
 #: the modified-equation solve, ~10 gradients per right-hand side, hundreds of right-hand sides)
@@ -211,7 +211,7 @@ def _iterate_gd_core(Ws, A, cov, eta, steps, L):
 
 def _iterate_gd(P0, A, cov, L, eta, steps):
     """Exact GD (``steps`` steps at ``eta``) on the balanced factors of ``P0`` ``(B, m, n)``: for an exactly
-    balanced start this is GD on the network itself (the extra hidden units stay at zero, docs section 4.4)."""
+    balanced start this is GD on the network itself (the extra hidden units stay at zero, docs section 4.6)."""
     W0 = _balanced_factors(P0, L)
     cov = np.eye(A.shape[1]) if cov is None else cov
     with jax.enable_x64(True):
@@ -324,7 +324,7 @@ def end_to_end_flow(P0, task, t, depth: int, *, lr=None, gd_order: int = 2, meth
         *modified equation* of GD on the balanced layers is integrated instead,
         :math:`\dot W = -g - \tfrac\eta2 Hg - \eta^2(\tfrac13 HHg + \tfrac1{12}\nabla^3L[g,g])`
         (:math:`g = \nabla_W L`, :math:`H = \nabla^2_W L`, Hessian-vector products by ``jax.jvp`` of
-        ``jax.grad``; ``docs/theory.md`` section 4.4), which passes through the GD iterates
+        ``jax.grad``; ``docs/theory.md`` section 4.6), which passes through the GD iterates
         :math:`W_k` at :math:`t = k\eta` up to :math:`O(\eta^{p+1})`, :math:`p` = ``gd_order``.
         Assumes exactly balanced starts (GD from them equals GD on the balanced factors).
       gd_order: 1 (first order, implicit gradient regularisation :math:`L + \tfrac\eta4\lVert\nabla L\rVert^2`)
@@ -381,7 +381,7 @@ class FinetunePrediction(Result):
     * ``pretrain_loss_after`` / ``finetune_loss_after`` ``(C, R[, S])``.
     * ``end_to_end`` ``(C, R[, S], d_out, d_in)`` fine-tuned maps, or ``None``.
     * ``gd_order``: 0 for gradient flow, 1 or 2 for the modified equation of GD, ``"exact"`` or
-      ``"auto"`` (section 4.4).
+      ``"auto"`` (section 4.6).
     * ``past_edge`` ``(C, R[, S])`` bool: the learning rate is at or past the stability edge
       :math:`2/\lambda` at the start map or at the predicted end (:math:`\lambda` the Gauss-Newton
       sharpness :math:`L s_1^{2-2/L}\lVert\Sigma_{ft}\rVert`, exact at a minimum with
@@ -476,7 +476,7 @@ def predict_finetune(start, finetune_task, lr=(0.01,), steps: int = 1000, *, dep
 
     By default (``gd_order="auto"``) it predicts gradient *descent* at each :math:`\eta`, not the
     flow. For an exactly balanced start GD on the network equals GD on the balanced factors of
-    :math:`P_0` (width :math:`\min(d_{in}, d_{out})`; ``docs/theory.md`` section 4.4), so
+    :math:`P_0` (width :math:`\min(d_{in}, d_{out})`; ``docs/theory.md`` section 4.6), so
     ``"exact"`` iterates that (a compiled loop of ``steps`` steps, error round-off). ``1`` / ``2``
     integrate the modified equation of GD on the balanced layers instead (errors :math:`O(\eta^2)`,
     :math:`O(\eta^3)`; cost independent of ``steps``). ``"auto"`` iterates exactly when
