@@ -1,4 +1,4 @@
-"""Command line: ``linoverfit figures`` regenerates the paper figures F1-F8.
+"""Command line: ``linoverfit figures`` regenerates the paper figures F1-F11.
 
 ::
 
@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     fig = sub.add_parser(
         "figures",
-        help="regenerate the figures F1-F8 (PNG + the plotted data as .npz + summary.json)",
+        help="regenerate the figures F1-F11 (PNG + the plotted data as .npz + summary.json)",
         description="Regenerate the paper figures: DIR/F<n>_<name>.png, DIR/F<n>_<name>.npz and DIR/summary.json.",
     )
     fig.add_argument("--out", default="paper_figs", metavar="DIR", help="output folder (default: paper_figs)")

@@ -118,6 +118,27 @@ def test_regularisation_and_tuning_reported(quick):
     assert_f6(summary["F6"])
 
 
+def test_schedule_noise_exposure_figures_report_turning_points(quick):
+    """F9-F11 (issue 13): per setting t_star, degradation_percent (and sharpness_at_t_star in F9), a verdict
+    with the figure's condition, and their own checks pass (schedules agree in t, theory tracks GD)."""
+    _, summary, _ = quick
+    f9, f10, f11 = summary["F9"], summary["F10"], summary["F11"]
+    settings = f9["settings"]
+    assert {"GD constant", "GD cosine", "GD WSD", "momentum", "Adam", "SAM", "SGD constant", "SGD cosine"} <= set(settings)
+    for row in settings.values():
+        assert row["t_star"] > 0 and isinstance(row["degradation_percent"], float)
+        assert row["sharpness_at_t_star"] > 0
+    # momentum follows the GD flow in t / (1 - beta): its T* there is within 10% of GD's
+    assert abs(settings["momentum"]["t_star_flow_time"] / settings["GD constant"]["t_star"] - 1) < 0.1
+    for row in list(f10["batch_size"].values()) + list(f10["label_noise"].values()) + [f10["anisotropic"]]:
+        assert row["t_star"] > 0 and "degradation_percent" in row
+    rows = f11["rho"]
+    assert len(rows) >= 2 and all(r["t_star"] > 0 and "degradation_percent" in r for r in rows.values())
+    for fig in (f9, f10, f11):
+        assert isinstance(fig["verdict"], str) and len(fig["verdict"]) > 100 and fig["condition"]
+        assert fig["checks"] and all(c["ok"] for c in fig["checks"]), fig["checks"]
+
+
 def test_same_seed_same_summary(quick, tmp_path):
     """Determinism: F2 (Monte Carlo noise, seeds) again with the same seed gives the same entry."""
     _, summary, _ = quick

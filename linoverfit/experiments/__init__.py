@@ -1,4 +1,4 @@
-"""The paper figures F1-F8, one module each, run by ``linoverfit figures``.
+"""The paper figures F1-F11, one module each, run by ``linoverfit figures``.
 
 Every module is a thin layer over the public API (``lo.pretrain``, ``lo.finetune``,
 ``lo.sensitivity``, ``lo.theory``, ``lo.plotting``) with its parameters in one ``CONFIG`` block
@@ -24,11 +24,14 @@ FIGURES = {
     "F6": "f6_tuned_lr",
     "F7": "f7_phase_diagram",
     "F8": "f8_depth",
+    "F9": "f9_schedule_optimizer",
+    "F10": "f10_noise_data",
+    "F11": "f11_early_exposure",
 }
 
 
 def load(number: str):
-    """The module of figure ``number`` (``"F1"`` ... ``"F8"``)."""
+    """The module of figure ``number`` (``"F1"`` ... ``"F11"``)."""
     key = str(number).upper()
     if key not in FIGURES:
         raise ValueError(f"unknown figure {number!r}; choose from {', '.join(FIGURES)}")
