@@ -61,6 +61,7 @@ class _Optimizer:
     """Base: ``transform(lr)`` -> optax transformation; ``gradient(value_and_grad, W)`` -> (loss, g)."""
 
     def gradient(self, value_and_grad, W):
+        """``(L(W), g)`` with :math:`g = \\nabla_W L(W)` from ``value_and_grad`` (``W``: tuple of layer arrays)."""
         return value_and_grad(W)
 
     def __repr__(self):
@@ -87,6 +88,7 @@ class GD(_Optimizer):
     """Plain gradient descent, :math:`W \\leftarrow W - \\eta g`."""
 
     def transform(self, lr):
+        """``optax.sgd(lr)``: the update :math:`-\\eta g`."""
         return optax.sgd(lr)
 
 
@@ -101,6 +103,7 @@ class Momentum(_Optimizer):
         object.__setattr__(self, "beta", _hyper(self.beta, "beta", 1.0))
 
     def transform(self, lr):
+        """:math:`m \\leftarrow g + \\beta m`, update :math:`-\\eta m` (``trace`` then ``scale(-lr)``)."""
         return optax.chain(optax.trace(decay=self.beta), optax.scale(-lr))
 
 
@@ -120,6 +123,7 @@ class Adam(_Optimizer):
             object.__setattr__(self, "eps", _v.positive_scalar(self.eps, "eps"))
 
     def transform(self, lr):
+        """``optax.adam(lr, b1, b2, eps)``: update :math:`-\\eta\\,\\hat m/(\\sqrt{\\hat v}+\\epsilon)`."""
         return optax.adam(lr, b1=self.b1, b2=self.b2, eps=self.eps)
 
 
@@ -143,9 +147,11 @@ class SAM(_Optimizer):
         object.__setattr__(self, "base", base)
 
     def transform(self, lr):
+        """The base optimiser's transformation (SAM changes only where the gradient is taken)."""
         return self.base.transform(lr)
 
     def gradient(self, value_and_grad, W):
+        """``(L(W), g_adv)``: :math:`g_{adv} = \\nabla L(W + \\rho\\, g/\\lVert g\\rVert)` (global Frobenius norm)."""
         loss, g = value_and_grad(W)
         norm = jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(g)))
         # a zero gradient (an exact stationary point) is not perturbed: 0/0 would be NaN
