@@ -26,6 +26,7 @@ __all__ = [
     "DEPTH",
     "turning",
     "check",
+    "t_star_agreement",
     "degradation_percent",
     "rel_diff",
     "rounded",
@@ -133,6 +134,31 @@ def check(what: str, value, *, at_most=None, expected=None) -> dict:
         ok = value is not None and math.isfinite(float(value)) and float(value) <= at_most
         return {"what": what, "value": value, "at_most": at_most, "ok": bool(ok)}
     return {"what": what, "value": value, "expected": expected, "ok": bool(value == expected)}
+
+
+def t_star_agreement(t, simulated, predicted_at_t, t_star_predicted, measured, tolerance) -> dict:
+    """Does a predicted T* agree with the simulated curve's minimum ``measured`` (a ``UCurve``)?
+
+    A minimum is located only up to the flatness of the curve: where prediction and simulation differ by
+    ``eps`` (max relative difference at the checkpoints within ``measured.interval``), every t at which the
+    simulated curve is within ``2 eps`` of its minimum is as good a T*. So T* agrees when
+    ``|T*_pred - T*_meas| / T*_meas <= tolerance``, or when the simulated curve at the predicted T*
+    (linear in log t between checkpoints) is within ``2 eps`` of its minimum.
+
+    Returns ``dict(rel_error, regret_at_predicted_percent, curve_rel_error_near_min_percent, within_tolerance)``.
+    """
+    t = np.asarray(t, float)
+    y = np.asarray(simulated, float)
+    yp = np.asarray(predicted_at_t, float)
+    rel = rel_diff(t_star_predicted, measured.t_star)
+    near = (t >= measured.interval[0]) & (t <= measured.interval[1]) & np.isfinite(y)
+    eps = float(np.max(np.abs(yp[near] / y[near] - 1))) if np.any(near) else math.nan
+    ok = np.isfinite(y) & (t > 0)
+    regret = float(np.interp(np.log(t_star_predicted), np.log(t[ok]), y[ok]) / measured.min_value - 1) \
+        if t_star_predicted is not None and t_star_predicted > 0 else math.nan
+    agree = bool(rel <= tolerance or regret <= 2 * eps)
+    return {"rel_error": rel, "regret_at_predicted_percent": 100 * regret,
+            "curve_rel_error_near_min_percent": 100 * eps, "within_tolerance": agree}
 
 
 def degradation_percent(y, index=None) -> float:

@@ -10,17 +10,18 @@ early sensitivity of deep nets against the loss's own variance) against
 gamma^2 d_in d_out / 2 whatever the weights. (b) The perturbed pre-training loss over time, in
 units of its measured minimum: the same exact expectation on the GD weights (markers) against
 ``lo.theory.perturbed_loss_curve`` (lines); predicted T* dotted, measured minimum starred.
-Depth 1 has no turning point (a measured minimum counts only if the last checkpoint lies at
-least ``min_degradation_percent`` above it: depth 1 ends on a plateau flat to float32 resolution). (c) Time at which each mode is half learnt against its singular
+Turning points of measured and predicted curves are judged by the shared definition
+``lo.theory.u_curve`` (an interior minimum followed by a rise of at least 1%): depth 1 has none (its
+curve ends on a plateau flat to float32 resolution). (c) Time at which each mode is half learnt against its singular
 value: depth >= 2 learns the modes one at a time, largest first (incremental learning), depth 1
 learns them all at once (every mode relaxes as exp(-t)).
 
 Predicted T*: ``lo.theory.turning_point`` at depth <= 2. At depth >= 3 it takes over a minute per
 call with its default 4096-point bracketing grid on this machine (the flat stretches of the
 curve give many spurious sign changes of the slope, each refined numerically), so there the
-theory T* is the argmin of ``lo.theory.perturbed_loss_curve`` on a dense log grid, refined by a
-parabola in log t (``_common.measured_minimum``, the same estimator as the measured one, on
-``theory_grid`` points; agrees with ``turning_point`` to < 0.5 % at the default config).
+theory T* is the minimum of ``lo.theory.perturbed_loss_curve`` on a dense log grid by ``u_curve``
+(the same estimator as the measured one, on ``theory_grid`` points; agrees with ``turning_point``
+to < 0.5 % at the default config).
 
 (F7/F8 written by the phase-diagram engineer; figures engineer: please keep.)
 Run: ``python -m linoverfit.experiments.f8_depth [--quick] [--out DIR] [--set gamma=0.04]``,
@@ -52,7 +53,6 @@ CONFIG = dict(
     lr=0.03,
     checkpoints=160,                   # log-spaced from t = first_t: dense enough to locate T* to a few %
     first_t=0.1,
-    min_degradation_percent=0.05,      # a measured minimum is a turning point only if the end lies this far above it
     theory_grid=4000,                  # dense log grid of the theory curves (and of T* at depth >= 3)
 )
 QUICK = dict(checkpoints=100, theory_grid=1500)  # lr 0.05 moves the flat depth-4 minimum by ~20%
@@ -108,14 +108,14 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         S_th = np.asarray(lo.theory.sensitivity_from_spectrum(s_dense, gamma, widths=net), float)
         pl_th = np.asarray(lo.theory.perturbed_loss_curve(task, t_dense, gamma, widths=net, s0=s0), float)
         if L <= 2:
-            tp = lo.theory.turning_point(task, gamma=gamma, widths=net, s0=s0, t_max=float(t[-1]))
-            t_pred, pred_interior = float(tp.t_star), bool(tp.interior and 0 < tp.t_star < t[-1])
-        else:  # turning_point is slow here (see the module docstring): dense-curve argmin, parabola-refined
-            mth = C.measured_minimum(t_dense, pl_th)
-            t_pred, pred_interior = float(mth["t"]), bool(mth["interior"])
+            tp = lo.theory.turning_point(task, gamma=gamma, widths=net, s0=s0, t_max=float(t[-1]), depth=C.DEPTH)
+            t_pred, pred_interior = float(tp.t_star), bool(tp.is_turning_point)
+        else:  # turning_point is slow here (see the module docstring): u_curve of the dense predicted curve
+            uth = C.turning(t_dense, pl_th)
+            t_pred, pred_interior = uth.t_star, uth.is_turning_point
         threshold = float(lo.theory.perturbation_threshold(gamma, widths=net))
-        m = C.measured_minimum(t, pl)
-        m["interior"] = bool(m["interior"] and C.degradation_percent(pl, m["index"]) > cfg["min_degradation_percent"])
+        u = C.turning(t, pl)
+        m = {"t": u.t_star, "index": u.index, "interior": u.is_turning_point, "u": u}
         th_half = _half_times(t_dense, s_dense, sigma)
         sim_half = _half_times(t, sv, sigma)
         rel = C.rel_diff(t_pred, m["t"]) if (pred_interior and m["interior"]) else float("nan")
@@ -137,7 +137,10 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
             "rel_error": rel,
             "within_tolerance": bool(pred_interior == m["interior"] and (not pred_interior or rel <= TOLERANCE)),
             "t_star_method": "turning_point" if L <= 2 else "argmin of perturbed_loss_curve (dense grid)",
-            "degradation_last_vs_min_percent": C.degradation_percent(pl, m["index"]),
+            "is_turning_point": u.is_turning_point,
+            "degradation_percent": 100 * u.degradation,
+            "depth_percent": 100 * u.depth,
+            "interval_measured": u.interval if u.is_turning_point else None,
             "threshold_sigma": threshold,
             "modes_above_threshold": int(np.sum(sigma > threshold)),
             "sensitivity_growth_first_to_last": float(S_sim[-1] / S_sim[0]),
@@ -151,6 +154,13 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
             "incremental_learning": bool(ok.any() and np.max(sim_half[ok]) / np.min(sim_half[ok]) > 2.0),
         }
 
+    summary["depth_percent"] = 100 * C.DEPTH
+    summary["checks"] = [C.check(f"depth {L}: theory and simulation agree on the turning point "
+                                 f"(predicted {summary[f'depth{L}']['turning_point_predicted']}, "
+                                 f"measured {summary[f'depth{L}']['turning_point_measured']}; T* within 5%)",
+                                 summary[f"depth{L}"]["within_tolerance"], expected=True) for L in depths]
+    summary["checks"] += [C.check("depth 1 has no turning point", not summary["depth1"]["is_turning_point"],
+                                  expected=True)] if 1 in depths else []
     with stages("plot"):
         png, npz = C.figure_paths(out_dir, NUMBER, NAME)
         _plot(png, depths, res, sigma, gamma)
