@@ -1,4 +1,4 @@
-"""Workloads W1 and W2 of DESIGN.md, built through the public API, and their matmul FLOP counts.
+"""Workloads W1 and W2 of docs/design.md, built through the public API, and their matmul FLOP counts.
 
 FLOPs are *counted*, not measured: each phase is charged the minimal number of matmul FLOPs
 its algorithm needs (2 m k n per ``(m, k) @ (k, n)``), elementwise work and the per-checkpoint

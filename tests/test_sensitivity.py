@@ -1,4 +1,4 @@
-"""Monte Carlo sensitivity against the depth-2 closed form (DESIGN.md, closed form 2)."""
+"""Monte Carlo sensitivity against the depth-2 closed form (docs/design.md, closed form 2)."""
 
 import jax
 import numpy as np

@@ -32,7 +32,7 @@ def _segment_norm(W, a, b, cov):
 
 
 def _brute_force(W, A, cov, gamma, noise=0.0):
-    """DESIGN.md closed form 2 term by term: L(W) + 1/2 sum over every non-empty set of perturbed layers
+    """docs/design.md closed form 2 term by term: L(W) + 1/2 sum over every non-empty set of perturbed layers
     of gamma^(2|S|) times the product of its segment norms (2^L - 1 terms)."""
     L = len(W)
     P = np.linalg.multi_dot(W[::-1]) if L > 1 else W[0]
@@ -143,7 +143,7 @@ def test_spectrum_formula_equals_weight_space_for_balanced_aligned_weights(width
     gammas = np.array([0.05, 0.3])
     np.testing.assert_allclose(sensitivity_from_spectrum(s, gammas, widths),
                                perturbation_sensitivity(W, gammas), rtol=1e-12)
-    if L == 2:  # DESIGN.md: gamma^2/2 (d_in + d_out) sum s + gamma^4/2 d_in h d_out
+    if L == 2:  # docs/design.md: gamma^2/2 (d_in + d_out) sum s + gamma^4/2 d_in h d_out
         d_in, h, d_out = widths
         want = 0.5 * gammas**2 * (d_in + d_out) * s.sum(-1, keepdims=True) + 0.5 * gammas**4 * d_in * h * d_out
         np.testing.assert_allclose(sensitivity_from_spectrum(s, gammas, widths), want, rtol=1e-13)
