@@ -563,8 +563,11 @@ def _past_edge(P0, after, lrs, cov, L):
     lead = P0.shape[:-2]
     start = _gn_sharpness(P0, cov, L)  # (C[, S])
     end = _gn_sharpness(after, cov, L)  # (C, R[, S])
-    lam = np.maximum(np.expand_dims(start, 1), end)
-    r = lrs.reshape((1, -1) + (1,) * (len(lead) - 1))
+    if not lead:  # one start map: losses (R,)
+        lam, r = np.maximum(start, end), lrs
+    else:
+        lam = np.maximum(np.expand_dims(start, 1), end)
+        r = lrs.reshape((1, -1) + (1,) * (len(lead) - 1))
     with np.errstate(divide="ignore"):
         edge = 2.0 / lam
     return check_edge(np.broadcast_to(r, edge.shape), edge, "predict_finetune", stacklevel=4)
