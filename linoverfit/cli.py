@@ -32,7 +32,9 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from .files import atomic_write, locked, remove_stale_temporaries
 
@@ -141,7 +143,8 @@ def merge_summary(path, entries: dict, order) -> dict:
     return merged
 
 
-def run_figures(out="paper_figs", only=None, quick=False, seed=0, progress=True, stream=None) -> dict:
+def run_figures(out: str | os.PathLike = "paper_figs", only: list[str] | None = None, quick: bool = False, seed: int = 0,
+                progress: bool = True, stream: TextIO | None = None) -> dict:
     """Run the figures ``only`` (list of ``"F<n>"``, ``None`` = all) into ``out``; return ``{figure: seconds}``.
 
     ``quick=True`` shrinks every figure; ``seed`` (an int >= 0) fixes every random key; ``progress``
@@ -292,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``linoverfit`` console script; ``argv=None`` reads ``sys.argv``.
 
     Returns the exit status: 0 = success, 1 = a figure failed (the others still ran), 2 = bad arguments

@@ -7,21 +7,24 @@ checkpoints, learning rates) are allowed on every function here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import reduce
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike, DTypeLike
 
 from . import validation as _v
+from .tasks import Dataset, Task
 
 __all__ = ["DeepLinear", "end_to_end", "INIT_SCHEMES"]
 
 INIT_SCHEMES = ("gaussian", "balanced", "aligned")
 
 
-def end_to_end(weights):
+def end_to_end(weights: Sequence[ArrayLike]) -> jax.Array:
     r"""End-to-end map :math:`P = W_L \cdots W_1`, shape ``(..., n_L, n_0)``.
 
     Examples:
@@ -69,7 +72,7 @@ class DeepLinear:
         """Layer shapes ``((n_1, n_0), ..., (n_L, n_{L-1}))``."""
         return tuple((self.widths[l + 1], self.widths[l]) for l in range(self.depth))
 
-    def end_to_end(self, weights):
+    def end_to_end(self, weights: Sequence[ArrayLike]) -> jax.Array:
         r"""End-to-end map :math:`P = W_L \cdots W_1` (see :func:`end_to_end`)."""
         return end_to_end(weights)
 
@@ -77,7 +80,7 @@ class DeepLinear:
         r"""Predictions :math:`y = P x` for inputs ``x`` of shape ``(..., N, d_in)`` -> ``(..., N, d_out)``."""
         return x @ jnp.swapaxes(end_to_end(weights), -1, -2)
 
-    def check_weights(self, weights, name: str = "weights") -> tuple:
+    def check_weights(self, weights: Sequence[ArrayLike], name: str = "weights") -> tuple:
         """Validate that ``weights`` fit this network (leading batch axes allowed); return them as a tuple."""
         weights = _v.weights_tuple(weights, name)
         if len(weights) != self.depth:
@@ -87,7 +90,7 @@ class DeepLinear:
                 raise ValueError(f"{name}[{l}] has shape {np.shape(w)}, expected (..., {shape[0]}, {shape[1]})")
         return weights
 
-    def check_task(self, task, name: str = "task"):
+    def check_task(self, task: Task | Dataset, name: str = "task") -> Task | Dataset:
         """Check that ``task`` (a Task or Dataset) has this network's input and output widths."""
         if not (hasattr(task, "d_in") and hasattr(task, "loss")):
             raise TypeError(f"{name} must be a linoverfit Task or Dataset, got {type(task).__name__}")
@@ -98,7 +101,8 @@ class DeepLinear:
             )
         return task
 
-    def init(self, key, scale: float = 1e-3, scheme: str = "gaussian", task=None, seeds: int | None = None, dtype=None):
+    def init(self, key: jax.Array | int, scale: float = 1e-3, scheme: str = "gaussian", task: Task | None = None,
+             seeds: int | None = None, dtype: DTypeLike | None = None) -> tuple[jax.Array, ...]:
         r"""Initial weights.
 
         * ``"gaussian"``: entries iid :math:`\mathcal N(0, \text{scale}^2)`.

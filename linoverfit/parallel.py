@@ -30,13 +30,16 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from . import progress as _progress
 
 __all__ = ["use_cpu_devices", "resolve_devices", "sweep_mesh", "sweep", "sweep_map", "assemble", "Plan", "gather",
            "AXIS", "CPU_THREADS"]
@@ -71,7 +74,7 @@ def use_cpu_devices(n: int | None = None) -> int:
     return n
 
 
-def resolve_devices(devices=None) -> tuple:
+def resolve_devices(devices: Any = None) -> tuple:
     """Normalise a ``devices=`` argument to a non-empty tuple of devices, shape ``(k,)`` (see module docs)."""
     if devices is None:
         return tuple(jax.devices())
@@ -91,14 +94,14 @@ def resolve_devices(devices=None) -> tuple:
     raise TypeError("devices must be None (all devices), an int, a sequence of jax devices, or a jax.sharding.Mesh")
 
 
-def sweep_mesh(devices, n_runs: int) -> Mesh:
+def sweep_mesh(devices: Any, n_runs: int) -> Mesh:
     """One-axis mesh of shape ``(k,)``, ``k = min(len(devices), n_runs)`` (no device idles on padding only)."""
     devices = resolve_devices(devices)
     k = max(1, min(len(devices), int(n_runs)))
     return Mesh(np.asarray(devices[:k], dtype=object), (AXIS,))
 
 
-def pad_runs(tree, n_padded: int):
+def pad_runs(tree: Any, n_padded: int) -> Any:
     """Pad every leaf from shape ``(n, ...)`` to ``(n_padded, ...)`` by repeating the last run."""
 
     def pad(x):
@@ -110,7 +113,7 @@ def pad_runs(tree, n_padded: int):
     return jax.tree.map(pad, tree)
 
 
-def sweep_map(fn, runs, shared, *, mesh: Mesh, chunk: int):
+def sweep_map(fn: Callable, runs: Any, shared: Any, *, mesh: Mesh, chunk: int, tick_runs: bool = False) -> Any:
     """``vmap(fn, (0, None))(runs, shared)`` sharded over ``mesh`` and chunked on each device.
 
     ``runs``: pytree whose leaves have shape ``(N, ...)``, ``N`` a multiple of ``mesh.size * chunk``;
@@ -119,7 +122,7 @@ def sweep_map(fn, runs, shared, *, mesh: Mesh, chunk: int):
     """
 
     def local(runs, shared):
-        return jax.lax.map(lambda r: fn(r, shared), runs, batch_size=chunk)
+        return map_chunks(fn, runs, shared, chunk, tick_runs)
 
     spec = PartitionSpec(AXIS)
     mapped = jax.shard_map(local, mesh=mesh, in_specs=(spec, PartitionSpec()), out_specs=spec, check_vma=False)
@@ -127,13 +130,13 @@ def sweep_map(fn, runs, shared, *, mesh: Mesh, chunk: int):
     return mapped(runs, shared)
 
 
-def put_runs(tree, mesh: Mesh):
+def put_runs(tree: Any, mesh: Mesh) -> Any:
     """Place the run axis of ``tree``'s leaves on ``mesh`` (works across processes: every process passes the same values)."""
     sharding = NamedSharding(mesh, PartitionSpec(AXIS))
     return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
 
 
-def put_shared(tree, mesh: Mesh):
+def put_shared(tree: Any, mesh: Mesh) -> Any:
     """Replicate ``tree`` (leaves of any shape) on every device of ``mesh``; across processes every
     process must pass the same values (as it does when all build their inputs from the same keys)."""
     sharding = NamedSharding(mesh, PartitionSpec())
@@ -192,7 +195,7 @@ class Plan:
     threaded and single-device sweeps agree.
     """
 
-    def __init__(self, devices, n: int, chunk: int | None = None, per_device_chunk: bool = False):
+    def __init__(self, devices: Any, n: int, chunk: int | None = None, per_device_chunk: bool = False) -> None:
         if chunk is not None:
             from .validation import positive_int
 
@@ -210,7 +213,17 @@ class Plan:
         self.chunk = max(1, int(chunk))
         self.parts = max(1, min(parts, -(-self.n // self.chunk)))  # no part without a real run
 
-    def shared(self, tree):
+    @property
+    def padded(self) -> int:
+        """Runs actually computed, padding included (see :func:`padded`)."""
+        return padded(self.n, self.mesh, self.chunk, self.parts)
+
+    @property
+    def devices(self) -> int:
+        """Devices the sweep runs on (1 without a mesh)."""
+        return 1 if self.mesh is None else self.mesh.size
+
+    def shared(self, tree: Any) -> Any:
         """Inputs of the compiled sweep, replicated on every device of the mesh (so inputs committed
         elsewhere, e.g. results of an earlier sweep, are accepted; across processes every process
         passes the same values)."""
@@ -218,7 +231,7 @@ class Plan:
             return tree
         return put_shared(tree, self.mesh)
 
-    def map(self, f):
+    def map(self, f: Callable[[np.int32], Any]) -> list:
         """``[f(part) for part in range(parts)]``, the parts run concurrently from threads; ``part`` is
         an int32 scalar (a traced argument: one compiled program serves every part)."""
         if self.parts == 1:
@@ -227,7 +240,7 @@ class Plan:
         futures = [pool.submit(lambda k: jax.block_until_ready(f(np.int32(k))), k) for k in range(self.parts)]
         return [fu.result() for fu in futures]
 
-    def finish(self, outputs):
+    def finish(self, outputs: Any) -> Any:
         """Bring the outputs back to one place every process can read (see :func:`gather`)."""
         return gather(outputs) if self.mesh is not None else outputs
 
@@ -238,11 +251,13 @@ def padded(n: int, mesh: Mesh | None, chunk: int, parts: int = 1) -> int:
     return -(-int(n) // m) * m
 
 
-def sweep(fn, runs, shared, *, mesh: Mesh | None, chunk: int, part=0, parts: int = 1):
+def sweep(fn: Callable, runs: Any, shared: Any, *, mesh: Mesh | None, chunk: int, part: Any = 0, parts: int = 1,
+          tick_runs: bool = True) -> Any:
     """Inside ``jit``: ``vmap(fn, (0, None))(runs, shared)`` padded, sharded over ``mesh`` (or on one
     device if ``None``), ``chunk`` runs per vmap. ``runs`` leaves have shape ``(n, ...)``. With
     ``parts > 1`` only part ``part`` (traced) of the padded runs is computed. The outputs have a
-    leading axis ``padded(n, ...) / parts``, padding included: :func:`assemble` joins and cuts them."""
+    leading axis ``padded(n, ...) / parts``, padding included: :func:`assemble` joins and cuts them.
+    With ``tick_runs`` finished runs advance the open progress bar (see :func:`map_chunks`)."""
     n = jax.tree.leaves(runs)[0].shape[0]
     n_pad = padded(n, mesh, chunk, parts)
     runs = pad_runs(runs, n_pad)
@@ -250,11 +265,33 @@ def sweep(fn, runs, shared, *, mesh: Mesh | None, chunk: int, part=0, parts: int
         m = n_pad // parts
         runs = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, part * m, m), runs)
     if mesh is None:
+        return map_chunks(fn, runs, shared, chunk, tick_runs)
+    return sweep_map(fn, runs, shared, mesh=mesh, chunk=chunk, tick_runs=tick_runs)
+
+
+def map_chunks(fn: Callable, runs: Any, shared: Any, chunk: int, tick_runs: bool = True) -> Any:
+    """``jax.lax.map(lambda r: fn(r, shared), runs, batch_size=chunk)`` for ``n`` runs, ``n`` a
+    multiple of ``chunk``: a scan over the ``n / chunk`` chunks, each a ``vmap``. With ``tick_runs``
+    the progress bar is advanced after every ``n / (chunk * TICKS)`` chunks (by a callback outside
+    the vmap, so once per chunk group, not once per run)."""
+    if not tick_runs:
         return jax.lax.map(lambda r: fn(r, shared), runs, batch_size=chunk)
-    return sweep_map(fn, runs, shared, mesh=mesh, chunk=chunk)
+    n = jax.tree.leaves(runs)[0].shape[0]
+    k = n // chunk
+    every = max(1, k // _progress.TICKS)
+    grouped = jax.tree.map(lambda x: jnp.reshape(x, (k, chunk) + x.shape[1:]), runs)
+
+    def body(carry, xs):
+        i, r = xs
+        out = jax.vmap(fn, (0, None))(r, shared)
+        _progress.tick_blocks(i * chunk, chunk, every * chunk, out)
+        return carry, out
+
+    _, outs = jax.lax.scan(body, None, (jnp.arange(k), grouped))
+    return jax.tree.map(lambda x: jnp.reshape(x, (n,) + x.shape[2:]), outs)
 
 
-def assemble(outputs, n: int):
+def assemble(outputs: Sequence, n: int) -> Any:
     """Inside ``jit``: join the parts' outputs (a list of pytrees with leading axes ``(m, ...)``) and
     keep the first ``n`` runs, shape ``(n, ...)``."""
     if len(outputs) == 1:
@@ -262,7 +299,7 @@ def assemble(outputs, n: int):
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0)[:n], *outputs)
 
 
-def gather(tree):
+def gather(tree: Any) -> Any:
     """Bring sharded outputs back (shapes unchanged) as arrays every process can read: an all-gather
     across hosts where needed, else a copy onto the first local device."""
 

@@ -36,11 +36,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import matplotlib.colors as mcolors
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -121,7 +124,7 @@ _MODE_CMAP = matplotlib.colormaps["tab10"]
 
 
 @contextlib.contextmanager
-def style(**overrides):
+def style(**overrides: Any) -> Iterator[None]:
     """Context manager applying the house rcParams (:data:`RC`), plus any ``overrides``.
 
     >>> import matplotlib, linoverfit.plotting as lp
@@ -133,12 +136,13 @@ def style(**overrides):
         yield
 
 
-def use(**overrides) -> None:
+def use(**overrides: Any) -> None:
     """Apply the house rcParams globally (for a notebook session)."""
     matplotlib.rcParams.update({**RC, **overrides})
 
 
-def subplots(nrows: int = 1, ncols: int = 1, width: float | str = "column", aspect: float = 0.75, **kw):
+def subplots(nrows: int = 1, ncols: int = 1, width: float | str = "column", aspect: float = 0.75,
+             **kw: Any) -> tuple[Figure, Any]:
     """A :class:`~matplotlib.figure.Figure` and its axes, without pyplot (works headless).
 
     Args:
@@ -162,7 +166,7 @@ def subplots(nrows: int = 1, ncols: int = 1, width: float | str = "column", aspe
     return fig, axes
 
 
-def save(fig, path, **kw) -> Path:
+def save(fig: Figure, path: str | Path, **kw: Any) -> Path:
     """Save ``fig`` to ``path`` (PNG by default; parent folders created). Returns the path.
 
     No creation-date or software metadata is written, so the same figure gives the same bytes.
@@ -190,27 +194,27 @@ def _log_position(x, lo, hi) -> float:
     return float(np.clip((math.log(x) - math.log(lo)) / (math.log(hi) - math.log(lo)), 0.0, 1.0))
 
 
-def gamma_color(gamma):
+def gamma_color(gamma: float) -> str:
     """Colour of a noise scale ``gamma`` (viridis on a log scale over :data:`GAMMA_RANGE`), same in every figure."""
     return mcolors.to_hex(_GAMMA_CMAP(0.9 * (1.0 - _log_position(gamma, *GAMMA_RANGE))))
 
 
-def lr_color(lr):
+def lr_color(lr: float) -> str:
     """Colour of a learning rate (plasma on a log scale over :data:`LR_RANGE`), same in every figure."""
     return mcolors.to_hex(_LR_CMAP(0.9 * _log_position(lr, *LR_RANGE)))
 
 
-def depth_color(depth: int):
+def depth_color(depth: int) -> str:
     """Colour of a network depth (depth 1, the no-depth baseline, is grey)."""
     return _DEPTH_COLORS.get(int(depth), mcolors.to_hex(_MODE_CMAP(int(depth) % 10)))
 
 
-def mode_color(i: int):
+def mode_color(i: int) -> str:
     """Colour of teacher mode ``i`` (0-based: the largest singular value is mode 0)."""
     return mcolors.to_hex(_MODE_CMAP(int(i) % 10))
 
 
-def strength_colors(n: int, cmap: str = "cividis"):
+def strength_colors(n: int, cmap: str = "cividis") -> list[str]:
     """``n`` colours from light to dark for an ordered sweep (e.g. regularisation strengths, weakest first)."""
     n = int(n)
     if n < 1:
@@ -227,12 +231,12 @@ THEORY_STYLE = {"linestyle": "-", "marker": None, "zorder": 2}
 SIM_STYLE = {"linestyle": "none", "marker": "o", "markerfacecolor": "none", "markeredgewidth": 0.9, "zorder": 3}
 
 
-def theory(ax, x, y, color="k", **kw):
+def theory(ax: Axes, x: Any, y: Any, color: Any = "k", **kw: Any) -> Line2D:
     """Draw a closed-form prediction as a solid line. Extra keywords go to ``ax.plot``."""
     return ax.plot(x, y, color=color, **{**THEORY_STYLE, **kw})[0]
 
 
-def simulation(ax, x, y, color="k", yerr=None, marker="o", **kw):
+def simulation(ax: Axes, x: Any, y: Any, color: Any = "k", yerr: Any = None, marker: str = "o", **kw: Any) -> Any:
     """Draw measured values as open markers (with error bars if ``yerr`` is given).
 
     Non-finite values (e.g. diverged fine-tuning runs) are not drawn; count them before calling
@@ -248,7 +252,8 @@ def simulation(ax, x, y, color="k", yerr=None, marker="o", **kw):
     return ax.errorbar(x[ok], y[ok], yerr=yerr[ok], color=color, elinewidth=0.7, **style_)
 
 
-def mark_turning_point(ax, predicted=None, measured=None, color="k", y_measured=None):
+def mark_turning_point(ax: Axes, predicted: float | None = None, measured: float | None = None, color: Any = "k",
+                       y_measured: float | None = None) -> list:
     """Mark a turning point: ``predicted`` T* as a dotted vertical line, ``measured`` as a star at
     ``(measured, y_measured)`` (or a dashed vertical line if ``y_measured`` is None).
     ``None`` or non-finite values are skipped (no turning point)."""
@@ -264,7 +269,7 @@ def mark_turning_point(ax, predicted=None, measured=None, color="k", y_measured=
     return out
 
 
-def time_axis(ax, which: str = "x", label: str = TIME_LABEL) -> None:
+def time_axis(ax: Axes, which: str = "x", label: str = TIME_LABEL) -> None:
     r"""Make ``which`` (``"x"`` or ``"y"``) a log axis labelled with the pre-training time :math:`t = \eta\cdot\text{steps}`."""
     if which == "x":
         ax.set_xscale("log")
@@ -276,8 +281,9 @@ def time_axis(ax, which: str = "x", label: str = TIME_LABEL) -> None:
         raise ValueError(f"which must be 'x' or 'y', got {which!r}")
 
 
-def legend(ax, colors=None, theory_label="theory (closed form)", sim_label="simulation (GD)",
-           turning_point=False, measured_min=False, extra=(), title=None, **kw):
+def legend(ax: Axes | Figure, colors: Mapping[str, Any] | None = None, theory_label: str | None = "theory (closed form)",
+           sim_label: str | None = "simulation (GD)", turning_point: bool = False, measured_min: bool = False,
+           extra: Sequence = (), title: str | None = None, **kw: Any) -> Any:
     """One legend that says what the colours mean and which curves are theory / simulation.
 
     ``ax`` may be an Axes or a Figure (a figure legend, e.g. ``loc="outside lower center"``).
@@ -312,6 +318,6 @@ def legend(ax, colors=None, theory_label="theory (closed form)", sim_label="simu
     return ax.legend(handles, labels, title=title, **kw)
 
 
-def panel_label(ax, text: str) -> None:
+def panel_label(ax: Axes, text: str) -> None:
     """Bold panel letter ``(a)``, ``(b)``, ... in the top-left corner outside the axes."""
     ax.set_title(text, loc="left", fontweight="bold")

@@ -201,7 +201,7 @@ class Result:
         parts = ", ".join(f"{f.name}={_short(getattr(self, f.name))}" for f in dataclasses.fields(self))
         return f"{type(self).__name__}({parts})"
 
-    def to_xarray(self):
+    def to_xarray(self) -> Any:
         """The result as an :class:`xarray.Dataset` with named dimensions and coordinates.
 
         Dimensions: ``checkpoint`` (coordinates ``steps`` and ``t``, the gradient-flow time),
@@ -274,7 +274,7 @@ class Result:
             out[f.name] = v
         return out
 
-    def save(self, path) -> Path:
+    def save(self, path: str | os.PathLike) -> Path:
         """Write to ``path`` (``.npz`` appended if missing) atomically; returns the path written.
 
         Raises ``ValueError`` when ``path`` is a folder (give a file name inside it) or its parent
@@ -299,7 +299,7 @@ class Result:
         return path
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: str | os.PathLike) -> Result:
         """Read a result written by :meth:`save`; arrays come back as numpy arrays, bit-identical.
 
         Raises :class:`ResultFileError` naming the file and the problem when it is missing,

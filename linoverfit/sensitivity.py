@@ -23,6 +23,7 @@ from .networks import DeepLinear, end_to_end
 from .results import Result, expect_shape, result, static
 from .tasks import Dataset, Task
 from . import parallel as _par
+from . import progress as _progress
 from .training import PretrainResult, _identity_cov, _sweep, _task_loss
 
 __all__ = ["gaussian", "SensitivityResult", "NonFiniteWarning"]
@@ -183,6 +184,7 @@ def gaussian(
     devices=None,
     chunk: int | None = None,
     prng_impl: str | None = None,
+    progress: bool | None = None,
 ) -> SensitivityResult:
     r"""Monte Carlo estimate of :math:`S(W,\gamma)=\mathbb E[L(W+\gamma E)]-L(W)` at every checkpoint.
 
@@ -199,6 +201,10 @@ def gaussian(
         ``"threefry2x32"``), keyed deterministically from ``key``; ``None`` uses ``key`` as it is.
         ``rbg`` generators are faster on GPU/TPU; on CPU threefry is the fastest. Any choice is an
         honest Monte Carlo estimate: only the stream of iid normal draws changes.
+      progress: a ``tqdm.auto`` progress bar over the weight sets (checkpoint x seed), advanced from
+        inside the compiled sweep as each one finishes (:mod:`linoverfit.progress`); ``None`` shows it
+        when the sweep is estimated to take more than a few seconds (or as ``LINOVERFIT_PROGRESS``
+        says). Never recompiles.
 
     The same ``samples`` draws are reused at every checkpoint, :math:`\gamma` and seed (common
     random numbers): each entry is an unbiased estimate with standard error ``stderr``, and
@@ -235,9 +241,13 @@ def gaussian(
     # common random numbers: one draw serves every checkpoint, seed, gamma (and every part)
     noise = _gaussian_noise(key, samples=samples, shapes=tuple((tuple(np.shape(w)[-2:]), dtype) for w in weights))
     inputs = plan.shared((weights, task, jnp.asarray(gammas, dtype), noise))
-    outs = plan.map(lambda part: _gaussian_core(*inputs, part, identity_cov=_identity_cov(task),
-                                                mesh=plan.mesh, chunk=plan.chunk, parts=plan.parts))
-    base, sens, se = plan.finish(_gaussian_layout(outs, tuple(lead)))
+    rows = task.n if isinstance(task, Dataset) else None
+    flops = _progress.step_flops(net.widths, rows) / 3 * samples * gammas.size * int(np.prod(lead))
+    with _progress.bar(progress, total=int(np.prod(lead)), ticks=plan.padded, unit="set", desc="sensitivity",
+                       seconds=_progress.estimate_seconds(flops, plan.devices)):
+        outs = plan.map(lambda part: _gaussian_core(*inputs, part, identity_cov=_identity_cov(task),
+                                                    mesh=plan.mesh, chunk=plan.chunk, parts=plan.parts))
+        base, sens, se = jax.block_until_ready(plan.finish(_gaussian_layout(outs, tuple(lead))))
     bad = ~(np.isfinite(np.asarray(sens)) & np.isfinite(np.asarray(se)))
     if bad.any():
         g_bad = np.unique(gammas[np.nonzero(bad)[1]])

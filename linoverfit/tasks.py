@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike, DTypeLike
 
 from . import memory as _mem
 from . import validation as _v
@@ -91,11 +92,11 @@ class Task:
             _v.positive_scalar(self.noise, "noise", allow_zero=True)
 
     # pytree protocol: children are arrays, so new values reuse compiled code
-    def tree_flatten(self):
+    def tree_flatten(self) -> tuple[tuple, None]:
         return (self.teacher, self.input_cov, self.noise), None
 
     @classmethod
-    def tree_unflatten(cls, aux, children):
+    def tree_unflatten(cls, aux: None, children: tuple) -> Task:
         obj = object.__new__(cls)
         for name, value in zip(("teacher", "input_cov", "noise"), children):
             object.__setattr__(obj, name, value)
@@ -109,7 +110,7 @@ class Task:
     def d_out(self) -> int:
         return self.teacher.shape[0]
 
-    def loss(self, P):
+    def loss(self, P: ArrayLike) -> jax.Array:
         r"""Population loss :math:`\tfrac12\operatorname{tr}((P-A)\Sigma(P-A)^\top) + \tfrac12\sigma_\varepsilon^2 d_{out}`.
 
         ``P`` has shape ``(..., d_out, d_in)``; returns shape ``(...)``.
@@ -117,25 +118,25 @@ class Task:
         D = P - self.teacher
         return 0.5 * jnp.sum(D * (D @ self.input_cov), axis=(-2, -1)) + 0.5 * self.noise * self.d_out
 
-    def grad(self, P):
+    def grad(self, P: ArrayLike) -> jax.Array:
         r""":math:`\nabla_P L = (P - A)\Sigma`, shape of ``P``."""
         return (P - self.teacher) @ self.input_cov
 
-    def svd(self):
+    def svd(self) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Teacher SVD ``(U, s, Vt)`` with ``A = U diag(s) Vt``, ``s`` descending, length ``min(d_out, d_in)``."""
         return jnp.linalg.svd(self.teacher, full_matrices=False)
 
     @property
-    def spectrum(self):
+    def spectrum(self) -> jax.Array:
         """Teacher singular values, descending."""
         return jnp.linalg.svd(self.teacher, compute_uv=False)
 
-    def input_sqrt(self):
+    def input_sqrt(self) -> jax.Array:
         r"""Symmetric PSD square root :math:`\Sigma^{1/2}` (via eigh; negative round-off clipped)."""
         w, Q = jnp.linalg.eigh(self.input_cov)
         return (Q * jnp.sqrt(jnp.clip(w, 0.0))) @ Q.T
 
-    def sample(self, n: int, key) -> "Dataset":
+    def sample(self, n: int, key: jax.Array | int) -> Dataset:
         r"""Draw ``n`` samples :math:`x_n \sim \mathcal N(0,\Sigma)`, :math:`y_n = A x_n + \varepsilon_n`.
 
         Returns a :class:`Dataset` with ``x`` of shape ``(n, d_in)`` and ``y`` of shape ``(n, d_out)``.
@@ -148,7 +149,7 @@ class Task:
         y = x @ self.teacher.T + jnp.sqrt(self.noise) * eps
         return Dataset(x=x, y=y)
 
-    def with_(self, **changes) -> "Task":
+    def with_(self, **changes: object) -> Task:
         """A copy with some fields replaced (validated again)."""
         fields = {"teacher": self.teacher, "input_cov": self.input_cov, "noise": self.noise}
         fields.update(changes)
@@ -177,11 +178,11 @@ class Dataset:
         object.__setattr__(self, "x", jnp.asarray(self.x))
         object.__setattr__(self, "y", jnp.asarray(self.y))
 
-    def tree_flatten(self):
+    def tree_flatten(self) -> tuple[tuple, None]:
         return (self.x, self.y), None
 
     @classmethod
-    def tree_unflatten(cls, aux, children):
+    def tree_unflatten(cls, aux: None, children: tuple) -> Dataset:
         obj = object.__new__(cls)
         object.__setattr__(obj, "x", children[0])
         object.__setattr__(obj, "y", children[1])
@@ -199,12 +200,12 @@ class Dataset:
     def d_out(self) -> int:
         return self.y.shape[1]
 
-    def loss(self, P):
+    def loss(self, P: ArrayLike) -> jax.Array:
         r"""Full-sample loss :math:`\tfrac1{2N}\sum_n\lVert P x_n - y_n\rVert^2`; ``P`` ``(..., d_out, d_in)``."""
         return self.batch_loss(P, self.x, self.y)
 
     @staticmethod
-    def batch_loss(P, x, y):
+    def batch_loss(P: ArrayLike, x: ArrayLike, y: ArrayLike) -> jax.Array:
         r""":math:`\tfrac1{2B}\sum_b\lVert P x_b - y_b\rVert^2` for a (mini)batch ``x`` ``(B, d_in)``, ``y`` ``(B, d_out)``."""
         r = jnp.einsum("...oi,bi->...bo", P, x) - y
         return 0.5 * jnp.mean(jnp.sum(r * r, axis=-1), axis=-1)
@@ -221,7 +222,8 @@ def _orthonormal(key, n: int, k: int, dtype):
     return jax.random.orthogonal(key, n, dtype=dtype)[:, :k]
 
 
-def from_spectrum(singular_values, d_in: int, d_out: int, key, input_cov=None, noise: float = 0.0, dtype=None) -> Task:
+def from_spectrum(singular_values: ArrayLike, d_in: int, d_out: int, key: jax.Array | int,
+                  input_cov: ArrayLike | None = None, noise: float = 0.0, dtype: DTypeLike | None = None) -> Task:
     r"""Teacher :math:`A = U \operatorname{diag}(s) V^\top` with the given singular values.
 
     ``U`` (``d_out x r``) and ``V`` (``d_in x r``) have Haar-random orthonormal columns,
@@ -254,7 +256,8 @@ def from_spectrum(singular_values, d_in: int, d_out: int, key, input_cov=None, n
     return Task(teacher=A, input_cov=input_cov, noise=noise)
 
 
-def power_law(d_in: int, d_out: int, alpha: float = 1.0, key=None, scale: float = 1.0, rank: int | None = None, **kw) -> Task:
+def power_law(d_in: int, d_out: int, alpha: float = 1.0, key: jax.Array | int | None = None, scale: float = 1.0,
+              rank: int | None = None, **kw: object) -> Task:
     r"""Teacher with power-law spectrum :math:`\sigma_i = \text{scale}\cdot i^{-\alpha}`, :math:`i = 1..r`.
 
     ``r = rank`` or ``min(d_in, d_out)``; singular vectors Haar random (from ``key``).
@@ -275,7 +278,8 @@ def power_law(d_in: int, d_out: int, alpha: float = 1.0, key=None, scale: float 
     return from_spectrum(s, d_in, d_out, key, **kw)
 
 
-def geometric(d_in: int, d_out: int, ratio: float = 0.8, key=None, scale: float = 1.0, rank: int | None = None, **kw) -> Task:
+def geometric(d_in: int, d_out: int, ratio: float = 0.8, key: jax.Array | int | None = None, scale: float = 1.0,
+              rank: int | None = None, **kw: object) -> Task:
     r"""Teacher with geometric spectrum :math:`\sigma_i = \text{scale}\cdot \text{ratio}^{\,i-1}`, :math:`0 < \text{ratio} \le 1`.
 
     Teacher shape ``(d_out, d_in)``, rank ``r = rank`` or ``min(d_in, d_out)``; other keywords as
@@ -311,7 +315,8 @@ def _plane_rotation(key, n: int, angle, dtype):
     return Q @ blocks @ Q.T
 
 
-def shifted(task: Task, kind: str = "additive", size: float = 0.1, key=None, rank: int | None = None, spectrum=None) -> Task:
+def shifted(task: Task, kind: str = "additive", size: float = 0.1, key: jax.Array | int | None = None,
+            rank: int | None = None, spectrum: ArrayLike | None = None) -> Task:
     r"""A fine-tuning task derived from ``task`` (teacher :math:`A = U S V^\top`, covariance :math:`\Sigma`).
 
     ``kind``:

@@ -44,6 +44,7 @@ import optax
 from . import memory as _mem
 from . import optimizers as _opt
 from . import parallel as _par
+from . import progress as _progress
 from . import validation as _v
 from .networks import DeepLinear, end_to_end
 from .results import Result, expect_shape, expect_weights, result, static
@@ -437,10 +438,17 @@ def _fori(start, n, body, carry, unroll=UNROLL):
     return jax.lax.fori_loop(start + n_blocks * unroll, start + n, body, carry)
 
 
-def _sweep(fn, runs, shared, mesh, chunk, part=0, parts=1):
+def _sweep(fn, runs, shared, mesh, chunk, part=0, parts=1, tick_runs=True):
     """Map ``fn(run, shared)`` over the leading axis of ``runs``: padded, sharded over ``mesh``, ``chunk``
     runs per vmap, only part ``part`` of ``parts`` (see :func:`linoverfit.parallel.sweep`)."""
-    return _par.sweep(fn, runs, shared, mesh=mesh, chunk=chunk, part=part, parts=parts)
+    return _par.sweep(fn, runs, shared, mesh=mesh, chunk=chunk, part=part, parts=parts, tick_runs=tick_runs)
+
+
+def _rows(task, batch_size):
+    """Rows of the matmuls of one step (for the time estimate of a progress bar)."""
+    if batch_size is not None:
+        return batch_size
+    return task.n if isinstance(task, Dataset) else None
 
 
 def _run_key(key, batch_size):
@@ -524,14 +532,16 @@ def _pretrain_core(W0, task, lr, weight_decay, seg_lengths, keys, factor, part=0
             loss = _task_loss(task, end_to_end(W), identity_cov)
             # the last update of the segment is checked here (its loss is the checkpoint's)
             bad_step = jnp.where((bad_step < 0) & _bad(loss, limit), i0 + n, bad_step)
+            _progress.tick_blocks(i0, n, block, loss)  # reached a checkpoint: report whole blocks of steps
             return (W, state, bad_step, i0 + n), (W if keep_weights else None, loss)
 
+        block = jnp.maximum(1, jnp.sum(seg_lengths) // _progress.TICKS)  # progress: ~TICKS reports per run
         counter = seg_lengths.dtype
         init = (W_init, tx.init(W_init), jnp.asarray(-1, counter), jnp.asarray(0, counter))
         (_, _, bad_step, _), (Ws, losses) = jax.lax.scan(segment, init, seg_lengths)
         return Ws, losses, bad_step
 
-    return _sweep(one_seed, (W0, keys), shared, mesh, chunk, part, parts)
+    return _sweep(one_seed, (W0, keys), shared, mesh, chunk, part, parts, tick_runs=False)
 
 
 @partial(jax.jit, static_argnames=("n", "batched"))
@@ -559,6 +569,7 @@ def pretrain(
     divergence_factor: float = DIVERGENCE_FACTOR,
     devices=None,
     chunk: int | None = None,
+    progress: bool | None = None,
 ) -> PretrainResult:
     r"""Pre-train ``net`` from ``W0`` on ``task`` and keep every checkpoint, in one compiled run.
 
@@ -592,6 +603,9 @@ def pretrain(
       devices: where the seeds run (see :mod:`linoverfit.parallel`): ``None`` = all devices, an int,
         a sequence of devices or a ``Mesh``; seeds are sharded over them.
       chunk: seeds per vmapped loop on a device (default: all of that device's seeds).
+      progress: a ``tqdm.auto`` progress bar over the steps, advanced from inside the compiled loop
+        at every checkpoint (:mod:`linoverfit.progress`); ``None`` shows it when the run is estimated
+        to take more than a few seconds (or as ``LINOVERFIT_PROGRESS`` says). Never recompiles.
 
     Returns a :class:`PretrainResult` with a leading checkpoint axis (then the seed axis if batched).
 
@@ -627,12 +641,16 @@ def pretrain(
                           jnp.asarray(weight_decay, dtype), jnp.asarray(seg), keys, jnp.asarray(divergence_factor, dtype)))
     extra = plan.shared((None if per_step is None else jnp.asarray(per_step / lr, dtype),
                          None if spec is None else jax.tree.map(lambda x: jnp.asarray(x, dtype), spec)))
-    outs = plan.map(lambda part: _pretrain_core(
-        *inputs, part, *extra, make_opt=make_opt, batch_size=batch_size, keep_weights=keep_weights,
-        identity_cov=_identity_cov(task), mesh=plan.mesh, chunk=plan.chunk, parts=plan.parts, online=online,
-    ))
-    weights, losses, bad_step = plan.finish(_pretrain_layout(outs, n_seeds, batched))
-    bad_step = np.asarray(bad_step)
+    flops = _progress.step_flops(net.widths, _rows(task, batch_size)) * float(steps[-1]) * n_seeds
+    with _progress.bar(progress, total=int(steps[-1]) * n_seeds, ticks=int(steps[-1]) * plan.padded, unit="step",
+                       desc="pre-training",
+                       seconds=_progress.estimate_seconds(flops, plan.devices)):
+        outs = plan.map(lambda part: _pretrain_core(
+            *inputs, part, *extra, make_opt=make_opt, batch_size=batch_size, keep_weights=keep_weights,
+            identity_cov=_identity_cov(task), mesh=plan.mesh, chunk=plan.chunk, parts=plan.parts, online=online,
+        ))
+        weights, losses, bad_step = plan.finish(_pretrain_layout(outs, n_seeds, batched))
+        bad_step = np.asarray(bad_step)
     if np.any(bad_step >= 0):
         first = int(bad_step[bad_step >= 0].min())
         seed = int(np.argmax(bad_step == first)) if batched else None
@@ -812,6 +830,7 @@ def finetune(
     divergence_factor: float = DIVERGENCE_FACTOR,
     devices=None,
     chunk: int | None = None,
+    progress: bool | None = None,
 ) -> FinetuneResult:
     r"""Fine-tune every checkpoint of ``run`` at every learning rate, in one compiled call.
 
@@ -831,6 +850,9 @@ def finetune(
         sequence of devices or a ``Mesh``. The checkpoint x seed x learning-rate runs are flattened
         into one sweep axis and sharded over them.
       chunk: runs per vmapped loop on a device (default 4: batched matmuls that stay in cache).
+      progress: a ``tqdm.auto`` progress bar over the runs, advanced from inside the compiled sweep as
+        each run finishes (:mod:`linoverfit.progress`); ``None`` shows it when the sweep is estimated
+        to take more than a few seconds (or as ``LINOVERFIT_PROGRESS`` says). Never recompiles.
 
     Diverged runs (non-finite or exploding fine-tuning loss) are frozen, reported with a
     :class:`DivergenceWarning` naming the checkpoint and learning rate, marked in
@@ -871,13 +893,18 @@ def finetune(
     inputs = plan.shared((weights, task, pre_task, jnp.asarray(lrs, dtype),
                           jnp.asarray(l2, dtype), jnp.asarray(seg_len, _v.step_dtype()), key,
                           jnp.asarray(divergence_factor, dtype)))
-    outs = plan.map(lambda part: _finetune_core(
-        *inputs, part, make_opt=make_opt, batch_size=batch_size, n_records=n_records, return_weights=return_weights,
-        identity_cov=_identity_cov(task), mesh=plan.mesh, chunk=plan.chunk, parts=plan.parts,
-    ))
-    record_steps = seg_len * np.arange(1, n_records + 1)
-    W_end, diverged, bad_step, pre_traj, ft_traj, (pre_before, ft_before) = plan.finish(
-        _finetune_layout(outs, inputs[0], task, pre_task, inputs[3], record_steps))
+    flops = _progress.step_flops(net.widths, _rows(task, batch_size)) * float(steps) * B * R
+    with _progress.bar(progress, total=B * R, ticks=plan.padded, unit="run", desc="fine-tuning",
+                       seconds=_progress.estimate_seconds(flops, plan.devices)):
+        outs = plan.map(lambda part: _finetune_core(
+            *inputs, part, make_opt=make_opt, batch_size=batch_size, n_records=n_records,
+            return_weights=return_weights, identity_cov=_identity_cov(task), mesh=plan.mesh, chunk=plan.chunk,
+            parts=plan.parts,
+        ))
+        record_steps = seg_len * np.arange(1, n_records + 1)
+        W_end, diverged, bad_step, pre_traj, ft_traj, (pre_before, ft_before) = plan.finish(
+            _finetune_layout(outs, inputs[0], task, pre_task, inputs[3], record_steps))
+        jax.block_until_ready(pre_traj)
     result = FinetuneResult(
         steps=np.asarray(run.steps),
         lr=lrs,

@@ -1,6 +1,10 @@
 """Test configuration: every closed-form and exactness check runs in float64."""
 
 import contextlib
+import os
+
+# progress bars of long sweeps stay off in the tests (tests that check them pass progress=True)
+os.environ.setdefault("LINOVERFIT_PROGRESS", "0")
 
 import jax
 import jax.monitoring
