@@ -104,12 +104,14 @@ def assert_f6(f6: dict) -> None:
     assert any(r["survives"] and r["rise_percent"] > 1.0 for b, r in budgets.items() if b <= 30), budgets
     # setting the stopping point by a fine-tuning target removes it
     assert not crit["target_loss"]["survives"], crit["target_loss"]
-    # the flow agrees with the simulated selection within 2% where it is valid (lr <= flow_valid_lr)
-    for name in ("target_loss", "best_sum", "matched_finetune_loss"):
-        for sub, r in crit[name]["settings"].items():
-            if r["flow_valid_checkpoints"]:
-                assert r["max_rel_diff_theory_vs_sim_flow_valid"] <= 0.02, (name, sub, r)
     assert all(c["ok"] for c in f6["checks"]), f6["checks"]
+    if not f6["quick"]:
+        # the prediction of GD (lo.theory.finetune_curve) agrees with the simulated selection within 2%
+        # where both selected lrs lie below the stability edge (past it GD is chaotic)
+        for name in ("target_loss", "best_finetune_loss", "best_sum"):
+            for sub, r in crit[name]["settings"].items():
+                if r["checkpoints_below_edge"]:
+                    assert r["max_rel_diff_theory_vs_sim_below_edge"] <= 0.02, (name, sub, r)
 
 
 def assert_f5(f5: dict) -> None:
