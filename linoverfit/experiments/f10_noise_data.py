@@ -46,7 +46,7 @@ CONFIG = dict(
     seeds=4,
     cov_spread=(2.0, 0.5),        # anisotropic input variances: geometric from the first to the second
 )
-QUICK = dict(width=8, steps=2000, checkpoints=24, seeds=2, batch_sizes=(2, 16), noises=(0.0, 0.4))
+QUICK = dict(width=8, steps=2000, checkpoints=24, seeds=2, batch_sizes=(2, 16), batch=16, noises=(0.0, 0.4))
 # ----------------------------------------------------------------------------- end of config
 
 

@@ -54,7 +54,7 @@ CONFIG = dict(
     sgd_seeds=4,
     sharpness_iters=24,    # Lanczos steps (the top eigenvalue converges long before)
 )
-QUICK = dict(width=8, t_final=40.0, steps=2048, checkpoints=24, sgd_seeds=2, sharpness_iters=16)
+QUICK = dict(width=8, t_final=40.0, steps=4096, checkpoints=24, sgd_seeds=2, sharpness_iters=16)
 # ----------------------------------------------------------------------------- end of config
 
 
@@ -189,21 +189,22 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
             "final_perturbed_vs_gd_constant_percent": 100 * (r["pert"][-1] / base["pert"][-1] - 1),
             "final_forgetting_vs_gd_constant_percent": 100 * (r["ft"][-1] / base["ft"][-1] - 1),
         }
-    # flow-time claim: GD schedules agree in t (interpolated in log t onto the constant run's grid)
+    # flow-time claim: every GD schedule follows the same flow curve in t, compared at its own checkpoints
+    # (no interpolation between the schedules' different t grids, whose error on a coarse grid is larger)
     agree = {}
-    for name in ("GD cosine", "GD WSD"):
+    for name in ("GD constant", "GD cosine", "GD WSD"):
         r = res[name]
-        inside = (base["t"] >= r["t"][0]) & (base["t"] <= r["t"][-1])
-        y = np.interp(np.log(base["t"][inside]), np.log(r["t"]), r["pert"])
-        agree[name] = float(np.max(np.abs(y / base["pert"][inside] - 1)))
-    th_gap = float(np.max(np.abs(np.interp(np.log(base["t"]), np.log(t_th), th_pert) / base["pert"] - 1)))
+        flow = np.asarray(lo.theory.perturbed_loss_curve(task, r["t"], cfg["gamma"], widths=net, s0=s0), float)
+        agree[name] = float(np.max(np.abs(r["pert"] / flow - 1)))
+    th_gap = agree.pop("GD constant")
     sgd_c, sgd_d = per["SGD constant"], per["SGD cosine"]
     sam, gd = per["SAM"], per["GD constant"]
     sam_cut = 100 * (1 - sam["finetune_degradation_percent"] / gd["finetune_degradation_percent"]) \
         if gd["finetune_degradation_percent"] else float("nan")
     verdict = (
-        f"Full-batch GD: constant, cosine and WSD schedules give the same perturbation U-curve in t = cumulative lr "
-        f"(max deviation {100 * max(agree.values()):.2g}%), the gradient-flow theory predicts it (max {100 * th_gap:.2g}%), "
+        f"Full-batch GD: constant, cosine and WSD schedules give the same perturbation U-curve in t = cumulative lr, "
+        f"the gradient-flow curve (max deviation at the checkpoints: constant {100 * th_gap:.2g}%, cosine "
+        f"{100 * agree['GD cosine']:.2g}%, WSD {100 * agree['GD WSD']:.2g}%), "
         f"and T* and degradation do not depend on the schedule (degradation {gd['degradation_percent']:.3g}%, "
         f"{per['GD cosine']['degradation_percent']:.3g}%, {per['GD WSD']['degradation_percent']:.3g}%). "
         f"Sharpness is a function of the weights, hence of t, not of the decay: this contradicts the finding that "
@@ -225,12 +226,13 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         "settings": per,
         "theory": {"t_star": th_pu.t_star, "degradation_percent": 100 * th_pu.degradation,
                    "finetune_t_star": th_fu.t_star, "finetune_degradation_percent": 100 * th_fu.degradation},
-        "schedule_agreement_percent": {k: 100 * v for k, v in agree.items()},
+        # max |simulated / flow theory - 1| of the perturbed loss at each schedule's own checkpoints
+        "schedule_vs_flow_percent": {k: 100 * v for k, v in agree.items()},
         "theory_vs_gd_constant_percent": 100 * th_gap,
         "sam_finetune_degradation_cut_percent": sam_cut,
-        # discretisation: GD at eta <= 0.025 (cosine peak) moves each mode's time by O(eta sigma_1) ~ 1-2%;
-        # measured 0.8% (cosine), 2.0% (WSD, whose warmup is the fastest change); 3% / 2% as tolerances
-        "checks": [C.check("GD cosine/WSD vs constant, max relative gap in t", max(agree.values()), at_most=0.03),
+        # discretisation: GD at peak rates <= 0.03 moves each mode's time by O(eta sigma_1 log(sigma/s0)) ~ 1-3%,
+        # which moves the perturbed loss by at most that where a mode is mid-transition: 3% / 2% as tolerances
+        "checks": [C.check("GD cosine/WSD vs the flow curve in t, max relative gap", max(agree.values()), at_most=0.03),
                    C.check("gradient-flow theory vs GD constant, max relative gap", th_gap, at_most=0.02),
                    C.check("GD constant has a perturbation turning point", gd["is_turning_point"], expected=True)],
         "condition": "depth 2, balanced aligned init, population loss (full batch) unless marked SGD; "
