@@ -15,6 +15,7 @@ at depth 2. Integrating it from each checkpoint's :math:`P` predicts fine-tuning
 
 from __future__ import annotations
 
+import functools
 from functools import partial
 
 import jax
@@ -24,6 +25,7 @@ from scipy.integrate import solve_ivp
 
 from .. import validation as _v
 from ..results import Result, result, static
+from .integrate import dop853
 from .modes import _depth, _nonneg
 
 __all__ = [
@@ -102,7 +104,7 @@ def end_to_end_velocity(P, task, depth: int):
     return _velocity(P.reshape((-1,) + A.shape), A, cov, L).reshape(lead + A.shape)
 
 
-METHODS = ("layers", "function")
+METHODS = ("auto", "layers", "function", "closed")
 
 
 def _balanced_factors(P0, L):
@@ -116,66 +118,164 @@ def _balanced_factors(P0, L):
     return [a[..., :, None] * Vt] + [a[..., :, None] * eye for _ in range(L - 2)] + [U * a[..., None, :]]
 
 
-def _layer_velocity(W, A, cov):
-    """-dL/dW_l for every layer (batched): (W_L..W_{l+1})^T G (W_{l-1}..W_1)^T, G = (P - A) Sigma."""
-    L = len(W)
-    pre = [W[0]]  # pre[l] = W_{l+1} ... W_1
-    for w in W[1:]:
-        pre.append(w @ pre[-1])
-    G = pre[-1] - A
-    if cov is not None:
-        G = G @ cov
-    out = [None] * L
-    left = G  # (W_L ... W_{l+2})^T G as l runs down
-    for l in range(L - 1, -1, -1):
-        out[l] = -(left if l == 0 else left @ np.swapaxes(pre[l - 1], -1, -2))
-        if l > 0:
-            left = np.swapaxes(W[l], -1, -2) @ left
-    return out
+def _integrate(P0, A, cov, L, times, rtol, atol, method="layers", weights=None):
+    """``P0`` ``(B, m, n)``; returns ``(B, len(times), m, n)`` at the sorted unique ``times``.
 
-
-def _integrate(P0, A, cov, L, times, rtol, atol, method="layers"):
-    """``P0`` ``(B, m, n)``; returns ``(B, len(times), m, n)`` at the sorted unique ``times``."""
+    ``method="layers"`` integrates the layer flow from ``weights`` (a list of ``(B, n_l, n_{l-1})``
+    arrays, the start's own layers) or, when ``weights`` is None, from the balanced factorisation
+    of ``P0``; ``method="function"`` the function-space ODE (balanced starts only)."""
     B = P0.shape[0]
     shape = P0.shape
     if times[-1] == 0:
         return np.repeat(P0[:, None], times.size, axis=1)
-    if method == "function":
-        y0 = P0.ravel()
+    if method == "auto":
+        method = "closed" if (L == 2 and cov is None and weights is None) else "layers"
+    if method == "closed":
+        if L != 2 or cov is not None:
+            raise ValueError("method='closed' needs depth 2 and a fine-tuning task with identity input covariance")
+        out = _riccati_depth2(P0, A, times)
+        out[:, times == 0] = P0[:, None]
+        return out
+    if method == "layers":
+        W0 = _balanced_factors(P0, L) if weights is None else list(weights)
+        out = _integrate_layers(W0, A, cov, times, rtol, atol)
+        if weights is None:
+            out[:, times == 0] = P0[:, None]  # the start itself, not its round-off through the factors
+        return out
+    y0 = P0.ravel()
 
-        def rhs(_, y):
-            return _velocity(y.reshape(shape), A, cov, L).ravel()
-
-        def maps(Y):  # (size, T) -> (B, T, m, n)
-            return np.moveaxis(Y.reshape(shape + (times.size,)), -1, 1)
-    else:
-        W0 = _balanced_factors(P0, L)
-        shapes = [w.shape for w in W0]
-        cuts = np.cumsum([w.size for w in W0])[:-1]
-        y0 = np.concatenate([w.ravel() for w in W0])
-
-        def unpack(y):
-            return [part.reshape(sh) for part, sh in zip(np.split(y, cuts), shapes)]
-
-        def rhs(_, y):
-            return np.concatenate([g.ravel() for g in _layer_velocity(unpack(y), A, cov)])
-
-        def maps(Y):
-            out = np.empty((B, times.size) + shape[1:])
-            for k in range(times.size):
-                W = unpack(Y[:, k])
-                P = W[0]
-                for w in W[1:]:
-                    P = w @ P
-                out[:, k] = P
-            return out
+    def rhs(_, y):
+        return _velocity(y.reshape(shape), A, cov, L).ravel()
 
     sol = solve_ivp(rhs, (0.0, float(times[-1])), y0, method="DOP853", t_eval=times, rtol=rtol, atol=atol)
     if not sol.success:  # pragma: no cover - the flow is smooth; failure means a bad tolerance
         raise RuntimeError(f"end-to-end flow failed: {sol.message}")
-    out = maps(sol.y)
-    out[:, times == 0] = P0[:, None]  # the start itself, not its round-off through the factors
+    out = np.moveaxis(sol.y.reshape(shape + (times.size,)), -1, 1)
+    out[:, times == 0] = P0[:, None]
     return out
+
+
+def _riccati_depth2(P0, A, times):
+    r"""Depth-2 balanced flow with :math:`\Sigma = I` in closed form (Fukumizu 1998; Braun et al. 2022, :math:`\lambda = 0`).
+
+    With :math:`Z = [W_1^\top; W_2]`, :math:`M = ZZ^\top` and :math:`F = [[0, A^\top], [A, 0]]`, balanced
+    layers give the Riccati equation :math:`\dot M = FM + MF - M^2`, whose flow map is
+    :math:`M(t + \Delta) = e^{F\Delta}M(t)\,(I + K_\Delta M(t))^{-1}e^{F\Delta}`,
+    :math:`K_\Delta = \int_0^\Delta e^{2Fs}\,\mathrm ds`; :math:`P` is the lower-left block of :math:`M`.
+    In the eigenbasis of :math:`F` (eigenvalues :math:`\pm\sigma_i` on :math:`[v_i; \pm u_i]/\sqrt2`, 0
+    elsewhere) :math:`e^{F\Delta}` and :math:`K_\Delta` are diagonal. One map step multiplies by up
+    to :math:`e^{2\sigma_1\Delta}`, so steps are cut to :math:`\sigma_1\Delta \le 6` (conditioning
+    below :math:`e^{12}`, round-off ~1e-11). ``P0`` ``(B, m, n)``, ``times`` sorted; returns ``(B, T, m, n)``."""
+    B, m, n = P0.shape
+    Ua, sig, Vat = np.linalg.svd(A, full_matrices=True)
+    Va = Vat.T
+    r = sig.size
+    half = np.sqrt(0.5)
+    Q = np.zeros((n + m, n + m))
+    Q[:n, :r], Q[n:, :r] = half * Va[:, :r], half * Ua[:, :r]
+    Q[:n, r:2 * r], Q[n:, r:2 * r] = half * Va[:, :r], -half * Ua[:, :r]
+    Q[:n, 2 * r:n + r] = Va[:, r:]
+    Q[n:, n + r:] = Ua[:, r:]
+    lam = np.concatenate([sig, -sig, np.zeros(n + m - 2 * r)])
+    # balanced factors: Z0 = [V diag(sqrt s); U diag(sqrt s)], M0 = Z0 Z0^T, in F's eigenbasis
+    U, s, Vt = np.linalg.svd(P0, full_matrices=False)
+    a = np.sqrt(s)
+    Z = np.concatenate([np.swapaxes(Vt, -1, -2) * a[:, None, :], U * a[:, None, :]], axis=1)
+    dt_max = 6.0 / max(float(sig.max(initial=0.0)), 1e-300)
+    out = np.empty((B, times.size, m, n))
+    now = 0.0
+    with jax.enable_x64(True):
+        Q = jnp.asarray(Q)
+        Z = _rotate(Q, jnp.asarray(Z))
+        for k, target in enumerate(times):
+            while now < target:
+                # the flow map on the factor: Z <- E Z C^{-T}, C C^T = I + Z^T K Z, so that Z Z^T = E M (I + K M)^{-1} E
+                d = min(dt_max, target - now)
+                e = np.exp(lam * d)
+                x = 2.0 * lam * d
+                K = d * np.where(x == 0, 1.0, np.expm1(x) / np.where(x == 0, 1.0, x))  # int_0^d e^{2 lam s} ds > 0
+                G = np.asarray(_gram(Z, jnp.asarray(K)))
+                Ci = np.linalg.inv(np.linalg.cholesky(G))  # numpy: small batched decompositions are fast there
+                Z = _advance(Z, jnp.asarray(Ci), jnp.asarray(e))
+                now += d
+            out[:, k] = np.asarray(_block(Q, Z, n))
+    return out
+
+
+@jax.jit
+def _rotate(Q, Z):
+    return Q.T @ Z
+
+
+@jax.jit
+def _gram(Z, K):
+    return jnp.eye(Z.shape[-1]) + jnp.swapaxes(Z, -1, -2) @ (K[:, None] * Z)
+
+
+@jax.jit
+def _advance(Z, Ci, e):
+    return e[:, None] * (Z @ jnp.swapaxes(Ci, -1, -2))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _block(Q, Z, n):
+    X = Q @ Z  # back to [input; output] coordinates; P = W_2 W_1 is the lower-left block of X X^T
+    return X[:, n:] @ jnp.swapaxes(X[:, :n], -1, -2)
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_flow_rhs(shapes, has_cov):
+    """The layer gradient flow as ``f(t, y, (A, cov))`` on one flat state (one function per layout,
+    so that jax compiles it once per shape)."""
+    sizes = [int(np.prod(s)) for s in shapes]
+    cuts = np.cumsum(sizes)[:-1]
+
+    def rhs(_, y, args):
+        A, cov = args
+        W = [part.reshape(s) for part, s in zip(jnp.split(y, cuts), shapes)]
+        pre = [W[0]]  # pre[l] = W_{l+1} ... W_1
+        for w in W[1:]:
+            pre.append(w @ pre[-1])
+        G = pre[-1] - A
+        if has_cov:
+            G = G @ cov
+        out = [None] * len(W)
+        left = G  # (W_L ... W_{l+2})^T G as l runs down
+        for l in range(len(W) - 1, -1, -1):
+            out[l] = -(left if l == 0 else left @ pre[l - 1].T)
+            if l > 0:
+                left = W[l].T @ left
+        return jnp.concatenate([g.ravel() for g in out])
+
+    return rhs
+
+
+@functools.partial(jax.jit, static_argnames=("fun", "shapes"))
+def _solve_layers(fun, shapes, y0, times, A, cov, rtol, atol):
+    sizes = [int(np.prod(s)) for s in shapes]
+    cuts = np.cumsum(sizes)[:-1]
+    solve = jax.vmap(lambda y: dop853(fun, y, times, (A, cov), rtol, atol))
+    Y, steps, ok = solve(y0)  # (B, T, n)
+    W = [part.reshape(Y.shape[:2] + s) for part, s in zip(jnp.split(Y, cuts, axis=-1), shapes)]
+    P = W[0]
+    for w in W[1:]:
+        P = w @ P
+    return P, steps, ok
+
+
+def _integrate_layers(W0, A, cov, times, rtol, atol):
+    """Layer gradient flow of every start ``W0`` (list of ``(B, n_l, n_{l-1})``), batched through the
+    jitted DOP853 (one step size per start); end-to-end maps ``(B, T, m, n)``."""
+    with jax.enable_x64(True):  # the theory is float64 whatever the session's default
+        shapes = tuple(tuple(w.shape[1:]) for w in W0)
+        B = W0[0].shape[0]
+        y0 = jnp.concatenate([jnp.asarray(w, jnp.float64).reshape(B, -1) for w in W0], axis=1)
+        fun = _layer_flow_rhs(shapes, cov is not None)
+        P, steps, ok = _solve_layers(fun, shapes, y0, jnp.asarray(times, jnp.float64), jnp.asarray(A, jnp.float64),
+                                     None if cov is None else jnp.asarray(cov, jnp.float64), rtol, atol)
+        if not bool(np.all(ok)):  # pragma: no cover - the flow is smooth; failure means a bad tolerance
+            raise RuntimeError("layer flow: step cap reached (tolerance too tight for the horizon?)")
+        return np.array(P)
 
 
 GD_ORDERS = (0, 1, 2)
@@ -209,10 +309,11 @@ def _iterate_gd_core(Ws, A, cov, eta, steps, L):
     return P
 
 
-def _iterate_gd(P0, A, cov, L, eta, steps):
+def _iterate_gd(P0, A, cov, L, eta, steps, weights=None):
     """Exact GD (``steps`` steps at ``eta``) on the balanced factors of ``P0`` ``(B, m, n)``: for an exactly
-    balanced start this is GD on the network itself (the extra hidden units stay at zero, docs section 4.6)."""
-    W0 = _balanced_factors(P0, L)
+    balanced start this is GD on the network itself (the extra hidden units stay at zero, docs section 4.6);
+    or on ``weights`` (the start's own layers, ``(B, n_l, n_{l-1})`` each) when given."""
+    W0 = _balanced_factors(P0, L) if weights is None else list(weights)
     cov = np.eye(A.shape[1]) if cov is None else cov
     with jax.enable_x64(True):
         P = _iterate_gd_core(tuple(jnp.asarray(w, jnp.float64) for w in W0), jnp.asarray(A, jnp.float64),
@@ -253,7 +354,7 @@ def _modified_field(y, A, cov, eta, shapes, order):
     return jax.vmap(one)(y)
 
 
-def _integrate_gd(P0, A, cov, L, times, rtol, atol, eta, order):
+def _integrate_gd(P0, A, cov, L, times, rtol, atol, eta, order, weights=None):
     """Modified-equation layer flow of GD at learning rate ``eta`` from the balanced factors of ``P0``;
     ``(B, len(times), m, n)`` at the sorted unique ``times``."""
     B = P0.shape[0]
@@ -265,7 +366,7 @@ def _integrate_gd(P0, A, cov, L, times, rtol, atol, eta, order):
         with np.errstate(invalid="ignore"):
             M = np.einsum("ij,tj,kj->tik", Q, np.power((1.0 - eta * w)[None, :] + 0j, k[:, None]).real, Q)
         return A + np.einsum("bij,tjk->btik", P0 - A, M)
-    W0 = _balanced_factors(P0, L)
+    W0 = _balanced_factors(P0, L) if weights is None else list(weights)
     shapes = tuple(tuple(w.shape[1:]) for w in W0)
     y0 = np.concatenate([w.reshape(B, -1) for w in W0], axis=1)
     cov = np.eye(A.shape[1]) if cov is None else cov
@@ -296,24 +397,31 @@ def _method(method):
     return method
 
 
-def end_to_end_flow(P0, task, t, depth: int, *, lr=None, gd_order: int = 2, method: str = "layers",
+def end_to_end_flow(P0, task, t, depth: int, *, lr=None, gd_order: int = 2, method: str = "auto",
                     rtol: float = 1e-10, atol: float = 1e-12):
     r"""Integrate the balanced end-to-end flow :math:`\dot P = -\sum_j (PP^\top)^{(L-j)/L}(P-A)\Sigma(P^\top P)^{(j-1)/L}`.
 
     Exact for gradient flow on the layers from any balanced initialisation
     (:math:`W_{l+1}^\top W_{l+1} = W_l W_l^\top`, which ``net.init(scheme="balanced" | "aligned")``
-    gives exactly and a small Gaussian init approximately); gradient descent with learning rate
-    :math:`\eta` follows it up to :math:`O(\eta)`. Solved with ``scipy.integrate.solve_ivp``
-    (DOP853), every map of the batch in one solve, in one of two equivalent ways
-    (``docs/theory.md``, section 4.1):
+    gives exactly and a small Gaussian init only roughly: for a checkpoint's own, imbalanced layers
+    use :func:`predict_finetune` on the :class:`~linoverfit.PretrainResult`); gradient descent with
+    learning rate :math:`\eta` follows it up to :math:`O(\eta)`. Every map of the batch in one call,
+    in one of three equivalent ways (``docs/theory.md``, section 4.1):
 
-    * ``method="function"``: the ODE above, fractional powers from an SVD of :math:`P` at every
-      evaluation (:func:`end_to_end_velocity`).
-    * ``method="layers"`` (default): the layer gradient flow from the balanced factorisation
+    * ``method="closed"``: depth 2 with :math:`\Sigma = I` only, the exact Riccati solution of the
+      balanced depth-2 flow (Fukumizu 1998): the flow map over a time :math:`\Delta` is
+      :math:`M \mapsto e^{F\Delta}M(I + K_\Delta M)^{-1}e^{F\Delta}` for
+      :math:`M = [W_1^\top; W_2][W_1^\top; W_2]^\top`, :math:`F = [[0, A^\top], [A, 0]]`,
+      :math:`K_\Delta = \int_0^\Delta e^{2Fs}\,\mathrm ds`, applied in steps :math:`\sigma_1\Delta \le 6`
+      (no ODE solver; round-off ~1e-11 relative).
+    * ``method="layers"``: the layer gradient flow from the balanced factorisation
       :math:`W_1 = D V^\top`, :math:`W_l = D`, :math:`W_L = U D`, :math:`D = \operatorname{diag}(s^{1/L})`
-      of :math:`P_0 = U\operatorname{diag}(s)V^\top`. Balancedness is conserved, so its end-to-end map
-      solves the same ODE; it needs only matrix products (no decomposition per step), 10-100x
-      faster for batches of checkpoints.
+      of :math:`P_0 = U\operatorname{diag}(s)V^\top`, integrated by a jitted DOP853
+      (:mod:`~linoverfit.theory.integrate`, scipy's method and step control, one step size per map).
+      Balancedness is conserved, so its end-to-end map solves the same ODE with matrix products only.
+    * ``method="function"``: the ODE above with ``scipy.integrate.solve_ivp`` (DOP853), fractional
+      powers from an SVD of :math:`P` at every evaluation (:func:`end_to_end_velocity`).
+    * ``method="auto"`` (default): ``"closed"`` where it applies, else ``"layers"``.
 
     Args:
       P0: start maps ``(..., d_out, d_in)`` (e.g. ``run.end_to_end``, ``(C, d_out, d_in)``).
@@ -328,8 +436,8 @@ def end_to_end_flow(P0, task, t, depth: int, *, lr=None, gd_order: int = 2, meth
         :math:`W_k` at :math:`t = k\eta` up to :math:`O(\eta^{p+1})`, :math:`p` = ``gd_order``.
         Assumes exactly balanced starts (GD from them equals GD on the balanced factors).
       gd_order: 1 (first order, implicit gradient regularisation :math:`L + \tfrac\eta4\lVert\nabla L\rVert^2`)
-        or 2 (default); 0 is the flow. Only with ``method="layers"``.
-      method: ``"layers"`` or ``"function"`` (same ODE, see above).
+        or 2 (default); 0 is the flow. Only with ``method="layers"`` (or ``"auto"``).
+      method: ``"auto"``, ``"closed"``, ``"layers"`` or ``"function"`` (same flow, see above).
       rtol, atol: solver tolerances on the entries of the state (:math:`P`, or the layers).
 
     Returns ``P0.shape[:-2] + t.shape + (d_out, d_in)``.
@@ -357,8 +465,8 @@ def end_to_end_flow(P0, task, t, depth: int, *, lr=None, gd_order: int = 2, meth
         return np.zeros(lead + t.shape + A.shape)
     eta, order = _flow_lr(lr), _gd_order(gd_order, allow=())
     if eta is not None and order > 0:
-        if method != "layers":
-            raise ValueError("method='function' integrates gradient flow only; GD (lr=) needs method='layers'")
+        if method not in ("auto", "layers"):
+            raise ValueError(f"method={method!r} integrates gradient flow only; GD (lr=) needs method='layers'")
         out = _integrate_gd(P0.reshape((-1,) + A.shape), A, cov, L, times, rtol, atol, eta, order)
     else:
         out = _integrate(P0.reshape((-1,) + A.shape), A, cov, L, times, rtol, atol, method)
@@ -431,8 +539,9 @@ def _flow_lr(lr):
     return _lr(lr)
 
 
-def _resolve_start(start, depth, pretrain_task):
-    """(P0, depth, pretrain_task, t) from a PretrainResult or an array of maps."""
+def _resolve_start(start, depth, pretrain_task, with_weights=False):
+    """(P0, depth, pretrain_task, t[, weights]) from a PretrainResult or an array of maps
+    (``weights``: the run's layers as float64 arrays ``(C[, S], n_l, n_{l-1})``, None for maps)."""
     from ..training import PretrainResult
 
     if isinstance(start, PretrainResult):
@@ -442,12 +551,14 @@ def _resolve_start(start, depth, pretrain_task):
         if depth is not None and _depth(depth) != run_depth:
             raise ValueError(f"depth={depth} but the run's network has depth {run_depth}")
         P0 = np.asarray(start.end_to_end, dtype=np.float64)
-        return P0, run_depth, (start.task if pretrain_task is None else pretrain_task), np.asarray(start.t)
+        out = P0, run_depth, (start.task if pretrain_task is None else pretrain_task), np.asarray(start.t)
+        return out + (tuple(np.asarray(w, np.float64) for w in start.weights),) if with_weights else out
     if depth is None:
         raise TypeError("depth is required when start is an array of maps (it is read off a PretrainResult)")
     if pretrain_task is None:
         raise TypeError("pretrain_task is required when start is an array of maps")
-    return np.asarray(start, dtype=np.float64), _depth(depth), pretrain_task, None
+    out = np.asarray(start, dtype=np.float64), _depth(depth), pretrain_task, None
+    return out + (None,) if with_weights else out
 
 
 def _loss(task, P):
@@ -465,7 +576,7 @@ def _loss(task, P):
 
 
 def predict_finetune(start, finetune_task, lr=(0.01,), steps: int = 1000, *, depth: int | None = None,
-                     pretrain_task=None, return_maps: bool = False, gd_order="auto", method: str = "layers",
+                     pretrain_task=None, return_maps: bool = False, gd_order="auto", method: str = "auto",
                      rtol: float = 1e-10, atol: float = 1e-12) -> FinetunePrediction:
     r"""Predict fine-tuning from every start map by the end-to-end flow (no parameters simulated).
 
@@ -487,8 +598,14 @@ def predict_finetune(start, finetune_task, lr=(0.01,), steps: int = 1000, *, dep
     gradient flow (error :math:`O(\eta)`). Learning rates at or past the
     stability edge are marked in ``past_edge`` and warn (:class:`~linoverfit.theory.PastEdgeWarning`).
 
-    Assumes balanced layers and plain fine-tuning (no l2 pull, no weight decay: those break the
-    function-space closure).
+    From a :class:`~linoverfit.PretrainResult` every one of these runs on the run's own layers
+    (the checkpoint's weights; no balancedness assumed: a Gaussian init leaves the layers
+    imbalanced, and the unlearnt directions keep the init's random hidden vectors, which set when
+    they are learnt), so ``gd_order=0`` is the exact gradient flow of the network from the
+    checkpoint. From bare maps the layers are the balanced factors of the maps (the flow then has
+    a closed form at depth 2 with :math:`\Sigma = I`, :func:`end_to_end_flow`).
+
+    Assumes plain fine-tuning (no l2 pull, no weight decay), and balanced layers for bare maps.
 
     Args:
       start: a :class:`~linoverfit.PretrainResult` (its maps, depth and task are used), or maps
@@ -498,11 +615,13 @@ def predict_finetune(start, finetune_task, lr=(0.01,), steps: int = 1000, *, dep
       pretrain_task: Task or Dataset whose loss is tracked (default: the run's task).
       return_maps: also return the fine-tuned maps ``(C, R[, S], d_out, d_in)``.
       gd_order: ``"auto"`` (default), ``"exact"``, 2, 1, or 0 (gradient flow); see above.
-      method, rtol, atol: as in :func:`end_to_end_flow` (``method="function"`` needs ``gd_order=0``).
+      method, rtol, atol: as in :func:`end_to_end_flow` (``"function"`` and ``"closed"`` need
+        ``gd_order=0``; from a PretrainResult ``"auto"`` and ``"layers"`` use its own layers,
+        ``"closed"`` and ``"function"`` balance its maps first).
 
     Returns a :class:`FinetunePrediction` (shapes as in :class:`~linoverfit.FinetuneResult`).
     """
-    P0, L, pre_task, t = _resolve_start(start, depth, pretrain_task)
+    P0, L, pre_task, t, weights = _resolve_start(start, depth, pretrain_task, with_weights=True)
     A, cov = _task(finetune_task, "finetune_task")
     P0 = _maps(P0, A, "start")
     lrs = _v.positive_vector(lr, "lr")
@@ -511,13 +630,18 @@ def predict_finetune(start, finetune_task, lr=(0.01,), steps: int = 1000, *, dep
     lead = P0.shape[:-2]
     order, method = _gd_order(gd_order), _method(method)
     flatP0 = P0.reshape((-1,) + A.shape)
+    if weights is not None and method in ("auto", "layers"):
+        method = "layers"
+        weights = [w.reshape((-1,) + w.shape[len(lead):]) for w in weights]
+    else:
+        weights = None
     if order == 0:
         times = np.unique(tau)
-        flat = _integrate(flatP0, A, cov, L, times, rtol, atol, method)
+        flat = _integrate(flatP0, A, cov, L, times, rtol, atol, method, weights)
         flat = flat[:, np.searchsorted(times, tau)]
     else:
-        if method != "layers":
-            raise ValueError("method='function' integrates gradient flow only; use gd_order=0 with it")
+        if method not in ("auto", "layers"):
+            raise ValueError(f"method={method!r} integrates gradient flow only; use gd_order=0 with it")
         lam0 = np.max(_gn_sharpness(flatP0, cov, L))
         lam1 = _gn_sharpness(np.asarray(A), cov, L)  # at the fine-tuning optimum
         cols = []
@@ -525,10 +649,10 @@ def predict_finetune(start, finetune_task, lr=(0.01,), steps: int = 1000, *, dep
             exact = order == "exact" or (order == "auto" and (eta * max(lam0, lam1) > AUTO_EXACT_ABOVE
                                                               or steps <= AUTO_EXACT_STEPS))
             if exact and L > 1:
-                cols.append(_iterate_gd(flatP0, A, cov, L, eta, steps))
+                cols.append(_iterate_gd(flatP0, A, cov, L, eta, steps, weights))
             else:
                 cols.append(_integrate_gd(flatP0, A, cov, L, np.array([x]), rtol, atol, eta,
-                                          2 if isinstance(order, str) else order)[:, 0])
+                                          2 if isinstance(order, str) else order, weights)[:, 0])
         flat = np.stack(cols, axis=1)
     after = flat.reshape(lead + (lrs.size,) + A.shape)
     if len(lead) >= 2:  # (C, S, R, ...) -> (C, R, S, ...) as in FinetuneResult

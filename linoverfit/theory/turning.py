@@ -156,7 +156,7 @@ def _aligned_maps(task, widths, s):
 
 
 def finetune_curve(task, finetune, t, *, widths, s0, lr, steps: int, weight_decay: float = 0.0,
-                   pretrain_lr=None, gd_order="auto", return_maps: bool = False, method: str = "layers",
+                   pretrain_lr=None, gd_order="auto", return_maps: bool = False, method: str = "auto",
                    rtol: float = 1e-10) -> FinetunePrediction:
     r"""Predicted fine-tuning outcome from every pre-training time ``t`` (balanced aligned init, :math:`\Sigma = I`).
 
