@@ -331,6 +331,106 @@ def _deep_trajectory(sigma, t, s0, L, lam, rtol):
     return flat_out.reshape(out.shape)
 
 
+def _mode_solution(sigma, s0, L, lam, t_end, rtol=1e-11, kappa=None):
+    """``s(t)`` of every mode as a function, from ONE solve up to ``t_end`` (dense output; the turning
+    point evaluates it hundreds of times). ``kappa``: per-mode input variance (None: 1), which scales
+    the mode's gradient: ``ds/dt = L kappa s^(2-2/L) (sigma - s) - L lam s``. Returns ``fn(t) -> (T, M)``."""
+    sigma = np.asarray(sigma, np.float64)
+    s0 = np.broadcast_to(np.asarray(s0, np.float64), sigma.shape)
+    kappa = np.ones(sigma.shape) if kappa is None else np.broadcast_to(np.asarray(kappa, np.float64), sigma.shape)
+    if L <= 2:
+        def closed(t):
+            tt = np.asarray(t, np.float64)[..., None]
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                if L == 1:  # ds/dt = kappa sigma - (kappa + lam) s
+                    rate = kappa + lam
+                    s_inf = np.where(rate > 0, kappa * sigma / np.where(rate > 0, rate, 1.0), s0)
+                    return s_inf + (s0 - s_inf) * np.exp(-rate * tt)
+                # logistic ds/dt = 2 s (r - kappa s), r = kappa sigma - lam
+                x = 2.0 * (kappa * sigma - lam) * tt
+                phi = np.where(x == 0, 1.0, -np.expm1(-x) / np.where(x == 0, 1.0, x))
+                return np.where(s0 > 0, s0 / (np.exp(-x) + s0 * 2.0 * kappa * tt * phi), 0.0)
+        return closed
+    live = s0 > 0
+    sig, kap, x0 = sigma[live], kappa[live], np.log(s0[live])
+    e = 1.0 - 2.0 / L
+
+    def rhs(_, x):  # d log s / dt
+        return L * kap * np.exp(e * x) * (sig - np.exp(x)) - L * lam
+
+    def jac(_, x):
+        s = np.exp(x)
+        return np.diag(L * kap * np.exp(e * x) * (e * (sig - s) - s))
+
+    if x0.size == 0 or t_end <= 0:
+        return lambda t: np.where(live, s0, 0.0) * np.ones(np.shape(t) + (1,))
+    y0 = s0[live] / np.where(sig > 0, sig, 1.0)
+    if lam == 0 and np.all(sig > 0) and np.all(kap > 0) and np.all(y0 < 1):
+        return _universal_modes(sigma, s0, kappa, live, L, t_end, rtol)
+    stiffness = t_end * L * (float(np.max(kap * sig ** (2.0 - 2.0 / L))) + lam)
+    method, tol, kw = ("DOP853", rtol, {}) if stiffness < 2e4 else ("LSODA", max(rtol * 1e-2, 1e-14), {"jac": jac})
+    sol = solve_ivp(rhs, (0.0, float(t_end)), x0, method=method, dense_output=True, rtol=tol, atol=tol, **kw)
+    if not sol.success:  # pragma: no cover - the ODE is smooth and bounded
+        raise RuntimeError(f"mode ODE failed: {sol.message}")
+
+    def dense(t):
+        t = np.asarray(t, np.float64)
+        out = np.zeros(t.shape + sigma.shape)
+        xs = sol.sol(np.clip(t.ravel(), 0.0, t_end))  # (M_live, T)
+        out.reshape(t.size, -1)[:, live.ravel()] = np.exp(xs.T)
+        return out
+
+    return dense
+
+
+def _universal_modes(sigma, s0, kappa, live, L, t_end, rtol):
+    r"""Without weight decay every mode is one universal curve: with :math:`y = s/\sigma` and
+    :math:`\tau = \kappa\sigma^{2-2/L}t`, :math:`\mathrm dy/\mathrm d\tau = L y^{2-2/L}(1 - y)` for all modes.
+    Solve it once (dense, from the smallest start) and shift each mode in :math:`\tau` to its start."""
+    sig, kap = sigma[live], kappa[live]
+    y0 = s0[live] / sig
+    rate = kap * sig ** (2.0 - 2.0 / L)  # tau per unit t
+    e = 1.0 - 2.0 / L
+    z0 = float(np.log(np.min(y0)))
+
+    def rhs(_, z):  # z = log y
+        return L * np.exp(e * z) * (1.0 - np.exp(z))
+
+    def jac(_, z):
+        z = float(z[0])
+        y = np.exp(z)
+        return np.array([[L * np.exp(e * z) * (e * (1.0 - y) - y)]])
+
+    # time for the smallest start to pass every other start, then the longest horizon after that
+    lo_ = np.log(y0)
+    grow = (y0 ** (-(1.0 - 2.0 / L)) - np.min(y0) ** (-(1.0 - 2.0 / L))) / (-(L - 2.0))  # early-phase estimate
+    tau_end = float(np.max(np.abs(grow)) * 2.0 + np.max(rate) * t_end + 1.0)
+    sol = solve_ivp(rhs, (0.0, tau_end), [z0], method="LSODA", jac=jac, dense_output=True,
+                    rtol=max(rtol * 1e-2, 1e-14), atol=max(rtol * 1e-2, 1e-14))
+    if not sol.success:  # pragma: no cover - the ODE is smooth and bounded
+        raise RuntimeError(f"mode ODE failed: {sol.message}")
+    # each mode's shift: the tau at which the universal curve reaches its start (monotone: bisection)
+    a, b = np.zeros(y0.size), np.full(y0.size, tau_end)
+    for _ in range(200):
+        mid = 0.5 * (a + b)
+        below = sol.sol(mid)[0] < lo_
+        a, b = np.where(below, mid, a), np.where(below, b, mid)
+        if np.all(b - a <= 4 * np.finfo(float).eps * np.maximum(b, 1.0)):
+            break
+    shift = 0.5 * (a + b)
+    if np.any(shift + rate * t_end > tau_end):  # pragma: no cover - the horizon estimate is generous
+        raise RuntimeError("universal mode curve: horizon too short")
+
+    def dense(t):
+        t = np.asarray(t, np.float64)
+        out = np.zeros(t.shape + sigma.shape)
+        tau = shift[None, :] + rate[None, :] * np.clip(t.ravel(), 0.0, t_end)[:, None]
+        out.reshape(t.size, -1)[:, live.ravel()] = sig * np.exp(sol.sol(tau.ravel())[0].reshape(tau.shape))
+        return out
+
+    return dense
+
+
 def gaussian_init_s0(scale: float, widths, modes: int | None = None):
     r"""Effective initial mode values of a depth-2 network from a small Gaussian init (a heuristic).
 

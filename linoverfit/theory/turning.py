@@ -24,7 +24,7 @@ from scipy.optimize import brentq, minimize_scalar
 from .. import validation as _v
 from ..results import Result, result
 from .flow import FinetunePrediction, predict_finetune
-from .modes import _nonneg, _weight_decay, mode_asymptote, mode_trajectory, mode_velocity
+from .modes import _mode_solution, _nonneg, _weight_decay, mode_asymptote, mode_trajectory, mode_velocity
 from .perturbation import _gamma, _spectrum_sensitivity, _widths
 from .ucurve import u_curve
 
@@ -137,10 +137,11 @@ def perturbed_loss_curve(task, t, gamma, *, widths, s0, weight_decay: float = 0.
     return fit.reshape(fit.shape + (1,) * np.ndim(gamma)) + S
 
 
-def _curve_and_slope(sig, rest, noise, t, gamma, widths, s0, lam):
-    """f(t) and df/dt for scalar gamma (perturbation), arrays of shape t.shape."""
+def _curve_and_slope(sig, rest, noise, t, gamma, widths, s0, lam, modes=None):
+    """f(t) and df/dt for scalar gamma (perturbation), arrays of shape t.shape; ``modes``: a dense
+    solution ``t -> s`` (:func:`~linoverfit.theory.modes._mode_solution`) to evaluate instead of re-solving."""
     L = len(widths) - 1
-    s = mode_trajectory(sig, t, s0, L, lam)
+    s = mode_trajectory(sig, t, s0, L, lam) if modes is None else modes(t)
     sdot = mode_velocity(s, sig, L, lam)
     S, dS = _spectrum_sensitivity(s, gamma, widths, sdot=sdot)
     f = 0.5 * np.sum((sig - s) ** 2, axis=-1) + 0.5 * rest + 0.5 * noise * widths[-1] + S
@@ -394,22 +395,34 @@ def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, fi
             raise ValueError(f"gamma must be a scalar > 0, got {gamma!r}")
         g = float(g)
         t = _grid(t_max, grid or 4096)
-        f, df = _curve_and_slope(sig, rest, noise, t, g, widths, s0, lam)
+        # one dense solve serves the grid and every evaluation of the root finder (depth >= 3 has no closed form)
+        modes = _mode_solution(sig, s0, L, lam, t_max)
+        f, df = _curve_and_slope(sig, rest, noise, t, g, widths, s0, lam, modes)
 
         def value(x):
-            return float(_curve_and_slope(sig, rest, noise, np.array([x]), g, widths, s0, lam)[0][0])
+            return float(_curve_and_slope(sig, rest, noise, np.array([x]), g, widths, s0, lam, modes)[0][0])
 
-        def slope(x):
-            return float(_curve_and_slope(sig, rest, noise, np.array([x]), g, widths, s0, lam)[1][0])
+        def slopes(x):
+            return _curve_and_slope(sig, rest, noise, x, g, widths, s0, lam, modes)[1]
 
         cands = [(f[0], 0.0)] if df[0] >= 0 else []
-        for i in np.flatnonzero((df[:-1] < 0) & (df[1:] >= 0)):
-            a, b = t[max(i - 1, 0)], t[min(i + 2, t.size - 1)]
-            if slope(a) < 0 <= slope(b):
-                x = brentq(slope, a, b, xtol=1e-12 * b, rtol=1e-12)
-            else:  # a sign change at the ODE's accuracy level (depth >= 3): minimise f instead
-                x = minimize_scalar(value, bounds=(a, b), method="bounded", options={"xatol": 1e-10 * b}).x
-            cands.append((value(x), float(x)))
+        idx = np.flatnonzero((df[:-1] < 0) & (df[1:] >= 0))
+        a, b = t[np.maximum(idx - 1, 0)], t[np.minimum(idx + 2, t.size - 1)]
+        sa, sb = slopes(a), slopes(b)
+        ok = (sa < 0) & (sb >= 0)
+        # every bracket at once: vectorised bisection to 1e-12 relative (one curve evaluation per halving)
+        lo_, hi = a[ok], b[ok]
+        while lo_.size and np.any(hi - lo_ > 1e-12 * hi):
+            mid = 0.5 * (lo_ + hi)
+            neg = slopes(mid) < 0
+            lo_, hi = np.where(neg, mid, lo_), np.where(neg, hi, mid)
+        roots = list(0.5 * (lo_ + hi))
+        for ai, bi in zip(a[~ok], b[~ok]):  # a sign change at the ODE's accuracy level: minimise f instead
+            roots.append(minimize_scalar(value, bounds=(ai, bi), method="bounded", options={"xatol": 1e-10 * bi}).x)
+        if roots:
+            roots = np.asarray(roots, np.float64)
+            vals = _curve_and_slope(sig, rest, noise, roots, g, widths, s0, lam, modes)[0]
+            cands += [(float(v), float(x)) for v, x in zip(vals, roots)]
         interior = not (df[-1] < 0)
         if not interior:
             cands.append((f[-1], t_max))
