@@ -126,6 +126,8 @@ def sharpness(weights, task=None, *, weight_decay: float = 0.0, iters: int | Non
         (checkpoints, seeds), or a :class:`~linoverfit.PretrainResult` (its weights; its task when
         ``task`` is None).
       task: the :class:`~linoverfit.Task` (population loss) or :class:`~linoverfit.Dataset`.
+        ``sharpness(run, ft_task)`` is each checkpoint's sharpness on the fine-tuning loss (its edge
+        for ``lo.finetune``); ``sharpness(finetune_result.weights, task)`` that of fine-tuned weights.
       weight_decay: :math:`\lambda_{wd} \ge 0`; the objective :math:`L + \tfrac{\lambda_{wd}}2\lVert W\rVert^2`
         (as in ``lo.pretrain(weight_decay=)``) has sharpness :math:`\lambda_{max} + \lambda_{wd}`.
       iters: Krylov dimension (default ``min(n_params, 96)``). With ``iters >= n_params`` the
