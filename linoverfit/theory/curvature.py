@@ -87,8 +87,8 @@ def _lanczos_top(hvp, x, key, m):
     def unit(w):
         return w / jnp.maximum(jnp.linalg.norm(w), jnp.finfo(dtype).tiny)
 
-    q0 = unit(jax.random.normal(key, (n,), dtype))
-    Q = jnp.zeros((m, n), dtype).at[0].set(q0)
+    R = jax.random.normal(key, (m + 1, n), dtype)  # start vector and restart vectors, drawn once
+    Q = jnp.zeros((m, n), dtype).at[0].set(unit(R[0]))
     HQ = jnp.zeros((m, n), dtype)
 
     def body(j, carry):
@@ -99,10 +99,10 @@ def _lanczos_top(hvp, x, key, m):
         mask = (jnp.arange(m) <= j).astype(dtype)
         w = orth(Q, mask, w)
         b = jnp.linalg.norm(w)
-        r = orth(Q, mask, jax.random.normal(jax.random.fold_in(key, j + 1), (n,), dtype))
+        r = orth(Q, mask, R[j + 1])
         # breakdown: the Krylov space is invariant up to round-off; continue in its complement
         nxt = jnp.where(b <= 1e-8 * scale, unit(r), w / jnp.maximum(b, jnp.finfo(dtype).tiny))
-        Q = jnp.where(j + 1 < m, Q.at[jnp.minimum(j + 1, m - 1)].set(nxt), Q)
+        Q = Q.at[jnp.minimum(j + 1, m - 1)].set(jnp.where(j + 1 < m, nxt, Q[m - 1]))
         return Q, HQ, scale
 
     Q, HQ, _ = jax.lax.fori_loop(0, m, body, (Q, HQ, jnp.zeros((), dtype)))
