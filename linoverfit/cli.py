@@ -135,7 +135,7 @@ def merge_summary(path, entries: dict, order) -> dict:
     """Merge ``entries`` (``{figure: entry}``) into the JSON file ``path`` under a lock, atomically;
     figures not in ``entries`` keep their entries. Keys follow ``order``. Returns the merged dict."""
     path = Path(path)
-    with locked(path.with_name(f".{path.name}.lock")):
+    with locked(path.parent):  # the folder itself: no lock file in the output
         old = _load_summary(path)
         merged = {k: (entries[k] if k in entries else old[k]) for k in order if k in entries or k in old}
         merged.update({k: v for k, v in old.items() if k not in merged})  # unknown keys are kept, at the end

@@ -7,7 +7,7 @@ either the complete old file or the complete new one, never a partial file. Temp
 named ``.<name>.<random>.<pid>.tmp``; :func:`remove_stale_temporaries` deletes those whose
 process is gone (left behind by a SIGKILL).
 
-:func:`locked` holds an exclusive ``fcntl`` lock on a lock file, so that read-modify-write
+:func:`locked` holds an exclusive ``fcntl`` lock on a folder (or a lock file), so that read-modify-write
 cycles of a shared file (the figures' ``summary.json``) by concurrent processes do not lose
 each other's entries.
 """
@@ -75,10 +75,15 @@ def atomic_write(path):
 
 @contextlib.contextmanager
 def locked(lock_path):
-    """Hold an exclusive advisory lock (``fcntl.flock``) on ``lock_path`` (created if missing) for the block."""
+    """Hold an exclusive advisory lock (``fcntl.flock``) on ``lock_path`` for the block: a folder
+    (locked through a read-only descriptor, so no lock file is left behind) or a file (created if
+    missing)."""
     import fcntl
 
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+    if os.path.isdir(lock_path):
+        fd = os.open(lock_path, os.O_RDONLY)
+    else:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

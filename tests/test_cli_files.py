@@ -165,6 +165,7 @@ def test_concurrent_runs_of_different_figures_keep_both(tiny, tmp_path):
         assert p.returncode == 0, err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {"F90", "F91"} <= set(summary)
+    assert sorted(os.listdir(tmp_path)) == sorted(OUTPUTS)  # no lock or temporary file left behind
 
 
 # ----------------------------------------------------------------------------- --out and summary.json
