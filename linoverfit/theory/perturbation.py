@@ -212,13 +212,7 @@ def _expected(weights, A, cov, noise, gamma):
 # ----------------------------------------------------------------------------- balanced aligned weights
 
 
-def _spectrum_powers(s, L):
-    """``p[m] = sum_i s_i^(2m/L)`` for m = 1..L, shape ``(L+1, ...)`` (``p[0]`` unused)."""
-    p = [None] + [np.sum(np.power(s, 2.0 * m / L), axis=-1) for m in range(1, L + 1)]
-    return p
-
-
-def _segment_dp(p, dp, widths, g2):
+def _segment_dp(p, dp, widths, g2, first=None):
     r"""Subset-expansion DP for balanced aligned weights.
 
     Positions ``0`` (the input) and ``L+1`` (the output) are virtual perturbed layers; the segment
@@ -231,6 +225,9 @@ def _segment_dp(p, dp, widths, g2):
 
     def seg(a, b):
         m = b - a - 1
+        if a == 0 and first is not None:  # segments from the input see Sigma: (q, dq, tr Sigma)
+            q, dq, tr = first
+            return (tr, 0.0) if m == 0 else (q[m], dq[m])
         if m == 0:
             return float(widths[a]), 0.0
         return p[m], dp[m]
@@ -252,22 +249,38 @@ def _segment_dp(p, dp, widths, g2):
     return 0.5 * S, 0.5 * dS
 
 
-def _spectrum_sensitivity(s, gamma, widths, sdot=None):
-    """Sensitivity (and its time derivative given ``sdot``) of balanced aligned weights; numpy."""
+def _spectrum_sensitivity(s, gamma, widths, sdot=None, input_var=None):
+    """Sensitivity (and its time derivative given ``sdot``) of balanced aligned weights; numpy.
+
+    ``input_var``: ``(kappa (M,), tr Sigma)`` for an input covariance sharing the modes' right singular
+    vectors: a segment that starts at the input then has squared norm ``sum_i kappa_i s_i^(2m/L)``
+    (``tr Sigma`` when empty) instead of ``sum_i s_i^(2m/L)`` (``d_in``)."""
     L = len(widths) - 1
-    p = _spectrum_powers(s, L)
-    if sdot is None:
-        dp = [0.0] * (L + 1)
-    else:
+    kappa = None if input_var is None else np.asarray(input_var[0], np.float64)
+
+    def powers(weight):
+        w = 1.0 if weight is None else weight
+        p = [None] + [np.sum(w * np.power(s, 2.0 * m / L), axis=-1) for m in range(1, L + 1)]
+        if sdot is None:
+            return p, [0.0] * (L + 1)
         with np.errstate(divide="ignore", invalid="ignore"):
             # d/dt s^(2m/L) = (2m/L) s^(2m/L) (sdot / s); 0 where s = 0 (the mode is at a fixed point)
             rel = np.where(s > 0, sdot / np.where(s > 0, s, 1.0), 0.0)
-        dp = [None] + [np.sum((2.0 * m / L) * np.power(s, 2.0 * m / L) * rel, axis=-1) for m in range(1, L + 1)]
+        return p, [None] + [np.sum(w * (2.0 * m / L) * np.power(s, 2.0 * m / L) * rel, axis=-1) for m in range(1, L + 1)]
+
     g = np.asarray(gamma, dtype=np.float64)
-    bshape = np.shape(p[1]) + (1,) * g.ndim
-    p = [None] + [np.reshape(x, bshape) for x in p[1:]]
-    dp = [0.0] + [np.broadcast_to(np.reshape(x, np.shape(x) + (1,) * g.ndim), bshape) for x in dp[1:]]
-    S, dS = _segment_dp(p, dp, widths, g**2)
+
+    def shaped(p, dp):
+        bshape = np.shape(p[1]) + (1,) * g.ndim
+        return ([None] + [np.reshape(x, bshape) for x in p[1:]],
+                [0.0] + [np.broadcast_to(np.reshape(x, np.shape(x) + (1,) * g.ndim), bshape) for x in dp[1:]], bshape)
+
+    p, dp, bshape = shaped(*powers(None))
+    first = None
+    if kappa is not None:
+        q, dq, _ = shaped(*powers(kappa))
+        first = (q, dq, float(input_var[1]))
+    S, dS = _segment_dp(p, dp, widths, g**2, first)
     zero = np.zeros(bshape)  # depth 1 does not depend on s: keep the batch axes anyway
     return S + zero, dS + zero
 

@@ -40,8 +40,9 @@ __all__ = [
 # ----------------------------------------------------------------------------- inputs
 
 
-def _spectrum(task, widths):
-    """(sigma descending, noise) from a Task with Sigma = I or from singular values; checks widths."""
+def _spectrum(task, widths, allow_cov=False):
+    """(sigma descending, noise) from a Task or from singular values; checks widths. A Task whose input
+    covariance is not the identity is refused unless ``allow_cov`` (then :func:`_input_variance` applies)."""
     from ..tasks import Task
 
     d_in, d_out = widths[0], widths[-1]
@@ -49,8 +50,8 @@ def _spectrum(task, widths):
         if (task.d_in, task.d_out) != (d_in, d_out):
             raise ValueError(f"task maps {task.d_in} -> {task.d_out} but widths are {widths}")
         cov = np.asarray(task.input_cov, np.float64)
-        if not np.allclose(cov, np.eye(d_in), rtol=0, atol=1e-10):
-            raise ValueError("task.input_cov must be the identity: the mode dynamics assume Sigma = I")
+        if not allow_cov and not np.allclose(cov, np.eye(d_in), rtol=0, atol=1e-10):
+            raise ValueError("task.input_cov must be the identity here: the mode dynamics assume Sigma = I")
         return np.sort(np.asarray(task.spectrum, np.float64))[::-1], float(task.noise)
     sigma = _nonneg(task, "task")
     if sigma.ndim != 1 or sigma.size == 0:
@@ -58,6 +59,35 @@ def _spectrum(task, widths):
     if sigma.size > min(d_in, d_out):
         raise ValueError(f"task has {sigma.size} singular values but min(d_in, d_out) = {min(d_in, d_out)}")
     return np.sort(sigma)[::-1], 0.0
+
+
+def _input_variance(task, widths):
+    r"""Per-mode input variances :math:`\kappa_i = v_i^\top\Sigma v_i` of the ``min(widths)`` carried modes,
+    of all teacher modes, and :math:`\operatorname{tr}\Sigma`; ``None`` for :math:`\Sigma = I` or singular values.
+
+    The mode dynamics close only when every right singular vector of the teacher is an eigenvector
+    of :math:`\Sigma` (Saxe et al. 2014); any other covariance raises a ValueError naming that condition."""
+    from ..tasks import Task
+
+    if not isinstance(task, Task):
+        return None
+    cov = np.asarray(task.input_cov, np.float64)
+    d_in = cov.shape[0]
+    if np.allclose(cov, np.eye(d_in), rtol=0, atol=1e-10):
+        return None
+    _, sig, Vt = (np.asarray(x, np.float64) for x in task.svd())
+    kappa_all = np.einsum("ij,jk,ik->i", Vt, cov, Vt)
+    resid = cov @ Vt.T - Vt.T * kappa_all[None, :]
+    if np.linalg.norm(resid) > 1e-8 * max(np.linalg.norm(cov), 1e-300):
+        raise ValueError("task.input_cov must share the teacher's right singular vectors (input_cov @ v_i = kappa_i v_i "
+                         "for every right singular vector v_i of task.teacher): only then do the modes evolve "
+                         "independently; use lo.theory.expected_perturbed_loss / predict_finetune on simulated weights "
+                         "for any other covariance")
+    k = min(widths)
+    kappa = np.ones(k)
+    n = min(k, kappa_all.size)
+    kappa[:n] = kappa_all[:n]
+    return kappa, kappa_all, float(np.trace(cov))
 
 
 def _learnable(sigma, widths):
@@ -129,23 +159,37 @@ def perturbed_loss_curve(task, t, gamma, *, widths, s0, weight_decay: float = 0.
     widths = _widths(widths)
     L = len(widths) - 1
     gamma = np.asarray(_gamma(gamma))
-    sigma, noise = _spectrum(task, widths)
+    sigma, noise = _spectrum(task, widths, allow_cov=True)
     sig, rest = _learnable(sigma, widths)
-    s = mode_trajectory(sig, t, _s0(s0, sig.size), L, weight_decay)
-    fit = 0.5 * np.sum((sig - s) ** 2, axis=-1) + 0.5 * rest + 0.5 * noise * widths[-1]
-    S = _spectrum_sensitivity(s, gamma, widths)[0]
+    var = _input_variance(task, widths)
+    if var is None:
+        s = mode_trajectory(sig, t, _s0(s0, sig.size), L, weight_decay)
+        kappa, rest_k, iv = 1.0, rest, None
+    else:
+        t = _nonneg(t, "t")
+        kappa, kap_all, tr = var
+        s = _mode_solution(sig, _s0(s0, sig.size), L, _weight_decay(weight_decay), float(np.max(t, initial=0.0)),
+                           kappa=kappa)(t)
+        rest_k, iv = float(np.sum(kap_all[sig.size:] * sigma[sig.size:] ** 2)), (kappa, tr)
+    fit = 0.5 * np.sum(kappa * (sig - s) ** 2, axis=-1) + 0.5 * rest_k + 0.5 * noise * widths[-1]
+    S = _spectrum_sensitivity(s, gamma, widths, input_var=iv)[0]
     return fit.reshape(fit.shape + (1,) * np.ndim(gamma)) + S
 
 
-def _curve_and_slope(sig, rest, noise, t, gamma, widths, s0, lam, modes=None):
+def _curve_and_slope(sig, rest, noise, t, gamma, widths, s0, lam, modes=None, input_var=None):
     """f(t) and df/dt for scalar gamma (perturbation), arrays of shape t.shape; ``modes``: a dense
     solution ``t -> s`` (:func:`~linoverfit.theory.modes._mode_solution`) to evaluate instead of re-solving."""
     L = len(widths) - 1
     s = mode_trajectory(sig, t, s0, L, lam) if modes is None else modes(t)
-    sdot = mode_velocity(s, sig, L, lam)
-    S, dS = _spectrum_sensitivity(s, gamma, widths, sdot=sdot)
-    f = 0.5 * np.sum((sig - s) ** 2, axis=-1) + 0.5 * rest + 0.5 * noise * widths[-1] + S
-    df = np.sum((s - sig) * sdot, axis=-1) + dS
+    if input_var is None:
+        kappa = 1.0
+        sdot = mode_velocity(s, sig, L, lam)
+    else:  # each mode learns at its own input variance: ds/dt = L kappa s^(2-2/L) (sigma - s) - L lam s
+        kappa = input_var[0]
+        sdot = L * kappa * np.power(s, 2.0 - 2.0 / L) * (sig - s) - L * lam * s
+    S, dS = _spectrum_sensitivity(s, gamma, widths, sdot=sdot, input_var=input_var)
+    f = 0.5 * np.sum(kappa * (sig - s) ** 2, axis=-1) + 0.5 * rest + 0.5 * noise * widths[-1] + S
+    df = np.sum(kappa * (s - sig) * sdot, axis=-1) + dS
     return f, df
 
 
@@ -185,12 +229,20 @@ def finetune_curve(task, finetune, t, *, widths, s0, lr, steps: int, weight_deca
     widths = _widths(widths)
     if not isinstance(task, Task):
         raise TypeError("task must be a Task for fine-tuning predictions (the singular vectors matter)")
-    sigma, _ = _spectrum(task, widths)
+    sigma, _ = _spectrum(task, widths, allow_cov=True)
     sig, _ = _learnable(sigma, widths)
     t = _nonneg(t, "t")
     if t.ndim != 1:
         raise ValueError(f"t must be 1-D (the checkpoint axis), got shape {t.shape}")
-    s = mode_trajectory(sig, t, _s0(s0, sig.size), len(widths) - 1, weight_decay, lr=pretrain_lr)
+    var = _input_variance(task, widths)
+    if var is None:
+        s = mode_trajectory(sig, t, _s0(s0, sig.size), len(widths) - 1, weight_decay, lr=pretrain_lr)
+    else:
+        if pretrain_lr is not None:
+            raise ValueError("pretrain_lr= (GD pre-training) is implemented for identity input covariance only; "
+                             "use pretrain_lr=None (gradient flow) with an anisotropic task")
+        s = _mode_solution(sig, _s0(s0, sig.size), len(widths) - 1, _weight_decay(weight_decay),
+                           float(np.max(t, initial=0.0)), kappa=var[0])(t)
     pred = predict_finetune(_aligned_maps(task, widths, s), finetune, lr, steps, depth=len(widths) - 1,
                             pretrain_task=task, return_maps=return_maps, gd_order=gd_order, method=method, rtol=rtol)
     return FinetunePrediction(**{**pred.__dict__, "t": t})
@@ -324,9 +376,15 @@ def _grid(t_max, n):
     return np.concatenate([[0.0], np.geomspace(t_max * 1e-5, t_max, n - 1)])
 
 
-def _staircase(sig, s0, L, lam):
-    """Spectra (k+1, k): row i has modes < i at their asymptote, the rest at 0."""
-    s_inf = mode_asymptote(sig, s0, L, lam)
+def _staircase(sig, s0, L, lam, kappa=None):
+    """Spectra (k+1, k): row i has modes < i at their asymptote, the rest at 0 (``kappa``: per-mode input
+    variance, which divides the weight decay a mode feels)."""
+    if kappa is None:
+        s_inf = mode_asymptote(sig, s0, L, lam)
+    else:
+        s0b = np.broadcast_to(s0, sig.shape)
+        s_inf = np.array([float(mode_asymptote(sg, s_, L, lam / kp)) if kp > 0 else 0.0
+                          for sg, s_, kp in zip(sig, s0b, kappa)])
     k = sig.size
     return np.where(np.arange(k)[None, :] < np.arange(k + 1)[:, None], s_inf[None, :], 0.0)
 
@@ -377,17 +435,23 @@ def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, fi
     depth = _v.positive_scalar(depth, "depth", allow_zero=True)
     if (gamma is None) == (finetune is None):
         raise ValueError("give exactly one of gamma= (perturbation) or finetune= (fine-tuning)")
-    sigma, noise = _spectrum(task, widths)
+    sigma, noise = _spectrum(task, widths, allow_cov=True)
     sig, rest = _learnable(sigma, widths)
     s0 = _s0(s0, sig.size)
+    var = _input_variance(task, widths)
+    kappa, iv = (None, None) if var is None else (var[0], (var[0], var[2]))
+    if var is not None:
+        rest = float(np.sum(var[1][sig.size:] * sigma[sig.size:] ** 2))
     if t_max is None:
-        t_max = _horizon(sig, s0, L, lam)
+        # input variance kappa rescales a mode's time (and its weight decay by 1/kappa): the slowest sets it
+        kmin = 1.0 if kappa is None else float(np.min(kappa[sig > 0], initial=1.0))
+        t_max = _horizon(sig, s0, L, lam / kmin) / kmin
     t_max = _v.positive_scalar(t_max, "t_max")
     if grid is not None:
         grid = _v.positive_int(grid, "grid")
         if grid < 3:
             raise ValueError(f"grid must be >= 3, got {grid}")
-    stairs = _staircase(sig, s0, L, lam)
+    stairs = _staircase(sig, s0, L, lam, kappa)
 
     if gamma is not None:
         g = _nonneg(gamma, "gamma")
@@ -396,14 +460,14 @@ def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, fi
         g = float(g)
         t = _grid(t_max, grid or 4096)
         # one dense solve serves the grid and every evaluation of the root finder (depth >= 3 has no closed form)
-        modes = _mode_solution(sig, s0, L, lam, t_max)
-        f, df = _curve_and_slope(sig, rest, noise, t, g, widths, s0, lam, modes)
+        modes = _mode_solution(sig, s0, L, lam, t_max, kappa=kappa)
+        f, df = _curve_and_slope(sig, rest, noise, t, g, widths, s0, lam, modes, iv)
 
         def value(x):
-            return float(_curve_and_slope(sig, rest, noise, np.array([x]), g, widths, s0, lam, modes)[0][0])
+            return float(_curve_and_slope(sig, rest, noise, np.array([x]), g, widths, s0, lam, modes, iv)[0][0])
 
         def slopes(x):
-            return _curve_and_slope(sig, rest, noise, x, g, widths, s0, lam, modes)[1]
+            return _curve_and_slope(sig, rest, noise, x, g, widths, s0, lam, modes, iv)[1]
 
         cands = [(f[0], 0.0)] if df[0] >= 0 else []
         idx = np.flatnonzero((df[:-1] < 0) & (df[1:] >= 0))
@@ -421,7 +485,7 @@ def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, fi
             roots.append(minimize_scalar(value, bounds=(ai, bi), method="bounded", options={"xatol": 1e-10 * bi}).x)
         if roots:
             roots = np.asarray(roots, np.float64)
-            vals = _curve_and_slope(sig, rest, noise, roots, g, widths, s0, lam, modes)[0]
+            vals = _curve_and_slope(sig, rest, noise, roots, g, widths, s0, lam, modes, iv)[0]
             cands += [(float(v), float(x)) for v, x in zip(vals, roots)]
         interior = not (df[-1] < 0)
         if not interior:
@@ -430,7 +494,8 @@ def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, fi
             cands.append((f[-1], t_max))
         loss, t_star = min(cands)
         interior = bool(t_star < t_max)  # a lower interior local minimum beats a still-falling end
-        stair_values = 0.5 * np.sum((sig - stairs) ** 2, axis=-1) + _spectrum_sensitivity(stairs, g, widths)[0]
+        kw = 1.0 if kappa is None else kappa
+        stair_values = 0.5 * np.sum(kw * (sig - stairs) ** 2, axis=-1) + _spectrum_sensitivity(stairs, g, widths, input_var=iv)[0]
         marginal = np.diff(stair_values)
         threshold = float(perturbation_threshold(g, widths))
         return TurningPoint("perturbation", float(t_star), float(loss), bool(interior), threshold,
