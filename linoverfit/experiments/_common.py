@@ -145,7 +145,7 @@ def t_star_agreement(t, simulated, predicted_at_t, t_star_predicted, measured, t
     ``|T*_pred - T*_meas| / T*_meas <= tolerance``, or when the simulated curve at the predicted T*
     (linear in log t between checkpoints) is within ``2 eps`` of its minimum.
 
-    Returns ``dict(rel_error, regret_at_predicted_percent, curve_rel_error_near_min_percent, within_tolerance)``.
+    Returns ``dict(rel_error, rel_error_percent, regret_at_predicted_percent, curve_rel_error_near_min_percent, within_tolerance)``.
     """
     t = np.asarray(t, float)
     y = np.asarray(simulated, float)
@@ -157,7 +157,7 @@ def t_star_agreement(t, simulated, predicted_at_t, t_star_predicted, measured, t
     regret = float(np.interp(np.log(t_star_predicted), np.log(t[ok]), y[ok]) / measured.min_value - 1) \
         if t_star_predicted is not None and t_star_predicted > 0 else math.nan
     agree = bool(rel <= tolerance or regret <= 2 * eps)
-    return {"rel_error": rel, "regret_at_predicted_percent": 100 * regret,
+    return {"rel_error": rel, "rel_error_percent": 100 * rel, "regret_at_predicted_percent": 100 * regret,
             "curve_rel_error_near_min_percent": 100 * eps, "within_tolerance": agree}
 
 

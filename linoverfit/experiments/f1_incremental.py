@@ -50,7 +50,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     sigma = np.asarray(task.spectrum, np.float64)
     M = min(cfg["modes_shown"], d)
 
-    data, summary = {"sigma": sigma}, {"lr": cfg["lr"], "width": d, "modes_shown": M}
+    data, summary = {"sigma": sigma}, {"lr": cfg["lr"], "width": d, "modes_shown": M, "depths": [2, 3]}
     curves = {}
     for depth in (2, 3):
         with stages(f"pre-train depth {depth}"):

@@ -68,7 +68,8 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     }
 
     results, data = {}, {"gammas": gammas}
-    summary = {"width": d, "lr": cfg["lr"], "gammas": gammas, "tolerance": TOLERANCE, "depth_percent": 100 * C.DEPTH}
+    summary = {"width": d, "depth": 2, "lr": cfg["lr"], "gammas": gammas, "tolerance": TOLERANCE,
+               "depth_percent": 100 * C.DEPTH}
     checks = []
     for name, init in inits.items():
         with stages(f"{name} init: pre-train"):

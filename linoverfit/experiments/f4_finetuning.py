@@ -90,6 +90,7 @@ def _per_lr(t, steps, fr, pred, lrs, tol, label, checks):
             "t_star_measured": m.t_star if m.is_turning_point else None,
             "t_star_predicted": p.t_star if p.is_turning_point else None,
             "rel_error": rel,
+            "rel_error_percent": None if rel is None else 100 * rel,
             "degradation_percent": 100 * m.degradation,
             "rise_percent": 100 * m.rise,
             "depth_percent": 100 * m.depth,
@@ -172,6 +173,8 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
                                bool(v["forgetting_at_min"] < v["forgetting_last"]), expected=True)
                        for k, v in pan["per_lr"].items() if v["is_turning_point"]]
     summary["checks"] = checks
+    rels = [v["rel_error_percent"] for pan in panels for v in pan["per_lr"].values() if v["rel_error_percent"] is not None]
+    summary["max_rel_error_percent"] = max(rels) if rels else None
     for pan in panels:
         pan["per_lr_public"] = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")}
                                 for k, v in pan["per_lr"].items()}
@@ -249,13 +252,13 @@ def _plot(png, t, lrs, panels):
                 bx.set_ylabel("pre-training loss\n(symlog scale)")
         extra = [("pre-training loss before fine-tuning", Line2D([], [], color="k", lw=1.2)),
                  ("coloured, bottom: forgetting = after - before", Line2D([], [], color="0.5", lw=1.2)),
-                 ("faint: not a U-curve (rise < 1%, lo.theory.u_curve)", Line2D([], [], color="0.5", lw=1.2,
-                                                                                 alpha=0.3))]
+                 ("faint: no U-curve (lo.theory.u_curve: minimum at an end, or rise < 1%)",
+                  Line2D([], [], color="0.5", lw=1.2, alpha=0.3))]
         if n_div_total:
             extra.append((f"diverged fine-tuning run ({n_div_total}, not plotted)",
                           Line2D([], [], marker="x", color="k", linestyle="none")))
         lp.legend(fig, colors={rf"fine-tuning lr $\eta = {lr:g}$": lp.lr_color(lr) for lr in lrs},
-                  theory_label="theory: mode dynamics + function-space flow",
+                  theory_label="theory: lo.theory.finetune_curve (mode dynamics, then fine-tuning)",
                   sim_label="simulation: GD fine-tuning from each checkpoint",
                   turning_point=True, measured_min=True, extra=extra, loc="outside lower center", ncol=3)
         lp.save(fig, png)

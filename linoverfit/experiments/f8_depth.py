@@ -89,7 +89,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     sigma = np.sort(np.asarray(task.spectrum, np.float64))[::-1]
 
     res, data = {}, {"sigma": sigma, "depths": np.asarray(depths)}
-    summary = {"width": d, "alpha": cfg["alpha"], "gamma": gamma, "lr": lr, "tolerance": TOLERANCE}
+    summary = {"width": d, "alpha": cfg["alpha"], "gamma": gamma, "lr": lr, "tolerance": TOLERANCE, "depths": depths}
     for L in stages.loop(depths, "depth"):
         net = lo.DeepLinear((d,) * (L + 1))
         s0 = scales[L] ** L
@@ -155,6 +155,9 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         }
 
     summary["depth_percent"] = 100 * C.DEPTH
+    rels = [summary[f"depth{L}"]["rel_error"] for L in depths if summary[f"depth{L}"]["t_star_predicted"] is not None
+            and summary[f"depth{L}"]["t_star_measured"] is not None]
+    summary["max_rel_error_percent"] = 100 * max(rels) if rels else None
     summary["checks"] = [C.check(f"depth {L}: theory and simulation agree on the turning point "
                                  f"(predicted {summary[f'depth{L}']['turning_point_predicted']}, "
                                  f"measured {summary[f'depth{L}']['turning_point_measured']}; T* within 5%)",
