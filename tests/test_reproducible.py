@@ -5,7 +5,8 @@
   the command a user runs, in a subprocess (float32, as shipped), and every number is compared with
   the committed file. On 2 CPU cores this takes a few minutes (measured ~4-6 min on a loaded
   machine); it is the only way to know that the committed numbers are the code's.
-* Every number in the README's figure paragraphs appears in ``summary.json`` under that figure.
+* Every number in the README's figure paragraphs appears in ``summary.json`` under that figure (as a
+  value or as a numeric key such as ``per_gamma["0.03"]``), with no more decimals than stored.
 """
 
 from __future__ import annotations
@@ -120,6 +121,22 @@ def _matches(quoted: str, values) -> bool:
     return False
 
 
+def _numeric_keys(x) -> list[float]:
+    """Dict keys that are numbers (per-setting entries such as ``per_gamma["0.03"]`` or ``batch_size["32"]``)."""
+    out = []
+    if isinstance(x, dict):
+        for k, v in x.items():
+            try:
+                out.append(float(k))
+            except ValueError:
+                pass
+            out += _numeric_keys(v)
+    elif isinstance(x, list):
+        for v in x:
+            out += _numeric_keys(v)
+    return out
+
+
 def test_readme_figure_numbers_come_from_summary():
     text = (ROOT / "README.md").read_text()
     summary = json.loads(COMMITTED.read_text())
@@ -127,7 +144,7 @@ def test_readme_figure_numbers_come_from_summary():
     assert set(paragraphs) >= {f"F{i}" for i in range(1, 9)}, sorted(paragraphs)
     missing = {}
     for number, para in paragraphs.items():
-        values = [v for _, v in _leaves(summary.get(number, {}))]
+        values = [v for _, v in _leaves(summary.get(number, {}))] + _numeric_keys(summary.get(number, {}))
         bad = [q for q in _quoted_numbers(para) if not _matches(q, values)]
         if bad:
             missing[number] = bad
