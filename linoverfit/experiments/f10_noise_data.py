@@ -154,7 +154,8 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     )
     summary = {
         "width": d, "lr": lr, "steps": cfg["steps"], "gamma": gamma, "seeds": S, "noise": cfg["noise"],
-        "batch": cfg["batch"], "cov_spread": list(cfg["cov_spread"]),
+        "batch": cfg["batch"], "cov_spread": list(cfg["cov_spread"]), "batch_sizes": list(batches),
+        "noises": list(noises),
         "flow_theory": {"t_star": th_u.t_star, "degradation_percent": 100 * th_u.degradation},
         "batch_size": per_b,
         "label_noise": per_n,

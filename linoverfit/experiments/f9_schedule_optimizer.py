@@ -224,6 +224,8 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         "adam_lr": cfg["adam_lr"], "sam_rho": cfg["sam_rho"], "ft_lr": cfg["ft_lr"], "ft_steps": cfg["ft_steps"],
         "ft_shift": cfg["ft_shift"], "sgd_batch": cfg["sgd_batch"], "sgd_noise": cfg["sgd_noise"],
         "settings": per,
+        # the cited findings this figure tests (numbers quoted from the papers, not measured here)
+        "cited": {"raghunathan_2026_sam_forgetting_cut_up_to_percent": 80},
         "theory": {"t_star": th_pu.t_star, "degradation_percent": 100 * th_pu.degradation,
                    "finetune_t_star": th_fu.t_star, "finetune_degradation_percent": 100 * th_fu.degradation},
         # max |simulated / flow theory - 1| of the perturbed loss at each schedule's own checkpoints
