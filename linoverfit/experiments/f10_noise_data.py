@@ -57,7 +57,11 @@ def _mean_curve(weights, task, gamma):
 
 def _anisotropic_theory(task, lam, t, s0, gamma, net):
     """Balanced aligned weights with mode i at s_i(lambda_i t) (isotropic logistic in its own time), and the
-    exact perturbed loss under the covariance V diag(lambda) V^T."""
+    exact perturbed loss under the covariance V diag(lambda) V^T (docs/theory.md 3.5, 8.3).
+
+    Equal to ``lo.theory.perturbed_loss_curve(task, t, gamma, widths=net, s0=s0)`` (2e-15 relative in
+    float64); built here from the mode trajectory because that function checks the shared basis to
+    1e-8 relative, which a float32 covariance (``linoverfit figures`` runs in float32) does not meet."""
     U, sig, Vt = (np.asarray(x, float) for x in task.svd())
     s = np.stack([lo.theory.mode_trajectory(sig[i:i + 1], lam[i] * t, s0, depth=2)[:, 0] for i in range(sig.size)], -1)
     a = np.sqrt(s)  # (T, k): per-layer value of each mode
