@@ -4,7 +4,7 @@ Reads the ``>=`` floors of ``[project] dependencies`` in pyproject.toml (plus ``
 ``jax`` floor), installs linoverfit with exactly those versions (a pip constraints file) into a
 fresh virtual environment, and runs there the README quickstart and a sharded sweep on two
 simulated CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=2``), which must
-reproduce the one-device sweep bitwise. Usage (from anywhere)::
+reproduce the one-device sweep to float32 round-off. Usage (from anywhere)::
 
     python .ci/floors.py [--venv DIR]
 
@@ -40,8 +40,10 @@ for devices in (2, 1):
     if devices == 2:
         sharded = out
 for a, b in zip(sharded, out):
-    np.testing.assert_array_equal(a, b)
-print("sharded on 2 devices == 1 device:", jax.__version__, [d.id for d in jax.devices()])
+    # float32: pre-training vmaps a device's seeds together (2 on one device, 1 per device on two),
+    # so the matmul batching and its round-off differ; 1e-5 relative to the curve's scale is ~100 ulp
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+print("sharded on 2 devices = 1 device:", jax.__version__, [d.id for d in jax.devices()])
 """
 
 
