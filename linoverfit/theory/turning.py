@@ -135,11 +135,15 @@ def perturbed_loss_curve(task, t, gamma, *, widths, s0, weight_decay: float = 0.
 
     :math:`s_i(t)` from :func:`mode_trajectory` (balanced aligned init, :math:`\Sigma = I`),
     :math:`k = \min(\text{widths})` the modes the network carries and :math:`S` the exact
-    sensitivity of balanced aligned weights (:func:`sensitivity_from_spectrum`).
+    sensitivity of balanced aligned weights (:func:`sensitivity_from_spectrum`). For a Task whose
+    input covariance :math:`\Sigma` shares the teacher's right singular vectors,
+    :math:`\Sigma v_i = \kappa_i v_i`, each mode follows (1.3) at rate :math:`\kappa_i`, the fit terms carry
+    the weights :math:`\kappa_i` and :math:`S` sees :math:`\Sigma` on its input side (``docs/theory.md`` 3.5);
+    any other covariance raises a ValueError.
 
     Args:
-      task: a :class:`~linoverfit.Task` with identity input covariance, or the teacher's singular
-        values ``(r,)`` (only the spectrum matters).
+      task: a :class:`~linoverfit.Task` (identity input covariance, or one sharing the teacher's right
+        singular vectors), or the teacher's singular values ``(r,)`` (then :math:`\Sigma = I`).
       t: pre-training times :math:`t = \eta\cdot\text{steps} \ge 0`, shape ``T``.
       gamma: :math:`\gamma \ge 0`, scalar or shape ``G``.
       widths: ``(d_in, h_1, ..., d_out)`` or a :class:`~linoverfit.DeepLinear` (depth is ``len - 1``).
@@ -399,16 +403,19 @@ def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, fi
     .. math:: f'(t) = \sum_i \big(s_i - \sigma_i + \partial S/\partial s_i\big)\,\dot s_i,
 
     (depth 2: :math:`\partial S/\partial s_i = \gamma^2(d_{in}+d_{out})/2`), so every local minimum is
-    a sign change of :math:`f'` bracketed on a grid and solved by ``scipy.optimize.brentq``; the
-    smallest of them (or an end point) is :math:`T^*`.
+    a sign change of :math:`f'` bracketed on a grid and bisected to 1e-12 relative (all brackets at
+    once, on one dense mode solve: ``docs/theory.md`` 3.6); the smallest of them (or an end point) is
+    :math:`T^*`. A Task whose input covariance shares the teacher's right singular vectors is
+    supported (each mode at its own input variance, ``docs/theory.md`` 3.5); any other covariance
+    raises a ValueError.
 
     Fine-tuning (``finetune=, lr=, steps=``): :math:`f(t)` is the pre-training loss after fine-tuning
     from :math:`P(t)` (:func:`finetune_curve`, one flow solve for the whole grid); the grid minimum
     is refined by bounded Brent minimisation (``scipy.optimize.minimize_scalar``).
 
     Args:
-      task: pre-training :class:`~linoverfit.Task` (identity covariance), or for perturbation only
-        its singular values.
+      task: pre-training :class:`~linoverfit.Task` (identity covariance, or one sharing the teacher's
+        right singular vectors), or for perturbation only its singular values (then :math:`\Sigma = I`).
       gamma: perturbation scale :math:`\gamma > 0` (scalar). Exactly one of ``gamma`` / ``finetune``.
       widths: ``(d_in, ..., d_out)`` or a :class:`~linoverfit.DeepLinear`; s0: initial mode value;
         weight_decay: pre-training :math:`\lambda`.
