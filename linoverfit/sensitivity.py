@@ -11,11 +11,14 @@ The closed form of :math:`\mathbb E[L(W+\gamma E)]` is :func:`linoverfit.theory.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from . import memory as _mem
 from . import validation as _v
@@ -176,12 +179,12 @@ def _gaussian_memory(weights, lead, samples, n_gamma, plan, dtype):
 def gaussian(
     net: DeepLinear,
     run: PretrainResult,
-    task=None,
-    gamma=(0.01,),
+    task: Task | Dataset | None = None,
+    gamma: float | Sequence[float] | ArrayLike = (0.01,),
     samples: int = 256,
-    key=None,
+    key: jax.Array | int | None = None,
     *,
-    devices=None,
+    devices: Any = None,
     chunk: int | None = None,
     prng_impl: str | None = None,
     progress: bool | None = None,

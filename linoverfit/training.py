@@ -33,12 +33,15 @@ changing only values (learning rates, teachers, step counts) reuses the compiled
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 import optax
 
 from . import memory as _mem
@@ -555,19 +558,19 @@ def _pretrain_layout(outs, n, batched):
 
 def pretrain(
     net: DeepLinear,
-    W0,
-    task,
-    lr=0.05,
-    checkpoints=(1000,),
+    W0: Sequence[ArrayLike],
+    task: Task | Dataset,
+    lr: float | Callable = 0.05,
+    checkpoints: Sequence[int] | ArrayLike = (1000,),
     *,
-    optimizer=None,
+    optimizer: Any = None,
     weight_decay: float = 0.0,
     batch_size: int | None = None,
     online: bool = False,
-    key=None,
+    key: jax.Array | int | None = None,
     keep_weights: bool = True,
     divergence_factor: float = DIVERGENCE_FACTOR,
-    devices=None,
+    devices: Any = None,
     chunk: int | None = None,
     progress: bool | None = None,
 ) -> PretrainResult:
@@ -816,19 +819,19 @@ def _finetune_memory(weights, lead, R, n_records, return_weights, plan, dtype):
 def finetune(
     net: DeepLinear,
     run: PretrainResult,
-    task,
-    lr=(0.01,),
+    task: Task | Dataset,
+    lr: float | Sequence[float] | ArrayLike = (0.01,),
     steps: int = 1000,
     *,
     l2: float = 0.0,
-    optimizer=None,
+    optimizer: Any = None,
     batch_size: int | None = None,
-    key=None,
+    key: jax.Array | int | None = None,
     record_every: int | None = None,
     return_weights: bool = False,
-    pretrain_task=None,
+    pretrain_task: Task | Dataset | None = None,
     divergence_factor: float = DIVERGENCE_FACTOR,
-    devices=None,
+    devices: Any = None,
     chunk: int | None = None,
     progress: bool | None = None,
 ) -> FinetuneResult:
