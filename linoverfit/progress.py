@@ -38,7 +38,7 @@ FLOPS_PER_SECOND = {"cpu": 1e10, "gpu": 1e12, "tpu": 1e12}
 
 #: Ticks per compiled loop (per part of a sweep): a host callback costs ~10 us on an idle CPU but
 #: milliseconds on a loaded one, so a loop reports about this many times, whatever its length.
-TICKS = 25
+TICKS = 10
 
 _ACTIVE: list = []  # the bars of the sweeps now running
 _LOCK = threading.Lock()
