@@ -31,7 +31,7 @@ class MemoryBudgetError(MemoryError):
 
 
 def gib(nbytes) -> str:
-    """``nbytes`` as a short human string (GiB / MiB)."""
+    """``nbytes`` as a short human string: ``nbytes / 2^30`` GiB from 1 GiB up, else ``nbytes / 2^20`` MiB."""
     nbytes = float(nbytes)
     return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
@@ -107,8 +107,8 @@ OVERHEAD_BYTES = 64 * 2**20
 
 
 def require(nbytes, what: str, sizes: str, fixes: str, device=None) -> None:
-    """Raise :class:`MemoryBudgetError` when an estimated peak of ``nbytes`` (plus
-    :data:`OVERHEAD_BYTES`) exceeds what is available.
+    """Raise :class:`MemoryBudgetError` when the estimated ``peak = nbytes + OVERHEAD_BYTES`` exceeds
+    :func:`available_bytes` (no check when that is ``None``).
 
     ``what`` names the computation, ``sizes`` its dimensions, ``fixes`` the options that reduce it.
     """

@@ -29,7 +29,8 @@ _NOT_IN_REFERENCE = ("linoverfit.validation", "linoverfit.experiments")
 
 
 # modules whose functions draw or place things rather than compute: a docstring, no math required
-_STYLE_ONLY = ("linoverfit.plotting", "linoverfit.parallel", "linoverfit.cli")  # no math to state
+_STYLE_ONLY = ("linoverfit.plotting", "linoverfit.parallel", "linoverfit.cli", "linoverfit.files",
+               "linoverfit.progress")  # no math to state
 
 
 def _public_modules():

@@ -156,8 +156,8 @@ def test_only_merges_into_existing_summary(tmp_path):
 
 
 def test_cli_rejects_bad_input(capsys):
-    assert cli.main(["figures", "--only", "F9"]) == 2
-    assert "unknown figure 'F9'" in capsys.readouterr().err
+    assert cli.main(["figures", "--only", "F99"]) == 2
+    assert "unknown figure 'F99'" in capsys.readouterr().err
     assert cli.main(["figures", "--only", "F1", "--seed", "-1", "--out", "unused"]) == 2
     assert "seed" in capsys.readouterr().err
     assert cli.parse_only("f3, 4") == ["F3", "F4"]

@@ -73,7 +73,9 @@ def test_training_gradient_is_grad_of_documented_loss(widths, finite, seed):
     objective = task.sample(13, keys[2]) if finite else task
     net = lo.DeepLinear(tuple(widths))
     W0 = net.init(keys[3], scale=0.5)
-    run = lo.pretrain(net, W0, objective, lr=1.0, checkpoints=[1])
+    # a step of lr 1 from scale 0.5 may raise the loss far past the divergence limit; this test is about
+    # the gradient, so the limit is lifted (divergence itself is tested in test_bad_input.py)
+    run = lo.pretrain(net, W0, objective, lr=1.0, checkpoints=[1], divergence_factor=1e200)
     step = [np.asarray(w0) - np.asarray(w[0]) for w0, w in zip(W0, run.weights)]
 
     Ws = [np.asarray(w) for w in W0]
