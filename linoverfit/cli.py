@@ -176,6 +176,8 @@ def run_figures(out: str | os.PathLike = "paper_figs", only: list[str] | None = 
     times: dict = {}
     failed, missed = [], []
     disable = not progress
+    if disable:  # the sweeps' own bars (lo.progress) follow --no-progress too
+        os.environ["LINOVERFIT_PROGRESS"] = "0"
     with tqdm(numbers, desc="figures", unit="fig", file=stream, position=0, disable=disable) as outer:
         for number in outer:
             outer.set_postfix_str(number)
