@@ -488,8 +488,14 @@ def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, fi
             neg = slopes(mid) < 0
             lo_, hi = np.where(neg, mid, lo_), np.where(neg, hi, mid)
         roots = list(0.5 * (lo_ + hi))
-        for ai, bi in zip(a[~ok], b[~ok]):  # a sign change at the ODE's accuracy level: minimise f instead
-            roots.append(minimize_scalar(value, bounds=(ai, bi), method="bounded", options={"xatol": 1e-10 * bi}).x)
+        # a sign change at the ODE's accuracy level (a flat stretch): minimise f there instead, but only where
+        # the grid already lies within round-off of the lowest grid value; a flat stretch cannot dip below
+        # its grid values by more than that, so the others cannot hold the global minimum
+        near = f.min() + 1e-9 * abs(f.min())
+        for i, ai, bi in zip(idx[~ok], a[~ok], b[~ok]):
+            if f[max(i - 1, 0):i + 3].min() <= near:
+                roots.append(minimize_scalar(value, bounds=(ai, bi), method="bounded",
+                                             options={"xatol": 1e-10 * bi}).x)
         if roots:
             roots = np.asarray(roots, np.float64)
             vals = _curve_and_slope(sig, rest, noise, roots, g, widths, s0, lam, modes, iv)[0]
