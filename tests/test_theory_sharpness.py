@@ -142,3 +142,16 @@ def test_sharpness_of_a_run_and_bad_arguments():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert issubclass(PastEdgeWarning, UserWarning)
+
+
+def test_a_prediction_that_diverges_is_marked_not_raised():
+    """GD far past the edge overflows inside the prediction: it is marked and warned about (its loss is
+    NaN), never a raw linear-algebra error from the sharpness of a non-finite map."""
+    task = lo.tasks.power_law(8, 8, key=jax.random.key(0))
+    ft = lo.tasks.shifted(task, kind="additive", size=0.1, key=jax.random.key(1))
+    with pytest.warns(PastEdgeWarning, match="stability edge"):
+        pred = lo.theory.predict_finetune(np.asarray(task.teacher), ft, lr=(0.01, 5.0), steps=200, depth=2,
+                                          pretrain_task=task)
+    assert pred.past_edge.tolist() == [False, True]
+    after = np.asarray(pred.pretrain_loss_after)
+    assert np.isfinite(after[0]) and not np.isfinite(after[1])

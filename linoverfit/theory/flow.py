@@ -675,7 +675,9 @@ def predict_finetune(start, finetune_task, lr=(0.01,), steps: int = 1000, *, dep
 
 def _gn_sharpness(P, cov, L):
     """Gauss-Newton sharpness L s_1^(2-2/L) ||Sigma|| of balanced layers with end-to-end map P ``(..., m, n)``."""
-    s1 = np.linalg.norm(P, ord=2, axis=(-2, -1))
+    P = np.asarray(P)
+    finite = np.all(np.isfinite(P), axis=(-2, -1))  # a predicted run that diverged: infinitely sharp
+    s1 = np.where(finite, np.linalg.norm(np.where(finite[..., None, None], P, 0.0), ord=2, axis=(-2, -1)), np.inf)
     c = 1.0 if cov is None else float(np.linalg.eigvalsh(cov)[-1])
     return L * s1 ** (2.0 - 2.0 / L) * c
 
