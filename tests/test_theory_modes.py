@@ -118,5 +118,5 @@ def test_bad_arguments_are_named(kwargs, match):
 def test_gaussian_init_s0_heuristic():
     s0 = gaussian_init_s0(0.01, (8, 32, 8))
     np.testing.assert_allclose(s0, 0.5 * 1e-4 * (32 - np.arange(8)))
-    with pytest.raises(ValueError, match="depth-2"):
-        gaussian_init_s0(0.01, (8, 8, 8, 8))
+    with pytest.raises(ValueError, match="depth >= 2"):
+        gaussian_init_s0(0.01, (8, 8))  # depth 1 has no hidden layer

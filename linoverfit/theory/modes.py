@@ -431,24 +431,36 @@ def _universal_modes(sigma, s0, kappa, live, L, t_end, rtol):
     return dense
 
 
-def gaussian_init_s0(scale: float, widths, modes: int | None = None):
-    r"""Effective initial mode values of a depth-2 network from a small Gaussian init (a heuristic).
+class UnderivedWarning(UserWarning):
+    """A closed form used outside the conditions it was derived under; the message quotes its measured error."""
 
-    With :math:`W_l` entries iid :math:`\mathcal N(0,\varepsilon^2)` and hidden width :math:`h`, the
-    early, linear phase amplifies for mode :math:`i` the hidden vector
-    :math:`x_i = (W_1 v_i + W_2^\top u_i)/2` by :math:`e^{\sigma_i t}` and the mode follows the
-    aligned logistic with :math:`s_0 = \lVert x_i\rVert^2`, :math:`\mathbb E\lVert x_i\rVert^2 = \varepsilon^2 h/2`.
-    Each earlier, larger mode then claims one hidden direction and damps :math:`x_i` along it,
-    so (``docs/theory.md``, section 1.4)
+
+def gaussian_init_s0(scale: float, widths, modes: int | None = None):
+    r"""Effective initial mode values of a network from a small Gaussian init (a heuristic).
+
+    Depth 2 (derived, ``docs/theory.md`` section 1.7): with :math:`W_l` entries iid
+    :math:`\mathcal N(0,\varepsilon^2)` and hidden width :math:`h`, the early, linear phase amplifies
+    for mode :math:`i` the hidden vector :math:`x_i = (W_1 v_i + W_2^\top u_i)/2` by
+    :math:`e^{\sigma_i t}` and the mode follows the aligned logistic with
+    :math:`s_0 = \lVert x_i\rVert^2`, :math:`\mathbb E\lVert x_i\rVert^2 = \varepsilon^2 h/2`. Each
+    earlier, larger mode then claims one hidden direction and damps :math:`x_i` along it, so
 
     .. math:: s_{0,i} \approx \tfrac12\varepsilon^2 (h - i + 1), \qquad i = 1, \dots, k.
 
     Only the mean is modelled: :math:`\lVert x_i\rVert^2` fluctuates by a factor
     :math:`1 \pm \sqrt{2/h}`, which moves a mode's learning time by :math:`\pm\sqrt{2/h}/(2\sigma_i)`.
 
+    Depth :math:`L \ge 3` (NOT derived): returns the per-layer extension
+    :math:`s_{0,i} = (\tfrac12\varepsilon^2 (h - i + 1))^{L/2}` (``h`` = the first hidden width) and
+    emits :class:`UnderivedWarning`: the early phase is not linear there, modes can be learnt out of
+    order, and the spectrum-only turning point from these values was measured 21% early to more
+    than 3x late (or no turning point) against GD (section 1.7 of the theory notes). Predict a
+    Gaussian-init run at depth >= 3 from its checkpoints instead (``predict_finetune(run)``,
+    ``expected_perturbed_loss`` on ``run.weights``).
+
     Args:
       scale: :math:`\varepsilon > 0`, the init standard deviation (``net.init(scale=, scheme="gaussian")``).
-      widths: ``(d_in, h, d_out)`` or a depth-2 :class:`~linoverfit.DeepLinear`.
+      widths: ``(d_in, h, ..., d_out)`` or a :class:`~linoverfit.DeepLinear`.
       modes: number of modes :math:`k` (default ``min(widths)``).
 
     Returns ``(k,)`` initial values, for the ``s0`` argument of :func:`mode_trajectory` and
@@ -459,16 +471,27 @@ def gaussian_init_s0(scale: float, widths, modes: int | None = None):
       >>> lo.theory.gaussian_init_s0(0.1, (4, 4, 4))
       array([0.02 , 0.015, 0.01 , 0.005])
     """
+    import warnings
+
     from .perturbation import _widths
 
     widths = _widths(widths)
-    if len(widths) != 3:
-        raise ValueError(f"widths must describe a depth-2 network (d_in, h, d_out), got {widths}")
+    if len(widths) < 3:
+        raise ValueError(f"widths must describe a network of depth >= 2 (d_in, h, ..., d_out), got {widths}")
     eps = float(np.asarray(scale))
     if not (np.isfinite(eps) and eps > 0):
         raise ValueError(f"scale must be > 0, got {scale!r}")
     k = min(widths) if modes is None else _v.positive_int(modes, "modes")
     if not 1 <= k <= min(widths):
         raise ValueError(f"modes must be in [1, {min(widths)}], got {modes!r}")
-    h = widths[1]
-    return 0.5 * eps**2 * (h - np.arange(k))
+    h, L = widths[1], len(widths) - 1
+    per_layer = 0.5 * eps**2 * (h - np.arange(k))
+    if L == 2:
+        return per_layer
+    warnings.warn(
+        f"gaussian_init_s0 at depth {L} is not derived: turning points predicted from these values were "
+        "measured 21% early to more than 3x late (or absent) against GD from a Gaussian init (depth 3 and 4, "
+        "widths 16, scale 0.01, gamma 0.03-0.05, 3 seeds; docs/theory.md section 1.7). Predict a Gaussian-init "
+        "run from its checkpoints instead (predict_finetune(run), expected_perturbed_loss on run.weights).",
+        UnderivedWarning, stacklevel=2)
+    return per_layer ** (L / 2)
