@@ -24,8 +24,12 @@ from __future__ import annotations
 
 import io
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import ipywidgets
 
 __all__ = ["explore", "closed_form_curves", "simulate"]
 
@@ -258,7 +262,7 @@ class _Canvas:
 
 def explore(mode: str = "perturbation", *, gamma: float = 0.05, lr: float = 0.01, alpha: float = 1.0,
             depth: int = 2, width: int | None = None, s0: float = 1e-6, ft_steps: int = 500, shift: float = 0.3,
-            seed: int = 0):
+            seed: int = 0) -> ipywidgets.VBox:
     r"""Interactive panel: sliders for :math:`\gamma` (or the fine-tuning lr), :math:`\alpha` and depth.
 
     ``mode="perturbation"`` (default) plots the predicted loss after Gaussian noise of scale

@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = ["atomic_write", "locked", "remove_stale_temporaries", "umask"]
 
@@ -52,7 +54,7 @@ def _fsync_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path):
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """``with atomic_write(path) as fh: fh.write(...)``: ``fh`` is a binary file in ``path``'s folder that
     replaces ``path`` atomically when the block ends without an exception (see the module docs).
     On an exception (or KeyboardInterrupt) the temporary file is removed and ``path`` is untouched."""
@@ -74,7 +76,7 @@ def atomic_write(path):
 
 
 @contextlib.contextmanager
-def locked(lock_path):
+def locked(lock_path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive advisory lock (``fcntl.flock``) on ``lock_path`` for the block: a folder
     (locked through a read-only descriptor, so no lock file is left behind) or a file (created if
     missing)."""
@@ -91,7 +93,7 @@ def locked(lock_path):
         os.close(fd)  # closing releases the lock
 
 
-def remove_stale_temporaries(folder) -> list[Path]:
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporary files of :func:`atomic_write` in ``folder`` whose writing process no
     longer exists; return them."""
     removed = []

@@ -15,8 +15,12 @@ with a ``K``/``M``/``G`` suffix) overrides it; ``0`` or ``off`` disables the che
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import jax
 
 __all__ = ["MemoryBudgetError", "available_bytes", "require", "gib"]
 
@@ -25,12 +29,12 @@ class MemoryBudgetError(MemoryError):
     """A computation would need more memory than is available; the message names the sizes and
     the options that reduce them. ``.needed`` and ``.available`` are in bytes."""
 
-    def __init__(self, message, needed=None, available=None):
+    def __init__(self, message: str, needed: int | None = None, available: int | None = None) -> None:
         super().__init__(message)
         self.needed, self.available = needed, available
 
 
-def gib(nbytes) -> str:
+def gib(nbytes: float) -> str:
     """``nbytes`` as a short human string: ``nbytes / 2^30`` GiB from 1 GiB up, else ``nbytes / 2^20`` MiB."""
     nbytes = float(nbytes)
     return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
@@ -80,7 +84,7 @@ def _host_available() -> int | None:
     return avail
 
 
-def available_bytes(device=None) -> int | None:
+def available_bytes(device: jax.Device | None = None) -> int | None:
     """Bytes a new allocation can use on ``device`` (default: JAX's first device); ``None`` = unknown
     or the check is disabled (see the module docs)."""
     env = os.environ.get("LINOVERFIT_MEMORY_LIMIT")
@@ -106,7 +110,7 @@ def available_bytes(device=None) -> int | None:
 OVERHEAD_BYTES = 64 * 2**20
 
 
-def require(nbytes, what: str, sizes: str, fixes: str, device=None) -> None:
+def require(nbytes: float, what: str, sizes: str, fixes: str, device: jax.Device | None = None) -> None:
     """Raise :class:`MemoryBudgetError` when the estimated ``peak = nbytes + OVERHEAD_BYTES`` exceeds
     :func:`available_bytes` (no check when that is ``None``).
 

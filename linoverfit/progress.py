@@ -20,11 +20,14 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:
+    from jax.typing import ArrayLike
 
 __all__ = ["AUTO_SECONDS", "FLOPS_PER_SECOND", "TICKS", "estimate_seconds", "resolve", "bar", "tick", "tick_blocks"]
 
@@ -137,14 +140,14 @@ def _dependency(after: Any):
     return jnp.ravel(min(leaves, key=lambda x: x.size))[:1] if leaves else jnp.zeros(1)
 
 
-def tick(amount, after: Any = None) -> None:
+def tick(amount: ArrayLike, after: Any = None) -> None:
     """Inside a compiled loop: advance the open bar by ``amount`` once ``after`` (any pytree of
     arrays, e.g. the values just computed) exists. One element of ``after`` goes to the host, so
     the call cannot run before the work it reports."""
     jax.debug.callback(_host_tick, amount, _dependency(after))
 
 
-def tick_blocks(start, n, block, after: Any = None) -> None:
+def tick_blocks(start: ArrayLike, n: ArrayLike, block: int, after: Any = None) -> None:
     """Inside a compiled loop that has done steps ``[0, start)`` and just did ``n`` more: tick by the
     whole ``block``-sized blocks crossed, so a loop of ``T`` steps reports ``T // block`` times
     however its segments are cut (all arguments may be traced)."""

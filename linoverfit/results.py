@@ -35,7 +35,7 @@ class ResultFileError(ValueError):
     """A saved result cannot be read back: missing, unreadable, written for another class, a field
     missing, or shapes inconsistent. ``.path`` is the file; the message says what is wrong."""
 
-    def __init__(self, path, problem):
+    def __init__(self, path: str | Path, problem: str) -> None:
         super().__init__(f"{path}: {problem}")
         self.path, self.problem = path, problem
 

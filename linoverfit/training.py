@@ -70,7 +70,8 @@ DIVERGENCE_FACTOR = 1e4
 class DivergenceError(FloatingPointError):
     """Pre-training produced a non-finite or exploding loss; ``.step`` and ``.seed`` say where."""
 
-    def __init__(self, message, step=None, seed=None, checkpoint=None):
+    def __init__(self, message: str, step: int | None = None, seed: int | None = None,
+                 checkpoint: int | None = None) -> None:
         super().__init__(message)
         self.step, self.seed, self.checkpoint = step, seed, checkpoint
 

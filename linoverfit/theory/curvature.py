@@ -18,6 +18,8 @@ descent with learning rate :math:`\eta` is linearly stable at a minimum only if
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import warnings
 from functools import partial
 
@@ -28,6 +30,13 @@ import numpy as np
 from .. import validation as _v
 from .modes import _nonneg
 from .perturbation import _widths
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from numpy.typing import ArrayLike
+    from ..tasks import Dataset, Task
+    from ..training import PretrainResult
+
 
 __all__ = ["sharpness", "sharpness_from_spectrum", "stability_edge", "PastEdgeWarning"]
 
@@ -111,7 +120,8 @@ def _lanczos_top(hvp, x, key, m):
     return jnp.linalg.eigvalsh(T)[-1]
 
 
-def sharpness(weights, task=None, *, weight_decay: float = 0.0, iters: int | None = None, key=0):
+def sharpness(weights: Sequence[ArrayLike] | PretrainResult, task: Task | Dataset | None = None, *,
+              weight_decay: float = 0.0, iters: int | None = None, key: int | jax.Array = 0) -> float | np.ndarray:
     r"""Top eigenvalue :math:`\lambda_{max}` of the Hessian of the loss in the layer weights, for any weights.
 
     .. math:: \lambda_{max} = \max_{\lVert V\rVert = 1} \frac{\mathrm d^2}{\mathrm d\varepsilon^2} L(W + \varepsilon V)\Big|_0 + \lambda_{wd}
@@ -186,7 +196,8 @@ def _sharpness_core(task, flat, key, shapes, m):
     return jax.vmap(lambda x: _lanczos_top(hvp, x, key, m))(flat)
 
 
-def stability_edge(weights, task=None, **kwargs):
+def stability_edge(weights: Sequence[ArrayLike] | PretrainResult, task: Task | Dataset | None = None,
+                   **kwargs: Any) -> float | np.ndarray:
     r"""The stability edge :math:`\eta_{edge} = 2/\lambda_{max}` of gradient descent at the given weights.
 
     GD with :math:`\eta > \eta_{edge}` cannot settle at (or near) these weights: the top Hessian
@@ -226,7 +237,7 @@ def _input_variances(task, d_in):
     return sig, np.diag(C).copy()
 
 
-def sharpness_from_spectrum(s, task, widths):
+def sharpness_from_spectrum(s: ArrayLike, task: Task | ArrayLike, widths: DeepLinear | Sequence[int]) -> np.ndarray:
     r"""Closed-form sharpness of a balanced, aligned network with learnt spectrum ``s``.
 
     With :math:`W_l = U_l\operatorname{diag}(a)U_{l-1}^\top`, :math:`a = s^{1/L}`, :math:`U_0 = V`,

@@ -15,6 +15,8 @@ at depth 2. Integrating it from each checkpoint's :math:`P` predicts fine-tuning
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import functools
 from functools import partial
 
@@ -27,6 +29,13 @@ from .. import validation as _v
 from ..results import Result, result, static
 from .integrate import dop853
 from .modes import _depth, _nonneg
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from numpy.typing import ArrayLike
+    from ..tasks import Dataset, Task
+    from ..training import PretrainResult
+
 
 __all__ = [
     "end_to_end_velocity",
@@ -78,7 +87,7 @@ def _velocity(P, A, cov, L):
     return 0.0 - U @ (Gt * K) @ Vt  # 0.0 - x: no negative zeros in the output
 
 
-def end_to_end_velocity(P, task, depth: int):
+def end_to_end_velocity(P: ArrayLike, task: Task, depth: int) -> np.ndarray:
     r"""Right-hand side of the balanced end-to-end flow, :math:`\dot P = -\sum_{j=1}^{L}(PP^\top)^{(L-j)/L}\nabla L(P)(P^\top P)^{(j-1)/L}`.
 
     Args:
@@ -397,8 +406,8 @@ def _method(method):
     return method
 
 
-def end_to_end_flow(P0, task, t, depth: int, *, lr=None, gd_order: int = 2, method: str = "auto",
-                    rtol: float = 1e-10, atol: float = 1e-12):
+def end_to_end_flow(P0: ArrayLike, task: Task, t: ArrayLike, depth: int, *, lr: float | None = None, gd_order: int = 2,
+                    method: str = "auto", rtol: float = 1e-10, atol: float = 1e-12) -> np.ndarray:
     r"""Integrate the balanced end-to-end flow :math:`\dot P = -\sum_j (PP^\top)^{(L-j)/L}(P-A)\Sigma(P^\top P)^{(j-1)/L}`.
 
     Exact for gradient flow on the layers from any balanced initialisation
@@ -575,8 +584,10 @@ def _loss(task, P):
     raise TypeError(f"pretrain_task must be a linoverfit Task or Dataset, got {type(task).__name__}")
 
 
-def predict_finetune(start, finetune_task, lr=(0.01,), steps: int = 1000, *, depth: int | None = None,
-                     pretrain_task=None, return_maps: bool = False, gd_order="auto", method: str = "auto",
+def predict_finetune(start: PretrainResult | ArrayLike, finetune_task: Task,
+                     lr: float | Sequence[float] | ArrayLike = (0.01,), steps: int = 1000, *,
+                     depth: int | None = None, pretrain_task: Task | Dataset | None = None,
+                     return_maps: bool = False, gd_order: int | str = "auto", method: str = "auto",
                      rtol: float = 1e-10, atol: float = 1e-12) -> FinetunePrediction:
     r"""Predict fine-tuning from every start map by the end-to-end flow (no parameters simulated).
 
@@ -699,7 +710,8 @@ def _past_edge(P0, after, lrs, cov, L):
     return check_edge(np.broadcast_to(r, edge.shape), edge, "predict_finetune", stacklevel=4)
 
 
-def first_order_forgetting(start, finetune_task, tau, *, depth: int | None = None, pretrain_task=None):
+def first_order_forgetting(start: PretrainResult | ArrayLike, finetune_task: Task, tau: ArrayLike, *,
+                           depth: int | None = None, pretrain_task: Task | None = None) -> np.ndarray:
     r"""Forgetting along the linearised fine-tuning flow, closed form for small :math:`\tau = \eta\cdot\text{steps}`.
 
     With :math:`V = \dot P(0)` from :func:`end_to_end_velocity` (on ``finetune_task``) the flow is

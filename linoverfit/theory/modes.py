@@ -13,6 +13,8 @@ Gradient flow keeps this form, every mode evolves on its own, and with weight de
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numbers
 from functools import partial
 
@@ -22,6 +24,12 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 from .. import validation as _v
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from numpy.typing import ArrayLike
+    from ..networks import DeepLinear
+
 
 __all__ = ["mode_trajectory", "mode_velocity", "mode_asymptote", "gaussian_init_s0"]
 
@@ -80,7 +88,8 @@ def _lr(lr):
     return val
 
 
-def mode_velocity(s, sigma, depth: int = 2, weight_decay: float = 0.0, *, lr=None):
+def mode_velocity(s: ArrayLike, sigma: ArrayLike, depth: int = 2, weight_decay: float = 0.0, *,
+                  lr: float | None = None) -> np.ndarray:
     r"""Right-hand side of the mode ODE, :math:`\dot s = L s^{2-2/L}(\sigma - s) - L\lambda s`.
 
     For depth :math:`L = 1` this reads :math:`\dot s = \sigma - s - \lambda s` (plain linear
@@ -121,7 +130,7 @@ def mode_velocity(s, sigma, depth: int = 2, weight_decay: float = 0.0, *, lr=Non
     return L * np.power(a, L - 1) * adot
 
 
-def mode_asymptote(sigma, s0, depth: int = 2, weight_decay: float = 0.0):
+def mode_asymptote(sigma: ArrayLike, s0: ArrayLike, depth: int = 2, weight_decay: float = 0.0) -> np.ndarray:
     r"""Limit :math:`s(\infty)` of each mode started at :math:`s_0 > 0` (the stable fixed point it reaches).
 
     * :math:`L = 1`: :math:`\sigma / (1 + \lambda)`.
@@ -161,7 +170,8 @@ def mode_asymptote(sigma, s0, depth: int = 2, weight_decay: float = 0.0):
     return out
 
 
-def mode_trajectory(sigma, t, s0, depth: int = 2, weight_decay: float = 0.0, *, lr=None, rtol: float = 1e-11):
+def mode_trajectory(sigma: ArrayLike, t: ArrayLike, s0: ArrayLike, depth: int = 2, weight_decay: float = 0.0, *,
+                    lr: float | None = None, rtol: float = 1e-11) -> np.ndarray:
     r"""Value :math:`s_i(t)` of each teacher mode under gradient flow from a balanced aligned init.
 
     Solves :math:`\dot s = L s^{2-2/L}(\sigma - s) - L\lambda s`, :math:`s(0) = s_0`
@@ -435,7 +445,7 @@ class UnderivedWarning(UserWarning):
     """A closed form used outside the conditions it was derived under; the message quotes its measured error."""
 
 
-def gaussian_init_s0(scale: float, widths, modes: int | None = None):
+def gaussian_init_s0(scale: float, widths: DeepLinear | Sequence[int], modes: int | None = None) -> np.ndarray:
     r"""Effective initial mode values of a network from a small Gaussian init (a heuristic).
 
     Depth 2 (derived, ``docs/theory.md`` section 1.7): with :math:`W_l` entries iid

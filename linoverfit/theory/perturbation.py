@@ -21,12 +21,21 @@ accepts leading batch axes (checkpoints, seeds) on the weights.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .. import validation as _v
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from numpy.typing import ArrayLike
+    from ..networks import DeepLinear
+    from ..tasks import Task
+
 
 __all__ = [
     "perturbation_coefficients",
@@ -93,7 +102,7 @@ def _coefficients(weights, cov):
     return _trace(K)
 
 
-def perturbation_coefficients(weights, input_cov=None):
+def perturbation_coefficients(weights: Sequence[ArrayLike], input_cov: ArrayLike | None = None) -> jax.Array:
     r"""Coefficients :math:`c_1,\dots,c_L` of the sensitivity polynomial :math:`S(W,\gamma) = \sum_k c_k \gamma^{2k}`.
 
     :math:`c_k = \tfrac12\sum_{|S| = k}\prod_{\text{segments}}\lVert\cdot\rVert_F^2` sums over the
@@ -129,7 +138,8 @@ def _polyval(coeffs, gamma):
     return out
 
 
-def perturbation_sensitivity(weights, gamma, input_cov=None):
+def perturbation_sensitivity(weights: Sequence[ArrayLike], gamma: ArrayLike,
+                             input_cov: ArrayLike | None = None) -> jax.Array:
     r"""Exact sensitivity :math:`S(W,\gamma) = \mathbb E[L(W+\gamma E)] - L(W) = \sum_{k=1}^{L} c_k\gamma^{2k}`.
 
     Independent of the teacher and of label noise (the perturbation leaves :math:`\mathbb E P_\gamma = P`).
@@ -152,7 +162,8 @@ def _sensitivity(weights, cov, gamma):
     return _polyval(0.5 * _coefficients(weights, cov)[..., 1:], gamma)
 
 
-def expected_perturbed_loss(weights, teacher, input_cov=None, gamma=None, noise=0.0):
+def expected_perturbed_loss(weights: Sequence[ArrayLike], teacher: Task | ArrayLike, input_cov: ArrayLike | None = None,
+                            gamma: ArrayLike | None = None, noise: float = 0.0) -> jax.Array:
     r"""Exact :math:`\mathbb E_E[L(W + \gamma E)]` for any depth, widths and PSD input covariance.
 
     .. math:: \mathbb E\,L(W+\gamma E) = \tfrac12\operatorname{tr}\big((P-A)\Sigma(P-A)^\top\big)
@@ -285,7 +296,7 @@ def _spectrum_sensitivity(s, gamma, widths, sdot=None, input_var=None):
     return S + zero, dS + zero
 
 
-def sensitivity_from_spectrum(s, gamma, widths):
+def sensitivity_from_spectrum(s: ArrayLike, gamma: ArrayLike, widths: DeepLinear | Sequence[int]) -> np.ndarray:
     r"""Sensitivity :math:`S(\gamma)` of balanced aligned weights as a function of the learnt spectrum (:math:`\Sigma = I`).
 
     With :math:`W_l = U_l\operatorname{diag}(s^{1/L})U_{l-1}^\top`, a product of :math:`m \ge 1`

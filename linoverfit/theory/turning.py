@@ -17,6 +17,8 @@ learning it pays.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
@@ -27,6 +29,13 @@ from .flow import FinetunePrediction, predict_finetune
 from .modes import _mode_solution, _nonneg, _weight_decay, mode_asymptote, mode_trajectory, mode_velocity
 from .perturbation import _gamma, _spectrum_sensitivity, _widths
 from .ucurve import u_curve
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from numpy.typing import ArrayLike
+    from ..networks import DeepLinear
+    from ..tasks import Task
+
 
 __all__ = [
     "perturbed_loss_curve",
@@ -127,7 +136,8 @@ def _horizon(sig, s0, L, lam):
 # ----------------------------------------------------------------------------- curves
 
 
-def perturbed_loss_curve(task, t, gamma, *, widths, s0, weight_decay: float = 0.0):
+def perturbed_loss_curve(task: Task | ArrayLike, t: ArrayLike, gamma: ArrayLike, *, widths: DeepLinear | Sequence[int],
+                         s0: ArrayLike, weight_decay: float = 0.0) -> np.ndarray:
     r"""Predicted expected pre-training loss after Gaussian perturbation, over pre-training time.
 
     .. math:: f(t) = \tfrac12\sum_{i\le k}(\sigma_i - s_i(t))^2 + \tfrac12\sum_{i>k}\sigma_i^2
@@ -204,9 +214,10 @@ def _aligned_maps(task, widths, s):
     return np.einsum("ik,...k,kj->...ij", U[:, :k], s, Vt[:k])
 
 
-def finetune_curve(task, finetune, t, *, widths, s0, lr, steps: int, weight_decay: float = 0.0,
-                   pretrain_lr=None, gd_order="auto", return_maps: bool = False, method: str = "auto",
-                   rtol: float = 1e-10) -> FinetunePrediction:
+def finetune_curve(task: Task, finetune: Task, t: ArrayLike, *, widths: DeepLinear | Sequence[int], s0: ArrayLike,
+                   lr: ArrayLike, steps: int, weight_decay: float = 0.0,
+                   pretrain_lr: float | None = None, gd_order: int | str = "auto", return_maps: bool = False,
+                   method: str = "auto", rtol: float = 1e-10) -> FinetunePrediction:
     r"""Predicted fine-tuning outcome from every pre-training time ``t`` (balanced aligned init, :math:`\Sigma = I`).
 
     Pre-training gives :math:`P(t) = U\operatorname{diag}(s(t))V^\top` (:func:`mode_trajectory`);
@@ -255,7 +266,7 @@ def finetune_curve(task, finetune, t, *, widths, s0, lr, steps: int, weight_deca
 # ----------------------------------------------------------------------------- thresholds
 
 
-def perturbation_threshold(gamma, widths):
+def perturbation_threshold(gamma: ArrayLike, widths: DeepLinear | Sequence[int]) -> np.ndarray:
     r"""Smallest teacher singular value worth learning under perturbation :math:`\gamma`, for an isolated mode.
 
     Learning one mode fully (:math:`s: 0 \to \sigma`, no other mode learnt) changes the expected
@@ -393,9 +404,10 @@ def _staircase(sig, s0, L, lam, kappa=None):
     return np.where(np.arange(k)[None, :] < np.arange(k + 1)[:, None], s_inf[None, :], 0.0)
 
 
-def turning_point(task, gamma=None, *, widths, s0, weight_decay: float = 0.0, finetune=None, lr=None,
-                  steps=None, t_max=None, grid=None, depth: float = 0.01, pretrain_lr=None,
-                  gd_order="auto") -> TurningPoint:
+def turning_point(task: Task | ArrayLike, gamma: float | None = None, *, widths: DeepLinear | Sequence[int],
+                  s0: ArrayLike, weight_decay: float = 0.0, finetune: Task | None = None, lr: float | None = None,
+                  steps: int | None = None, t_max: float | None = None, grid: int | None = None, depth: float = 0.01,
+                  pretrain_lr: float | None = None, gd_order: int | str = "auto") -> TurningPoint:
     r"""Predicted turning point :math:`T^* = \arg\min_t f(t)` of the perturbation or fine-tuning U-curve.
 
     Perturbation (``gamma=``): :math:`f` is :func:`perturbed_loss_curve`; its derivative is exact,

@@ -16,10 +16,16 @@ go through this one function, so "U-curve" means the same thing for both.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 from dataclasses import dataclass
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
 
 __all__ = ["UCurve", "u_curve"]
 
@@ -92,7 +98,7 @@ def _crossing(t_in: float, t_out: float, y_in: float, y_out: float, level: float
     return min(max(tc, min(t_in, t_out)), max(t_in, t_out))
 
 
-def u_curve(t, values, *, depth: float = 0.01) -> UCurve:
+def u_curve(t: ArrayLike, values: ArrayLike, *, depth: float = 0.01) -> UCurve:
     r"""Minimum, rise and turning point of a curve over pre-training time by the shared definition.
 
     With :math:`m = \arg\min_j y_j` (first on ties) and :math:`\delta` = ``depth``:
