@@ -442,7 +442,8 @@ def _universal_modes(sigma, s0, kappa, live, L, t_end, rtol):
 
 
 class UnderivedWarning(UserWarning):
-    """A closed form used outside the conditions it was derived under; the message quotes its measured error."""
+    """A closed form used outside the conditions it was derived under; the message quotes its measured
+    relative error, e.g. :math:`T^*_{pred} / T^*_{sim} - 1`."""
 
 
 def gaussian_init_s0(scale: float, widths: DeepLinear | Sequence[int], modes: int | None = None) -> np.ndarray:
