@@ -60,21 +60,26 @@ def _task(width: int, alpha: float, seed: int):
 _T_ALL = np.geomspace(1e-3, 1e8, 661)  # 60 points per decade
 
 
-def _learnt_spectrum(sigma, s0, depth):
-    """Grid ``t`` ``(N,)`` from ``1e-4 t_max`` to ``t_max`` and the learnt spectrum ``s`` ``(N, M)`` on it.
+def _learnt_spectrum(sigma, s0, depth, grid_only=False):
+    r"""Grid ``t`` ``(N,)`` from ``1e-4 t_max`` to ``t_max`` and the learnt spectrum ``s`` ``(N, M)`` on it.
 
     ``t_max`` is twice the time at which every mode is within 1% of its limit
     (:func:`~linoverfit.theory.mode_asymptote`). Depth >= 3 solves the mode ODE at ``rtol=1e-8``
-    (plotting accuracy, 4x faster than the default).
+    (plotting accuracy, 4x faster than the default). With ``grid_only`` (``s`` is then ``None``) at
+    depth >= 3 only the smallest mode is solved: from a common :math:`s_0` it is the last to get
+    within 1% there (its escape time :math:`\propto \sigma^{-1}s_0^{-(1-2/L)}` is the longest), so
+    the grid is the same (``tests/test_explore.py``) at a tenth of the cost.
     """
     from . import theory
 
+    if grid_only and depth >= 3:
+        sigma = sigma[np.argmin(sigma)][None]
     s = theory.mode_trajectory(sigma, _T_ALL, s0, depth, rtol=1e-8)
     limit = theory.mode_asymptote(sigma, s0, depth)
     done = np.all(np.abs(s - limit) <= 0.01 * np.maximum(limit, s0), axis=1)
     t_max = 2.0 * _T_ALL[int(np.argmax(done)) if done.any() else -1]
     keep = (_T_ALL >= 1e-4 * t_max) & (_T_ALL <= t_max)
-    return _T_ALL[keep], s[keep]
+    return _T_ALL[keep], (None if grid_only else s[keep])
 
 
 def closed_form_curves(mode: str = "perturbation", *, gamma: float = 0.05, lr: float = 0.03, alpha: float = 1.0,
@@ -122,7 +127,7 @@ def closed_form_curves(mode: str = "perturbation", *, gamma: float = 0.05, lr: f
     width = int(width)
     widths = (width,) * (depth + 1)
     sigma = np.arange(1, width + 1, dtype=np.float64) ** (-float(alpha))
-    t, s = _learnt_spectrum(sigma, s0, depth)
+    t, s = _learnt_spectrum(sigma, s0, depth, grid_only=mode == "finetune")
     settings = dict(mode=mode, gamma=float(gamma), lr=float(lr), alpha=float(alpha), depth=depth, width=width,
                     s0=float(s0), ft_steps=int(ft_steps), shift=float(shift), seed=int(seed))
     out = {"settings": settings, "threshold": float("nan"), "worth": -1}

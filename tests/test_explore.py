@@ -5,6 +5,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import linoverfit as lo
 
@@ -90,3 +92,16 @@ def test_library_imports_without_ipywidgets_and_explore_says_how_to_install(tmp_
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "ERR" in proc.stdout and 'pip install "linoverfit[widgets]"' in proc.stdout
+
+
+@settings(max_examples=8, deadline=None)
+@given(depth=st.integers(3, 4), alpha=st.floats(0.5, 2.0), log_s0=st.floats(-8.0, -2.0))
+def test_finetune_grid_from_the_smallest_mode_is_the_full_grid(depth, alpha, log_s0):
+    """The fine-tuning redraw builds its time grid from the smallest mode alone (depth >= 3): it must be
+    exactly the grid of the full spectrum, i.e. that mode really is the last to get within 1%."""
+    from linoverfit.explorer import _learnt_spectrum
+
+    sigma = np.arange(1, 17, dtype=np.float64) ** (-alpha)
+    full, _ = _learnt_spectrum(sigma, 10.0**log_s0, depth)
+    fast, s = _learnt_spectrum(sigma, 10.0**log_s0, depth, grid_only=True)
+    assert s is None and np.array_equal(fast, full)

@@ -305,29 +305,59 @@ def _gd_order(order, allow=("auto", "exact")):
     return int(order)
 
 
-@partial(jax.jit, static_argnames=("L",))
-def _iterate_gd_core(Ws, A, cov, eta, steps, L):
-    def step(_, Ws):
-        g = jax.vmap(jax.grad(lambda w: _layer_loss(w, A, cov)))(Ws)
-        return tuple(w - eta * gw for w, gw in zip(Ws, g))
+@partial(jax.jit, static_argnames=("identity", "chunk", "parts"))
+def _iterate_gd_core(Ws, task, etas, steps, part, *, identity, chunk, parts):
+    r"""GD from start ``b`` at learning rate ``etas[r]`` for every run ``b * R + r`` (part ``part`` of the
+    padded sweep): ``steps`` steps of :math:`W_l \leftarrow W_l - \eta\,\partial L/\partial W_l`.
 
-    Ws = jax.lax.fori_loop(jnp.zeros((), steps.dtype), steps, step, Ws)
-    P = Ws[0]
-    for w in Ws[1:]:
-        P = w @ P
-    return P
+    The same gradient (:func:`linoverfit.training._value_and_grad`: one pull-back of
+    :math:`(P - A)\Sigma` through the product, :math:`3(L-1)` matmuls a step), step loop and run
+    layout (threads, chunks) as ``lo.finetune``, without its divergence bookkeeping and loss records."""
+    from ..parallel import sweep
+    from ..training import _fori, _prepared, _value_and_grad
+
+    B, R = Ws[0].shape[0], etas.shape[0]
+    runs = (jnp.repeat(jnp.arange(B, dtype=jnp.int32), R), jnp.tile(etas, B))
+    task = _prepared(task)
+
+    def one(run, shared):
+        b, eta = run
+        Ws, task = shared
+
+        def step(i, W):
+            _, g = _value_and_grad(task, W, None, i, None, identity)
+            return tuple(w - eta * gw for w, gw in zip(W, g))
+
+        W = _fori(jnp.zeros((), steps.dtype), steps, step, tuple(w[b] for w in Ws))
+        P = W[0]
+        for w in W[1:]:
+            P = w @ P
+        return P
+
+    return sweep(one, runs, (Ws, task), mesh=None, chunk=chunk, part=part, parts=parts, tick_runs=False)
 
 
-def _iterate_gd(P0, A, cov, L, eta, steps, weights=None):
-    """Exact GD (``steps`` steps at ``eta``) on the balanced factors of ``P0`` ``(B, m, n)``: for an exactly
-    balanced start this is GD on the network itself (the extra hidden units stay at zero, docs section 4.6);
-    or on ``weights`` (the start's own layers, ``(B, n_l, n_{l-1})`` each) when given."""
+def _iterate_gd(P0, A, cov, L, etas, steps, weights=None):
+    """Exact GD (``steps`` steps at each of ``etas`` ``(R,)``) on the balanced factors of ``P0``
+    ``(B, m, n)``: for an exactly balanced start this is GD on the network itself (the extra hidden
+    units stay at zero, docs section 4.6); or on ``weights`` (the start's own layers,
+    ``(B, n_l, n_{l-1})`` each) when given. Returns the maps ``(B, R, m, n)``."""
+    from .. import parallel as _par
+    from ..tasks import Task
+
     W0 = _balanced_factors(P0, L) if weights is None else list(weights)
-    cov = np.eye(A.shape[1]) if cov is None else cov
+    etas = np.atleast_1d(np.asarray(etas, np.float64))
+    B, R = P0.shape[0], etas.size
+    identity = cov is None
+    plan = _par.Plan(None, B * R)
     with jax.enable_x64(True):
-        P = _iterate_gd_core(tuple(jnp.asarray(w, jnp.float64) for w in W0), jnp.asarray(A, jnp.float64),
-                             jnp.asarray(cov, jnp.float64), float(eta), jnp.asarray(int(steps), jnp.int64), L)
-        return np.asarray(P)
+        f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
+        task = Task.tree_unflatten(None, (f64(A), f64(np.eye(A.shape[1]) if identity else cov), f64(0.0)))
+        Ws = tuple(f64(w) for w in W0)
+        inputs = (Ws, task, f64(etas), jnp.asarray(int(steps), jnp.int64))
+        outs = plan.map(lambda part: _iterate_gd_core(*inputs, part, identity=identity, chunk=plan.chunk,
+                                                      parts=plan.parts))
+        return np.asarray(_par.assemble(outs, B * R)).reshape((B, R) + A.shape)
 
 
 def _layer_loss(Ws, A, cov):
@@ -655,16 +685,14 @@ def predict_finetune(start: PretrainResult | ArrayLike, finetune_task: Task,
             raise ValueError(f"method={method!r} integrates gradient flow only; use gd_order=0 with it")
         lam0 = np.max(_gn_sharpness(flatP0, cov, L))
         lam1 = _gn_sharpness(np.asarray(A), cov, L)  # at the fine-tuning optimum
-        cols = []
-        for eta, x in zip(lrs, tau):
-            exact = order == "exact" or (order == "auto" and (eta * max(lam0, lam1) > AUTO_EXACT_ABOVE
-                                                              or steps <= AUTO_EXACT_STEPS))
-            if exact and L > 1:
-                cols.append(_iterate_gd(flatP0, A, cov, L, eta, steps, weights))
-            else:
-                cols.append(_integrate_gd(flatP0, A, cov, L, np.array([x]), rtol, atol, eta,
-                                          2 if isinstance(order, str) else order, weights)[:, 0])
-        flat = np.stack(cols, axis=1)
+        exact = np.array([L > 1 and (order == "exact" or (order == "auto" and (
+            eta * max(lam0, lam1) > AUTO_EXACT_ABOVE or steps <= AUTO_EXACT_STEPS))) for eta in lrs])
+        flat = np.empty((flatP0.shape[0], lrs.size) + A.shape)
+        if exact.any():  # every exactly iterated lr in one compiled sweep
+            flat[:, exact] = _iterate_gd(flatP0, A, cov, L, lrs[exact], steps, weights)
+        for r in np.flatnonzero(~exact):
+            flat[:, r] = _integrate_gd(flatP0, A, cov, L, np.array([tau[r]]), rtol, atol, lrs[r],
+                                       2 if isinstance(order, str) else order, weights)[:, 0]
     after = flat.reshape(lead + (lrs.size,) + A.shape)
     if len(lead) >= 2:  # (C, S, R, ...) -> (C, R, S, ...) as in FinetuneResult
         after = np.moveaxis(after, len(lead), 1)
