@@ -223,11 +223,21 @@ def _orthonormal(key, n: int, k: int, dtype):
 
 
 def from_spectrum(singular_values: ArrayLike, d_in: int, d_out: int, key: jax.Array | int,
-                  input_cov: ArrayLike | None = None, noise: float = 0.0, dtype: DTypeLike | None = None) -> Task:
+                  input_cov: ArrayLike | None = None, noise: float = 0.0, dtype: DTypeLike | None = None,
+                  input_var: ArrayLike | None = None) -> Task:
     r"""Teacher :math:`A = U \operatorname{diag}(s) V^\top` with the given singular values.
 
     ``U`` (``d_out x r``) and ``V`` (``d_in x r``) have Haar-random orthonormal columns,
     ``r = len(singular_values) <= min(d_in, d_out)``. Singular values must be >= 0.
+
+    ``input_var`` :math:`\kappa` (``(r,)``, each :math:`\ge 0`, one per singular value, or a scalar)
+    builds an input covariance that shares the teacher's right singular vectors,
+
+    .. math:: \Sigma = V\operatorname{diag}(\kappa)V^\top + (I - VV^\top),
+
+    (variance :math:`\kappa_i` along :math:`v_i`, 1 off the teacher's row space): the anisotropic case
+    the mode theory covers (``lo.theory.input_variance``, ``docs/theory.md`` section 1.8). Give
+    ``input_cov`` or ``input_var``, not both.
 
     Examples:
       >>> import jax, linoverfit as lo
@@ -249,10 +259,27 @@ def from_spectrum(singular_values: ArrayLike, d_in: int, d_out: int, key: jax.Ar
     _mem.require(n_floats * _mem.itemsize(dtype), "building the task",
                  f"d_in={d_in}, d_out={d_out}: Haar-random singular vectors of size {d_out}x{d_out} and {d_in}x{d_in}",
                  "use smaller d_in / d_out")
+    if input_var is not None:
+        if input_cov is not None:
+            raise ValueError("give input_cov= (any covariance) or input_var= (variances along the teacher's right "
+                             "singular vectors), not both")
+        kappa = _v.positive_vector(input_var, "input_var", allow_zero=True)
+        if np.ndim(input_var) == 0:
+            kappa = np.full(s.size, kappa[0])
+        if kappa.shape != s.shape:
+            raise ValueError(f"input_var must be a scalar or have one entry per singular value ({s.size},), "
+                             f"got shape {kappa.shape}")
     ku, kv = jax.random.split(key)
     U = _orthonormal(ku, d_out, s.size, dtype)
     V = _orthonormal(kv, d_in, s.size, dtype)
     A = (U * jnp.asarray(s, dtype)) @ V.T
+    if input_var is not None:
+        # built from the SVD of A itself, so the shared basis holds to round-off even where the Haar V and
+        # A's own singular vectors differ (a sign, or a rotation inside a degenerate block)
+        Vt = np.linalg.svd(np.asarray(A, np.float64), full_matrices=False)[2][: s.size]
+        order = np.argsort(-np.asarray(s), kind="stable")  # A's SVD lists the modes by descending value
+        k_sorted = np.asarray(kappa)[order]
+        input_cov = jnp.asarray((Vt.T * k_sorted) @ Vt + np.eye(d_in) - Vt.T @ Vt, dtype)
     return Task(teacher=A, input_cov=input_cov, noise=noise)
 
 

@@ -26,7 +26,7 @@ perturbation :math:`W_l + \gamma E_l` of all layers.
 
 from . import curvature, flow, modes, perturbation, turning, ucurve
 from .flow import FinetunePrediction, end_to_end_flow, end_to_end_velocity, first_order_forgetting, predict_finetune
-from .modes import UnderivedWarning, gaussian_init_s0, mode_asymptote, mode_trajectory, mode_velocity
+from .modes import UnderivedWarning, gaussian_init_s0, input_variance, mode_asymptote, mode_trajectory, mode_velocity
 from .perturbation import (
     expected_perturbed_loss,
     perturbation_coefficients,
@@ -41,6 +41,7 @@ __all__ = [
     "mode_trajectory",
     "mode_velocity",
     "mode_asymptote",
+    "input_variance",
     "gaussian_init_s0",
     "UnderivedWarning",
     "perturbation_coefficients",

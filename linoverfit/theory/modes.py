@@ -9,6 +9,12 @@ Gradient flow keeps this form, every mode evolves on its own, and with weight de
 :math:`s = a^L` obeys
 
 .. math:: \dot s = L\, s^{2-2/L}(\sigma - s) - L\lambda s.
+
+Anisotropic inputs (``docs/theory.md`` section 1.8): if the input covariance shares the teacher's right
+singular vectors, :math:`\Sigma v_i = \kappa_i v_i`, the ansatz still closes and mode :math:`i` learns at
+its own input variance, :math:`\dot a = \kappa a^{L-1}(\sigma - a^L) - \lambda a` and
+:math:`\dot s = L\kappa s^{2-2/L}(\sigma - s) - L\lambda s` (``input_var=`` :math:`\kappa`, default 1;
+:func:`input_variance` reads :math:`\kappa_i` off a Task and refuses any other covariance).
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from numpy.typing import ArrayLike
     from ..networks import DeepLinear
+    from ..tasks import Task
 
 
-__all__ = ["mode_trajectory", "mode_velocity", "mode_asymptote", "gaussian_init_s0"]
+__all__ = ["mode_trajectory", "mode_velocity", "mode_asymptote", "input_variance", "gaussian_init_s0"]
 
 
 def _depth(depth, name: str = "depth") -> int:
@@ -62,18 +69,34 @@ def _weight_decay(weight_decay) -> float:
     return float(arr)
 
 
-def _layer_field(a, sigma, L, lam):
-    """Per-layer value's field f(a) = a^(L-1)(sigma - a^L) - lam a and its derivatives f', f''."""
+def _layer_field(a, sigma, L, lam, kappa=1.0):
+    """Per-layer value's field f(a) = kappa a^(L-1)(sigma - a^L) - lam a and its derivatives f', f''."""
     aL = a**L
-    f = np.power(a, L - 1) * (sigma - aL) - lam * a
-    df = (L - 1) * np.power(a, L - 2) * (sigma - aL) - L * np.power(a, 2 * L - 2) - lam if L > 1 else -(1.0 + lam) + 0 * a
+    f = kappa * np.power(a, L - 1) * (sigma - aL) - lam * a
+    if L > 1:
+        df = kappa * ((L - 1) * np.power(a, L - 2) * (sigma - aL) - L * np.power(a, 2 * L - 2)) - lam
+    else:
+        df = -(kappa + lam) + 0 * a
     if L >= 3:
-        d2f = (L - 1) * (L - 2) * sigma * np.power(a, L - 3) - (2 * L - 1) * (2 * L - 2) * np.power(a, 2 * L - 3)
+        d2f = kappa * ((L - 1) * (L - 2) * sigma * np.power(a, L - 3) - (2 * L - 1) * (2 * L - 2) * np.power(a, 2 * L - 3))
     elif L == 2:
-        d2f = -6.0 * a
+        d2f = -6.0 * kappa * a
     else:
         d2f = 0.0 * a
     return f, df, d2f
+
+
+def _input_var(input_var, sigma) -> np.ndarray:
+    """Per-mode input variance kappa >= 0 broadcast to ``sigma.shape`` (1 for ``None``), or an error naming it."""
+    if input_var is None:
+        return np.ones(np.shape(sigma))
+    kappa = _nonneg(input_var, "input_var")
+    try:
+        return np.broadcast_to(kappa, np.shape(sigma)).copy()
+    except ValueError:
+        raise ValueError(f"input_var must be a scalar or one input variance per singular value (shape "
+                         f"{np.shape(sigma)} of sigma), got shape {kappa.shape}: kappa_i = v_i^T Sigma v_i belongs "
+                         "to mode i (lo.theory.input_variance(task) gives them in the order of task.spectrum)") from None
 
 
 def _lr(lr):
@@ -89,15 +112,18 @@ def _lr(lr):
 
 
 def mode_velocity(s: ArrayLike, sigma: ArrayLike, depth: int = 2, weight_decay: float = 0.0, *,
-                  lr: float | None = None) -> np.ndarray:
-    r"""Right-hand side of the mode ODE, :math:`\dot s = L s^{2-2/L}(\sigma - s) - L\lambda s`.
+                  lr: float | None = None, input_var: ArrayLike | None = None) -> np.ndarray:
+    r"""Right-hand side of the mode ODE, :math:`\dot s = L\kappa s^{2-2/L}(\sigma - s) - L\lambda s`.
 
-    For depth :math:`L = 1` this reads :math:`\dot s = \sigma - s - \lambda s` (plain linear
-    regression, where :math:`s^{0} = 1` even at :math:`s = 0`).
+    :math:`\kappa` is the mode's input variance (``input_var``, default 1: :math:`\Sigma = I`); it is
+    exact when the input covariance shares the teacher's right singular vectors,
+    :math:`\Sigma v_i = \kappa_i v_i` (``docs/theory.md`` section 1.8). For depth :math:`L = 1` this
+    reads :math:`\dot s = \kappa(\sigma - s) - \lambda s` (plain linear regression, where
+    :math:`s^{0} = 1` even at :math:`s = 0`).
 
     With a learning rate :math:`\eta` it is the velocity of gradient *descent*: the modified
     equation (backward error analysis, ``docs/theory.md`` section 1.6) of the per-layer map
-    :math:`a \mapsto a + \eta f(a)`, :math:`f(a) = a^{L-1}(\sigma - a^L) - \lambda a`, to second order,
+    :math:`a \mapsto a + \eta f(a)`, :math:`f(a) = \kappa a^{L-1}(\sigma - a^L) - \lambda a`, to second order,
 
     .. math:: \dot a = f - \tfrac\eta2 f'f + \eta^2\big(\tfrac13 f'^2 f + \tfrac1{12} f'' f^2\big), \qquad \dot s = L a^{L-1}\dot a,
 
@@ -109,6 +135,8 @@ def mode_velocity(s: ArrayLike, sigma: ArrayLike, depth: int = 2, weight_decay: 
       depth: :math:`L \ge 1`.
       weight_decay: :math:`\lambda \ge 0` on every layer.
       lr: ``None`` (gradient flow) or the GD learning rate :math:`\eta > 0`.
+      input_var: per-mode input variance :math:`\kappa_i = v_i^\top\Sigma v_i \ge 0`, a scalar or
+        broadcastable to the shape of ``sigma`` (default 1; :func:`input_variance` reads it off a Task).
 
     Returns :math:`\dot s` with the broadcast shape of ``s`` and ``sigma``.
 
@@ -116,51 +144,64 @@ def mode_velocity(s: ArrayLike, sigma: ArrayLike, depth: int = 2, weight_decay: 
       >>> import linoverfit as lo
       >>> float(lo.theory.mode_velocity(0.5, 1.0, depth=2))   # 2 s (sigma - s)
       0.5
+      >>> float(lo.theory.mode_velocity(0.5, 1.0, depth=2, input_var=3.0))   # 2 kappa s (sigma - s)
+      1.5
     """
     L = _depth(depth)
     s = _nonneg(s, "s")
     sigma = _nonneg(sigma, "sigma")
     lam = _weight_decay(weight_decay)
+    kappa = _input_var(input_var, sigma)
     eta = _lr(lr)
     if eta is None:
-        return L * np.power(s, 2.0 - 2.0 / L) * (sigma - s) - L * lam * s
+        return L * kappa * np.power(s, 2.0 - 2.0 / L) * (sigma - s) - L * lam * s
     a = s ** (1.0 / L)
-    f, df, d2f = _layer_field(a, sigma, L, lam)
+    f, df, d2f = _layer_field(a, sigma, L, lam, kappa)
     adot = f - 0.5 * eta * df * f + eta**2 * (df * df * f / 3.0 + d2f * f * f / 12.0)
     return L * np.power(a, L - 1) * adot
 
 
-def mode_asymptote(sigma: ArrayLike, s0: ArrayLike, depth: int = 2, weight_decay: float = 0.0) -> np.ndarray:
+def mode_asymptote(sigma: ArrayLike, s0: ArrayLike, depth: int = 2, weight_decay: float = 0.0, *,
+                   input_var: ArrayLike | None = None) -> np.ndarray:
     r"""Limit :math:`s(\infty)` of each mode started at :math:`s_0 > 0` (the stable fixed point it reaches).
 
-    * :math:`L = 1`: :math:`\sigma / (1 + \lambda)`.
-    * :math:`L = 2`: :math:`\max(\sigma - \lambda, 0)`.
-    * :math:`L \ge 3`: the fixed points solve :math:`s^{1-2/L}(\sigma - s) = \lambda`; the mode
+    * :math:`L = 1`: :math:`\kappa\sigma / (\kappa + \lambda)`.
+    * :math:`L = 2`: :math:`\max(\sigma - \lambda/\kappa, 0)`.
+    * :math:`L \ge 3`: the fixed points solve :math:`s^{1-2/L}(\sigma - s) = \lambda/\kappa`; the mode
       converges to the largest root if it starts above the smaller root, otherwise to 0
       (with weight decay a deep net can leave small modes unlearnt for ever).
       Without weight decay it is :math:`\sigma`.
 
-    ``sigma`` and ``s0`` broadcast; returns their broadcast shape. ``s0 = 0`` stays at 0
-    (for depth 1, where 0 is not a fixed point, the depth-1 limit is returned).
+    :math:`\kappa` = ``input_var`` (default 1), the mode's input variance (a mode with
+    :math:`\kappa = 0` sees no input: it keeps :math:`s_0` without weight decay and dies with it).
+    ``sigma`` and ``s0`` broadcast (``input_var`` broadcasts to ``sigma``); returns their broadcast
+    shape. ``s0 = 0`` stays at 0 (for depth 1, where 0 is not a fixed point, the depth-1 limit is returned).
     """
     from scipy.optimize import brentq
 
     L = _depth(depth)
-    sigma, s0 = np.broadcast_arrays(_nonneg(sigma, "sigma"), _nonneg(s0, "s0"))
+    sigma = _nonneg(sigma, "sigma")
+    kappa = _input_var(input_var, sigma)
+    sigma, s0, kappa = np.broadcast_arrays(sigma, _nonneg(s0, "s0"), kappa)
     lam = _weight_decay(weight_decay)
+    dead = kappa == 0  # no input along the mode: only weight decay acts
+    still = np.where(lam > 0, 0.0, s0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam_k = np.where(dead, np.inf, lam / np.where(dead, 1.0, kappa))  # decay per unit of the mode's own time
     if L == 1:
-        return sigma / (1.0 + lam)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(dead, still, sigma / (1.0 + lam_k))
     if L == 2:
-        return np.where(s0 > 0, np.maximum(sigma - lam, 0.0), 0.0)
+        return np.where(dead, still, np.where(s0 > 0, np.maximum(sigma - lam_k, 0.0), 0.0))
     if lam == 0:
-        return np.where(s0 > 0, sigma, 0.0)
+        return np.where(dead, s0, np.where(s0 > 0, sigma, 0.0))
     out = np.zeros(sigma.shape)
     e = 1.0 - 2.0 / L
     for idx in np.ndindex(sigma.shape):
-        sig, start = float(sigma[idx]), float(s0[idx])
-        if sig == 0 or start == 0:
+        sig, start, lk = float(sigma[idx]), float(s0[idx]), float(lam_k[idx])
+        if sig == 0 or start == 0 or not np.isfinite(lk):
             continue
-        h = lambda s: s**e * (sig - s) - lam  # noqa: E731  (growth rate per unit s, up to L)
+        h = lambda s: s**e * (sig - s) - lk  # noqa: E731  (growth rate per unit s, up to L kappa)
         peak = sig * e / (1.0 + e)  # argmax of s^e (sigma - s)
         if h(peak) <= 0:
             continue  # decay beats growth everywhere: the mode dies
@@ -171,18 +212,18 @@ def mode_asymptote(sigma: ArrayLike, s0: ArrayLike, depth: int = 2, weight_decay
 
 
 def mode_trajectory(sigma: ArrayLike, t: ArrayLike, s0: ArrayLike, depth: int = 2, weight_decay: float = 0.0, *,
-                    lr: float | None = None, rtol: float = 1e-11) -> np.ndarray:
+                    lr: float | None = None, input_var: ArrayLike | None = None, rtol: float = 1e-11) -> np.ndarray:
     r"""Value :math:`s_i(t)` of each teacher mode under gradient flow from a balanced aligned init.
 
-    Solves :math:`\dot s = L s^{2-2/L}(\sigma - s) - L\lambda s`, :math:`s(0) = s_0`
-    (``docs/theory.md``, section 1), exactly:
+    Solves :math:`\dot s = L\kappa s^{2-2/L}(\sigma - s) - L\lambda s`, :math:`s(0) = s_0`
+    (``docs/theory.md``, sections 1.3 and 1.8; :math:`\kappa` = ``input_var``, 1 for :math:`\Sigma = I`), exactly:
 
-    * :math:`L = 1`: :math:`s = s_\infty + (s_0 - s_\infty)e^{-(1+\lambda)t}`, :math:`s_\infty = \sigma/(1+\lambda)`.
-    * :math:`L = 2`: the logistic :math:`s = \dfrac{r}{1 + (r/s_0 - 1)e^{-2rt}}` with
-      :math:`r = \sigma - \lambda` (evaluated in a form that is exact and overflow-free for
-      :math:`r \le 0`, where the mode decays, :math:`r = 0` giving :math:`s_0/(1 + 2 s_0 t)`).
+    * :math:`L = 1`: :math:`s = s_\infty + (s_0 - s_\infty)e^{-(\kappa+\lambda)t}`, :math:`s_\infty = \kappa\sigma/(\kappa+\lambda)`.
+    * :math:`L = 2`: the logistic :math:`s = \dfrac{r}{\kappa + (r/s_0 - \kappa)e^{-2rt}}` with
+      :math:`r = \kappa\sigma - \lambda` (evaluated in a form that is exact and overflow-free for
+      :math:`r \le 0`, where the mode decays, :math:`r = 0` giving :math:`s_0/(1 + 2\kappa s_0 t)`).
     * :math:`L \ge 3`: for :math:`\sigma = \lambda = 0` the closed form
-      :math:`s^{-(2-2/L)} = s_0^{-(2-2/L)} + 2(L-1)t`; otherwise the ODE for :math:`\log s` is
+      :math:`s^{-(2-2/L)} = s_0^{-(2-2/L)} + 2(L-1)\kappa t`; otherwise the ODE for :math:`\log s` is
       integrated with ``scipy.integrate.solve_ivp`` (DOP853, or LSODA over horizons long enough
       to make the relaxation of learnt modes stiff; tolerance ``rtol`` relative on :math:`s`,
       all modes at once).
@@ -191,12 +232,21 @@ def mode_trajectory(sigma: ArrayLike, t: ArrayLike, s0: ArrayLike, depth: int = 
     balanced network stays aligned under GD, every layer of mode :math:`i` carries the same value
     :math:`a_i = s_i^{1/L}`, and one step is the scalar map
 
-    .. math:: a \mapsto a + \eta\big(a^{L-1}(\sigma - a^L) - \lambda a\big),
+    .. math:: a \mapsto a + \eta\big(\kappa a^{L-1}(\sigma - a^L) - \lambda a\big),
 
     iterated ``t / lr`` times (a compiled ``lax.fori_loop``, float64; depth 1 in closed form,
-    :math:`s_k = s_\infty + (s_0 - s_\infty)(1 - \eta(1+\lambda))^k`). Between steps (``t / lr`` not
+    :math:`s_k = s_\infty + (s_0 - s_\infty)(1 - \eta(\kappa+\lambda))^k`). Between steps (``t / lr`` not
     an integer) the last step is taken for its fraction. A learning rate at or past the stability
-    edge :math:`2/(L\sigma_1^{2-2/L})` of the learnt minimum warns (:class:`PastEdgeWarning`).
+    edge :math:`2/(\lambda_{max} + \lambda)` of the aligned net at its learnt minimum warns
+    (:class:`PastEdgeWarning`); :math:`\lambda_{max} = \max_{p,q}\kappa_q\sum_{l=1}^L\sigma_p^{2(L-l)/L}\sigma_q^{2(l-1)/L}`,
+    :math:`L\sigma_1^{2-2/L}` for :math:`\kappa = 1`. With :math:`\kappa \ne 1` it can lie below each mode map's
+    own edge :math:`2/(L\kappa_i\sigma_i^{2-2/L} + \lambda)`: the map (exact in exact arithmetic) still
+    converges there, but directions that mix modes grow from round-off, so a simulation does not.
+
+    Assumptions: a balanced, aligned init (``net.init(scheme="aligned")``) and an input covariance
+    with :math:`\Sigma v_i = \kappa_i v_i` for the teacher's right singular vectors :math:`v_i`
+    (:math:`\Sigma = I` by default). Any other covariance couples the modes; this function cannot
+    see the covariance, so pass :math:`\kappa` from :func:`input_variance`, which checks it.
 
     Args:
       sigma: teacher singular values :math:`\sigma_i \ge 0`, shape ``(M,)`` (any shape ``S``).
@@ -206,13 +256,16 @@ def mode_trajectory(sigma: ArrayLike, t: ArrayLike, s0: ArrayLike, depth: int = 
       depth: :math:`L \ge 1`.
       weight_decay: :math:`\lambda \ge 0`, applied to every layer (``lo.pretrain(weight_decay=)``).
       lr: ``None`` (gradient flow, the default) or the GD learning rate :math:`\eta > 0` (exact GD).
+      input_var: per-mode input variance :math:`\kappa_i = v_i^\top\Sigma v_i \ge 0` (default 1), a
+        scalar or broadcastable to ``broadcast(sigma, s0).shape``; a mismatched length raises a
+        ValueError naming ``input_var``.
       rtol: relative accuracy of the ODE solve (depth >= 3 flow only).
 
     Returns an array of shape ``t.shape + broadcast(sigma, s0).shape``: row ``k`` is the learnt
     spectrum at time ``t[k]`` (the leading axis is the checkpoint axis, as in the simulation results).
 
     The flow (``lr=None``) differs from GD by :math:`O(\eta)` (``docs/theory.md`` eq. (1.9));
-    ``lr=`` removes that gap (``tests/test_theory_modes.py``).
+    ``lr=`` removes that gap (``tests/test_theory_modes.py``, ``tests/test_theory_anisotropic.py``).
 
     Examples:
       >>> import numpy as np, linoverfit as lo
@@ -223,6 +276,9 @@ def mode_trajectory(sigma: ArrayLike, t: ArrayLike, s0: ArrayLike, depth: int = 
       [[0.001  0.001 ]
        [0.9566 0.1146]
        [1.     0.5   ]]
+      >>> # input variance 2 along mode 1: the same sigmoid in twice the time
+      >>> bool(np.allclose(lo.theory.mode_trajectory(1.0, [2.5], 1e-3, input_var=2.0), s[1, 0]))
+      True
     """
     L = _depth(depth)
     sigma = _nonneg(sigma, "sigma")
@@ -232,65 +288,86 @@ def mode_trajectory(sigma: ArrayLike, t: ArrayLike, s0: ArrayLike, depth: int = 
     if not (0 < rtol < 1):
         raise ValueError(f"rtol must be in (0, 1), got {rtol}")
     sigma, s0 = np.broadcast_arrays(sigma, s0)
+    kappa = _input_var(input_var, sigma)
     eta = _lr(lr)
     if eta is not None:
-        _warn_past_edge(eta, sigma, L, lam)
-        return _gd_trajectory(sigma, t, s0, L, lam, eta)
+        _warn_past_edge(eta, sigma, L, lam, kappa)
+        return _gd_trajectory(sigma, t, s0, L, lam, eta, kappa)
     tt = t.reshape(t.shape + (1,) * sigma.ndim)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         if L == 1:
-            s_inf = sigma / (1.0 + lam)
-            return s_inf + (s0 - s_inf) * np.exp(-(1.0 + lam) * tt)
+            rate = kappa + lam
+            s_inf = np.where(rate > 0, kappa * sigma / np.where(rate > 0, rate, 1.0), s0)
+            return s_inf + (s0 - s_inf) * np.exp(-rate * tt)
         if L == 2:
-            r = sigma - lam
-            x = 2.0 * r * tt
+            x = 2.0 * (kappa * sigma - lam) * tt
             # (1 - e^{-x}) / x, equal to 1 at x = 0; overflow for r < 0 gives inf, i.e. s -> 0
             phi = np.where(x == 0, 1.0, -np.expm1(-x) / np.where(x == 0, 1.0, x))
-            out = s0 / (np.exp(-x) + s0 * 2.0 * tt * phi)
+            out = s0 / (np.exp(-x) + s0 * 2.0 * kappa * tt * phi)
             return np.where(s0 > 0, out, 0.0)
-    return _deep_trajectory(sigma, t, s0, L, lam, rtol)
+    return _deep_trajectory(sigma, t, s0, L, lam, rtol, kappa)
 
 
-def _warn_past_edge(eta, sigma, L, lam):
+def _warn_past_edge(eta, sigma, L, lam, kappa=None):
     from .curvature import check_edge
 
-    top = float(np.max(sigma, initial=0.0))
-    if top > 0:  # sharpness at the learnt minimum of an aligned net (docs/theory.md, section 7.1)
-        check_edge(eta, 2.0 / (L * top ** (2.0 - 2.0 / L) + lam), "mode_trajectory", stacklevel=4)
+    top = _aligned_sharpness(sigma, L, kappa)
+    if top + lam > 0:
+        check_edge(eta, 2.0 / (top + lam), "mode_trajectory", stacklevel=4)
 
 
-def _gd_trajectory(sigma, t, s0, L, lam, eta):
+def _aligned_sharpness(sigma, L, kappa=None) -> float:
+    r"""Top Hessian eigenvalue at the learnt minimum of an aligned net carrying these modes (``docs/theory.md``
+    1.8, 7.1): :math:`\max_{p,q}\kappa_q\sum_{l=1}^L a_p^{2(L-l)}a_q^{2(l-1)}`, :math:`a = \sigma^{1/L}`. The diagonal
+    :math:`p = q` is each mode map's own :math:`L\kappa\sigma^{2-2/L}`; :math:`p \ne q` mixes modes (layer ``l``
+    reading input direction :math:`v_q` into mode :math:`p`), larger when a small-:math:`\kappa` mode sits above a
+    large-:math:`\kappa` one. For :math:`\kappa = 1` it is :math:`L\sigma_1^{2-2/L}`."""
+    sig = np.asarray(sigma, np.float64).ravel()
+    if sig.size == 0 or not np.any(sig > 0):
+        return 0.0
+    kap = np.ones(sig.shape) if kappa is None else np.broadcast_to(np.asarray(kappa, np.float64), np.shape(sigma)).ravel()
+    a = sig ** (1.0 / L)
+    ls = np.arange(1, L + 1)
+    # (p, q): sum_l a_p^(2(L-l)) a_q^(2(l-1)), 0^0 = 1 (an empty product of layers)
+    terms = np.power(a[:, None, None], 2.0 * (L - ls)) * np.power(a[None, :, None], 2.0 * (ls - 1))
+    return float(np.max(kap[None, :] * terms.sum(-1)))
+
+
+def _gd_trajectory(sigma, t, s0, L, lam, eta, kappa=None):
     """Exact GD on the per-layer values of aligned balanced modes; ``t.shape + sigma.shape``."""
+    kappa = np.ones(sigma.shape) if kappa is None else np.broadcast_to(np.asarray(kappa, np.float64), sigma.shape)
     n_float = t / eta
     n = np.round(n_float)
     near = np.abs(n_float - n) <= 1e-9 * np.maximum(1.0, n_float)
     n = np.where(near, n, np.floor(n_float))
     frac = np.where(near, 0.0, n_float - n)
     tt = (n.reshape(t.shape + (1,) * sigma.ndim), frac.reshape(t.shape + (1,) * sigma.ndim))
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         if L == 1:
-            s_inf = sigma / (1.0 + lam)
-            rate = 1.0 - eta * (1.0 + lam)
-            return s_inf + (s0 - s_inf) * rate ** tt[0] * (1.0 - eta * (1.0 + lam) * tt[1])
+            rate = kappa + lam
+            s_inf = np.where(rate > 0, kappa * sigma / np.where(rate > 0, rate, 1.0), s0)
+            step = 1.0 - eta * rate
+            return s_inf + (s0 - s_inf) * step ** tt[0] * (1.0 - eta * rate * tt[1])
     order, inverse = np.unique(n.ravel(), return_inverse=True)
     seg = np.diff(np.concatenate([[0], order])).astype(np.int64)
     K = 1 << max(int(np.ceil(np.log2(max(seg.size, 1)))), 0)  # pad: one compilation per power of 2
     seg = np.concatenate([seg, np.zeros(K - seg.size, np.int64)])
     a0 = s0.ravel() ** (1.0 / L)
     with jax.enable_x64(True):
-        a = np.asarray(_iterate_modes(jnp.asarray(a0), jnp.asarray(sigma.ravel(), jnp.float64), float(lam), float(eta),
+        a = np.asarray(_iterate_modes(jnp.asarray(a0), jnp.asarray(sigma.ravel(), jnp.float64),
+                                      jnp.asarray(kappa.ravel(), jnp.float64), float(lam), float(eta),
                                       jnp.asarray(seg), L))[: order.size]
     a = a[inverse].reshape(t.shape + sigma.shape)
     with np.errstate(over="ignore", invalid="ignore"):
-        f = np.power(a, L - 1) * (sigma - a**L) - lam * a
+        f = kappa * np.power(a, L - 1) * (sigma - a**L) - lam * a
         a = a + tt[1] * eta * f  # the fraction of the next step
         return np.where(s0 > 0, a**L, 0.0)
 
 
 @partial(jax.jit, static_argnames=("L",))
-def _iterate_modes(a0, sig, lam, eta, seg, L):
+def _iterate_modes(a0, sig, kap, lam, eta, seg, L):
     def step(_, a):
-        return a + eta * (a ** (L - 1) * (sig - a**L) - lam * a)
+        return a + eta * (kap * a ** (L - 1) * (sig - a**L) - lam * a)
 
     def segment(a, n):
         a = jax.lax.fori_loop(jnp.zeros((), n.dtype), n, step, a)
@@ -299,37 +376,38 @@ def _iterate_modes(a0, sig, lam, eta, seg, L):
     return jax.lax.scan(segment, a0, seg)[1]
 
 
-def _deep_trajectory(sigma, t, s0, L, lam, rtol):
-    """Depth >= 3: closed form where sigma = lam = 0, the log-space ODE elsewhere."""
+def _deep_trajectory(sigma, t, s0, L, lam, rtol, kappa=None):
+    """Depth >= 3: closed form where sigma = lam = 0, the log-space ODE elsewhere (``kappa``: input variance)."""
+    kappa = np.ones(sigma.shape) if kappa is None else np.broadcast_to(kappa, sigma.shape)
     out = np.zeros(t.shape + sigma.shape)
-    flat_sig, flat_s0 = sigma.ravel(), s0.ravel()
+    flat_sig, flat_s0, flat_kap = sigma.ravel(), s0.ravel(), kappa.ravel()
     flat_out = out.reshape(t.size, flat_sig.size)
     p = 2.0 - 2.0 / L
     closed = (flat_s0 > 0) & (flat_sig == 0) & (lam == 0)
     if np.any(closed):
         tc = t.reshape(-1, 1)
-        flat_out[:, closed] = (flat_s0[closed] ** -p + 2.0 * (L - 1) * tc) ** (-1.0 / p)
+        flat_out[:, closed] = (flat_s0[closed] ** -p + 2.0 * (L - 1) * flat_kap[closed] * tc) ** (-1.0 / p)
     ode = (flat_s0 > 0) & ~closed
     if np.any(ode) and t.size:
-        sig, x0 = flat_sig[ode], np.log(flat_s0[ode])
+        sig, kap, x0 = flat_sig[ode], flat_kap[ode], np.log(flat_s0[ode])
         order = np.unique(t.ravel())  # sorted, deduplicated evaluation times
 
         def rhs(_, x):
-            # d log s / dt = L s^{1-2/L} (sigma - s) - L lam
+            # d log s / dt = L kappa s^{1-2/L} (sigma - s) - L lam
             s = np.exp(x)
-            return L * np.exp((1.0 - 2.0 / L) * x) * (sig - s) - L * lam
+            return L * kap * np.exp((1.0 - 2.0 / L) * x) * (sig - s) - L * lam
 
         def jac(_, x):
             s, e = np.exp(x), 1.0 - 2.0 / L
-            return np.diag(L * np.exp(e * x) * (e * (sig - s) - s))
+            return np.diag(L * kap * np.exp(e * x) * (e * (sig - s) - s))
 
         if order[-1] == 0:
             xs = np.broadcast_to(x0[:, None], (x0.size, order.size))
         else:
-            # learnt modes relax at rate ~ L sigma^(2-2/L); over horizons of many relaxation times an
+            # learnt modes relax at rate ~ L kappa sigma^(2-2/L); over horizons of many relaxation times an
             # explicit scheme is stability-limited (stiff), so switch to LSODA there, with a tighter
             # tolerance to match DOP853's accuracy (both ~1e-10 relative at rtol 1e-11, measured)
-            stiffness = order[-1] * L * (float(np.max(sig)) ** (2.0 - 2.0 / L) + lam)
+            stiffness = order[-1] * L * (float(np.max(kap * sig ** (2.0 - 2.0 / L))) + lam)
             method, tol, kw = ("DOP853", rtol, {}) if stiffness < 2e4 else ("LSODA", max(rtol * 1e-2, 1e-14), {"jac": jac})
             # atol on log s is a relative tolerance on s
             sol = solve_ivp(rhs, (0.0, order[-1]), x0, method=method, t_eval=order, rtol=tol, atol=tol, **kw)
@@ -339,6 +417,51 @@ def _deep_trajectory(sigma, t, s0, L, lam, rtol):
         pos = np.searchsorted(order, t.ravel())
         flat_out[:, ode] = np.exp(xs[:, pos].T)
     return flat_out.reshape(out.shape)
+
+
+def input_variance(task: Task) -> np.ndarray:
+    r"""Input variance :math:`\kappa_i = v_i^\top\Sigma v_i` along each right singular vector of the teacher.
+
+    The mode dynamics (:func:`mode_trajectory` ``input_var=``) and every prediction built on them hold
+    when :math:`\Sigma` shares the teacher's right singular vectors, :math:`\Sigma v_i = \kappa_i v_i`
+    for every :math:`v_i` of :math:`A = U\operatorname{diag}(\sigma)V^\top` (Saxe et al. 2014;
+    ``docs/theory.md`` section 1.8). This checks that condition in float64,
+    :math:`\lVert\Sigma V - V\operatorname{diag}(\kappa)\rVert_F \le \sqrt{\epsilon}\,\lVert\Sigma\rVert_F`
+    with :math:`\epsilon` the machine epsilon of the task's dtype (a float32 task's singular vectors are
+    only accurate to :math:`\epsilon/\text{gap}`; :math:`\sqrt\epsilon` leaves room for relative gaps down
+    to :math:`\sqrt\epsilon`), and raises a ValueError naming it otherwise. Degenerate singular values
+    (a zero block of a rank-deficient teacher included) have no unique :math:`v_i`: the check uses
+    ``task.svd()``'s basis, the one ``net.init(scheme="aligned", task=task)`` aligns to.
+
+    Args:
+      task: a :class:`~linoverfit.Task`.
+
+    Returns :math:`\kappa` of shape ``(min(d_in, d_out),)``, float64, in the order of ``task.spectrum``
+    (descending :math:`\sigma`): pass it with those singular values as ``input_var=``.
+
+    Examples:
+      >>> import jax, linoverfit as lo
+      >>> task = lo.tasks.power_law(3, 3, key=jax.random.key(0), input_var=[2.0, 1.0, 0.5])
+      >>> print(lo.theory.input_variance(task).round(6))
+      [2.  1.  0.5]
+    """
+    from ..tasks import Task
+
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a linoverfit Task, got {type(task).__name__}")
+    cov = np.asarray(task.input_cov, np.float64)
+    _, _, Vt = np.linalg.svd(np.asarray(task.teacher, np.float64), full_matrices=False)
+    kappa = np.einsum("ij,jk,ik->i", Vt, cov, Vt)
+    resid = cov @ Vt.T - Vt.T * kappa[None, :]
+    eps = max(np.finfo(np.asarray(task.teacher).dtype).eps, np.finfo(np.asarray(task.input_cov).dtype).eps)
+    if np.linalg.norm(resid) > np.sqrt(eps) * max(np.linalg.norm(cov), 1e-300):
+        raise ValueError("task.input_cov must share the teacher's right singular vectors (input_cov @ v_i = kappa_i v_i "
+                         "for every right singular vector v_i of task.teacher; relative residual "
+                         f"{np.linalg.norm(resid) / max(np.linalg.norm(cov), 1e-300):.3g} > {np.sqrt(eps):.3g}): only "
+                         "then do the modes evolve independently. Build such a task with input_var= "
+                         "(lo.tasks.from_spectrum / power_law), or use lo.theory.expected_perturbed_loss / "
+                         "predict_finetune on simulated weights for any other covariance")
+    return kappa
 
 
 def _mode_solution(sigma, s0, L, lam, t_end, rtol=1e-11, kappa=None):

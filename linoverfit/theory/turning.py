@@ -1,6 +1,7 @@
 r"""Predicted U-curves over pre-training time and their minimiser, the turning point :math:`T^*`.
 
-Balanced aligned gradient flow with :math:`\Sigma = I` (``docs/theory.md``, section 3): the spectrum
+Balanced aligned gradient flow (or GD, ``pretrain_lr=``) with :math:`\Sigma = I` or :math:`\Sigma v_i = \kappa_i v_i`
+(``docs/theory.md``, sections 1.8, 3): the spectrum
 :math:`s_i(t)` follows :func:`~linoverfit.theory.mode_trajectory`, and
 
 * under Gaussian perturbation the expected pre-training loss is
@@ -26,7 +27,7 @@ from scipy.optimize import brentq, minimize_scalar
 from .. import validation as _v
 from ..results import Result, result
 from .flow import FinetunePrediction, predict_finetune
-from .modes import _mode_solution, _nonneg, _weight_decay, mode_asymptote, mode_trajectory, mode_velocity
+from .modes import _lr, _mode_solution, _nonneg, _weight_decay, input_variance, mode_asymptote, mode_trajectory, mode_velocity
 from .perturbation import _gamma, _spectrum_sensitivity, _widths
 from .ucurve import u_curve
 
@@ -81,17 +82,9 @@ def _input_variance(task, widths):
     if not isinstance(task, Task):
         return None
     cov = np.asarray(task.input_cov, np.float64)
-    d_in = cov.shape[0]
-    if np.allclose(cov, np.eye(d_in), rtol=0, atol=1e-10):
+    if np.allclose(cov, np.eye(cov.shape[0]), rtol=0, atol=1e-10):
         return None
-    _, sig, Vt = (np.asarray(x, np.float64) for x in task.svd())
-    kappa_all = np.einsum("ij,jk,ik->i", Vt, cov, Vt)
-    resid = cov @ Vt.T - Vt.T * kappa_all[None, :]
-    if np.linalg.norm(resid) > 1e-8 * max(np.linalg.norm(cov), 1e-300):
-        raise ValueError("task.input_cov must share the teacher's right singular vectors (input_cov @ v_i = kappa_i v_i "
-                         "for every right singular vector v_i of task.teacher): only then do the modes evolve "
-                         "independently; use lo.theory.expected_perturbed_loss / predict_finetune on simulated weights "
-                         "for any other covariance")
+    kappa_all = input_variance(task)  # raises the ValueError naming the condition
     k = min(widths)
     kappa = np.ones(k)
     n = min(k, kappa_all.size)
@@ -137,7 +130,7 @@ def _horizon(sig, s0, L, lam):
 
 
 def perturbed_loss_curve(task: Task | ArrayLike, t: ArrayLike, gamma: ArrayLike, *, widths: DeepLinear | Sequence[int],
-                         s0: ArrayLike, weight_decay: float = 0.0) -> np.ndarray:
+                         s0: ArrayLike, weight_decay: float = 0.0, pretrain_lr: float | None = None) -> np.ndarray:
     r"""Predicted expected pre-training loss after Gaussian perturbation, over pre-training time.
 
     .. math:: f(t) = \tfrac12\sum_{i\le k}(\sigma_i - s_i(t))^2 + \tfrac12\sum_{i>k}\sigma_i^2
@@ -160,6 +153,9 @@ def perturbed_loss_curve(task: Task | ArrayLike, t: ArrayLike, gamma: ArrayLike,
       s0: initial mode value (``scale**depth`` for ``net.init(scheme="aligned", scale=scale)``), or
         one per carried mode ``(k,)`` (e.g. :func:`gaussian_init_s0` for a small Gaussian init).
       weight_decay: :math:`\lambda` on every layer during pre-training.
+      pretrain_lr: ``None`` (pre-training by gradient flow) or the pre-training learning rate
+        :math:`\eta`: then :math:`s(t)` is GD's, exactly (:func:`mode_trajectory` with ``lr=``; the
+        per-mode map :math:`a \mapsto a + \eta(\kappa_i a^{L-1}(\sigma_i - a^L) - \lambda a)`).
 
     Returns shape ``t.shape + G``; :math:`\gamma = 0` gives the plain pre-training loss.
 
@@ -177,14 +173,12 @@ def perturbed_loss_curve(task: Task | ArrayLike, t: ArrayLike, gamma: ArrayLike,
     sig, rest = _learnable(sigma, widths)
     var = _input_variance(task, widths)
     if var is None:
-        s = mode_trajectory(sig, t, _s0(s0, sig.size), L, weight_decay)
         kappa, rest_k, iv = 1.0, rest, None
     else:
-        t = _nonneg(t, "t")
         kappa, kap_all, tr = var
-        s = _mode_solution(sig, _s0(s0, sig.size), L, _weight_decay(weight_decay), float(np.max(t, initial=0.0)),
-                           kappa=kappa)(t)
         rest_k, iv = float(np.sum(kap_all[sig.size:] * sigma[sig.size:] ** 2)), (kappa, tr)
+    s = mode_trajectory(sig, t, _s0(s0, sig.size), L, weight_decay, lr=pretrain_lr,
+                        input_var=None if var is None else kappa)
     fit = 0.5 * np.sum(kappa * (sig - s) ** 2, axis=-1) + 0.5 * rest_k + 0.5 * noise * widths[-1]
     S = _spectrum_sensitivity(s, gamma, widths, input_var=iv)[0]
     return fit.reshape(fit.shape + (1,) * np.ndim(gamma)) + S
@@ -195,12 +189,9 @@ def _curve_and_slope(sig, rest, noise, t, gamma, widths, s0, lam, modes=None, in
     solution ``t -> s`` (:func:`~linoverfit.theory.modes._mode_solution`) to evaluate instead of re-solving."""
     L = len(widths) - 1
     s = mode_trajectory(sig, t, s0, L, lam) if modes is None else modes(t)
-    if input_var is None:
-        kappa = 1.0
-        sdot = mode_velocity(s, sig, L, lam)
-    else:  # each mode learns at its own input variance: ds/dt = L kappa s^(2-2/L) (sigma - s) - L lam s
-        kappa = input_var[0]
-        sdot = L * kappa * np.power(s, 2.0 - 2.0 / L) * (sig - s) - L * lam * s
+    # each mode learns at its own input variance: ds/dt = L kappa s^(2-2/L) (sigma - s) - L lam s
+    kappa = 1.0 if input_var is None else input_var[0]
+    sdot = mode_velocity(s, sig, L, lam, input_var=None if input_var is None else kappa)
     S, dS = _spectrum_sensitivity(s, gamma, widths, sdot=sdot, input_var=input_var)
     f = 0.5 * np.sum(kappa * (sig - s) ** 2, axis=-1) + 0.5 * rest + 0.5 * noise * widths[-1] + S
     df = np.sum(kappa * (s - sig) * sdot, axis=-1) + dS
@@ -218,15 +209,17 @@ def finetune_curve(task: Task, finetune: Task, t: ArrayLike, *, widths: DeepLine
                    lr: ArrayLike, steps: int, weight_decay: float = 0.0,
                    pretrain_lr: float | None = None, gd_order: int | str = "auto", return_maps: bool = False,
                    method: str = "auto", rtol: float = 1e-10) -> FinetunePrediction:
-    r"""Predicted fine-tuning outcome from every pre-training time ``t`` (balanced aligned init, :math:`\Sigma = I`).
+    r"""Predicted fine-tuning outcome from every pre-training time ``t`` (balanced aligned init).
 
-    Pre-training gives :math:`P(t) = U\operatorname{diag}(s(t))V^\top` (:func:`mode_trajectory`);
+    Pre-training gives :math:`P(t) = U\operatorname{diag}(s(t))V^\top` (:func:`mode_trajectory`; with
+    :math:`\Sigma v_i = \kappa_i v_i` each mode at its own input variance, ``docs/theory.md`` 1.8);
     fine-tuning on ``finetune`` for :math:`\tau = \eta\cdot\text{steps}` is the end-to-end flow
     from it (:func:`predict_finetune`). ``pretrain_loss_after`` over ``t`` is the fine-tuning
     U-curve.
 
     Args:
-      task: pre-training :class:`~linoverfit.Task` (identity covariance; its singular vectors matter).
+      task: pre-training :class:`~linoverfit.Task` (its singular vectors matter): identity input
+        covariance or one sharing the teacher's right singular vectors; any other raises a ValueError.
       finetune: fine-tuning :class:`~linoverfit.Task` (any PSD covariance).
       t: pre-training times, shape ``(C,)``.
       widths, s0, weight_decay: the pre-training network and init, as in :func:`perturbed_loss_curve`.
@@ -250,14 +243,8 @@ def finetune_curve(task: Task, finetune: Task, t: ArrayLike, *, widths: DeepLine
     if t.ndim != 1:
         raise ValueError(f"t must be 1-D (the checkpoint axis), got shape {t.shape}")
     var = _input_variance(task, widths)
-    if var is None:
-        s = mode_trajectory(sig, t, _s0(s0, sig.size), len(widths) - 1, weight_decay, lr=pretrain_lr)
-    else:
-        if pretrain_lr is not None:
-            raise ValueError("pretrain_lr= (GD pre-training) is implemented for identity input covariance only; "
-                             "use pretrain_lr=None (gradient flow) with an anisotropic task")
-        s = _mode_solution(sig, _s0(s0, sig.size), len(widths) - 1, _weight_decay(weight_decay),
-                           float(np.max(t, initial=0.0)), kappa=var[0])(t)
+    s = mode_trajectory(sig, t, _s0(s0, sig.size), len(widths) - 1, weight_decay, lr=pretrain_lr,
+                        input_var=None if var is None else var[0])
     pred = predict_finetune(_aligned_maps(task, widths, s), finetune, lr, steps, depth=len(widths) - 1,
                             pretrain_task=task, return_maps=return_maps, gd_order=gd_order, method=method, rtol=rtol)
     return FinetunePrediction(**{**pred.__dict__, "t": t})
@@ -394,14 +381,44 @@ def _grid(t_max, n):
 def _staircase(sig, s0, L, lam, kappa=None):
     """Spectra (k+1, k): row i has modes < i at their asymptote, the rest at 0 (``kappa``: per-mode input
     variance, which divides the weight decay a mode feels)."""
-    if kappa is None:
-        s_inf = mode_asymptote(sig, s0, L, lam)
-    else:
-        s0b = np.broadcast_to(s0, sig.shape)
-        s_inf = np.array([float(mode_asymptote(sg, s_, L, lam / kp)) if kp > 0 else 0.0
-                          for sg, s_, kp in zip(sig, s0b, kappa)])
+    s_inf = mode_asymptote(sig, s0, L, lam, input_var=kappa)
     k = sig.size
     return np.where(np.arange(k)[None, :] < np.arange(k + 1)[:, None], s_inf[None, :], 0.0)
+
+
+def _gd_turning_point(sig, rest, noise, t, g, widths, s0, lam, eta, kappa, iv, stairs, depth, max_steps=20_000):
+    """Perturbation T* for GD pre-training: the curve is read on exact GD spectra (mode_trajectory(lr=)), the
+    lowest grid minima are refined over every GD step of their bracket (T* a multiple of eta), or by bounded
+    Brent on the step-interpolated curve where a bracket spans more than ``max_steps`` steps."""
+    L = len(widths) - 1
+
+    def modes(ts):
+        return mode_trajectory(sig, ts, s0, L, lam, lr=eta, input_var=kappa)
+
+    def curve(ts):
+        return _curve_and_slope(sig, rest, noise, np.asarray(ts, np.float64), g, widths, s0, lam, modes, iv)[0]
+
+    f = curve(t)
+    cands = [(float(f[0]), 0.0), (float(f[-1]), float(t[-1]))]
+    inner = np.flatnonzero((f[1:-1] <= f[:-2]) & (f[1:-1] <= f[2:])) + 1
+    for i in inner[np.argsort(f[inner])][:8]:  # the lowest local minima of the grid
+        n_lo, n_hi = int(np.ceil(t[i - 1] / eta)), int(np.floor(t[i + 1] / eta))
+        if n_hi - n_lo + 1 <= max_steps:
+            ts = eta * np.arange(n_lo, n_hi + 1, dtype=np.float64)
+            fs = curve(ts)
+            j = int(np.argmin(fs))
+            cands.append((float(fs[j]), float(ts[j])))
+        else:
+            res = minimize_scalar(lambda x: float(curve(np.array([x]))[0]), bounds=(t[i - 1], t[i + 1]),
+                                  method="bounded", options={"xatol": 1e-8 * t[i + 1]})
+            cands.append((float(res.fun), float(res.x)))
+    loss, t_star = min(cands)
+    interior = bool(t_star < t[-1])
+    kw = 1.0 if kappa is None else kappa
+    stair_values = 0.5 * np.sum(kw * (sig - stairs) ** 2, axis=-1) + _spectrum_sensitivity(stairs, g, widths, input_var=iv)[0]
+    marginal = np.diff(stair_values)
+    return TurningPoint("perturbation", float(t_star), float(loss), interior, float(perturbation_threshold(g, widths)),
+                        marginal, marginal < 0, t, f, **_judged(t, f, float(t_star), float(loss), depth))
 
 
 def turning_point(task: Task | ArrayLike, gamma: float | None = None, *, widths: DeepLinear | Sequence[int],
@@ -434,6 +451,10 @@ def turning_point(task: Task | ArrayLike, gamma: float | None = None, *, widths:
       finetune: fine-tuning :class:`~linoverfit.Task`; lr: its learning rate (scalar); steps: its steps.
       pretrain_lr, gd_order: GD instead of gradient flow in pre-training (``pretrain_lr``, default
         flow) and fine-tuning (``gd_order``, default ``"auto"``: GD), as in :func:`finetune_curve`.
+        For perturbation with ``pretrain_lr`` the curve is read on the exact GD spectra and the lowest
+        grid minima are refined over every GD step of their bracket, so :math:`T^*` is the minimising
+        multiple of ``pretrain_lr`` (bounded Brent on the step-interpolated curve where a bracket spans
+        more than 20000 steps).
       t_max: horizon (default: long enough for every learnable mode to be learnt).
       grid: number of grid points (default 4096 for perturbation, 96 for fine-tuning).
       depth: smallest relative rise after the minimum that makes it a turning point
@@ -478,6 +499,9 @@ def turning_point(task: Task | ArrayLike, gamma: float | None = None, *, widths:
             raise ValueError(f"gamma must be a scalar > 0, got {gamma!r}")
         g = float(g)
         t = _grid(t_max, grid or 4096)
+        if pretrain_lr is not None:
+            return _gd_turning_point(sig, rest, noise, t, g, widths, s0, lam, _lr(pretrain_lr), kappa, iv, stairs,
+                                     depth)
         # one dense solve serves the grid and every evaluation of the root finder (depth >= 3 has no closed form)
         modes = _mode_solution(sig, s0, L, lam, t_max, kappa=kappa)
         f, df = _curve_and_slope(sig, rest, noise, t, g, widths, s0, lam, modes, iv)
