@@ -9,8 +9,11 @@ compilation is excluded on both sides):
 
 * fine-tuning sweep of W1 (48 checkpoints x 3 lrs x 1000 steps, widths 64, one seed) from a
   Gaussian-init pre-training run, depth 2 and depth 3: ``lo.finetune`` against
-  ``lo.theory.predict_finetune`` from the run's own layers as gradient flow (``gd_order=0``) and with
-  its default (``gd_order="auto"``), and the balanced depth-2 closed form from the maps alone;
+  ``lo.theory.predict_finetune`` from the run's own layers as gradient flow (``gd_order=0``), with
+  its default (``gd_order="auto"``: GD itself), and at depth 2 in closed form from the own layers
+  (``method="closed"``, lambda-balanced) and from the balanced factors of the maps alone; each
+  theory row also prints its largest relative error in the losses after fine-tuning against the
+  simulation;
 * ``lo.theory.turning_point`` (perturbation, 64 modes) at depths 2, 3 and 4 (its simulation would
   need ``T* / lr`` pre-training steps: printed, not run);
 * the explorer's fine-tuning redraw (``linoverfit.explorer.closed_form_curves(mode="finetune")``).
@@ -23,19 +26,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import numpy as np
 
+from .timing import timed
 
-def _best(fn, repeat):
-    fn()  # warm-up: imports, compilation, caches
-    runs = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t0)
+
+def _best(fn, repeat, box=None):
+    """Best wall time of ``repeat`` warm calls; the last result goes to ``box["out"]``."""
+    runs, out = timed(fn, repeat)
+    if box is not None:
+        box["out"] = out
     return min(runs)
+
+
+def _error(pred, sim):
+    """Largest relative error of the predicted losses after fine-tuning against the simulated ones."""
+    return max(float(np.max(np.abs(np.asarray(getattr(pred, n)) / np.asarray(getattr(sim, n)) - 1)))
+               for n in ("pretrain_loss_after", "finetune_loss_after"))
 
 
 def main(argv=None):
@@ -58,10 +66,11 @@ def main(argv=None):
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     rows = {}
 
-    def row(name, seconds, ref=None):
-        rows[name] = seconds
+    def row(name, seconds, ref=None, err=None):
+        rows[name] = seconds if err is None else {"seconds": seconds, "max_rel_error_vs_simulation": err}
         ratio = f"   {ref / seconds:6.1f}x faster than the simulation" if ref else ""
-        print(f"{name:68s} {seconds:9.3f} s{ratio}", flush=True)
+        acc = f"   loss-after error vs simulation {100 * err:.3g}%" if err is not None else ""
+        print(f"{name:68s} {seconds:9.3f} s{ratio}{acc}", flush=True)
 
     for depth in [int(x) for x in args.depths.split(",")]:
         spec = W1.with_(seeds=1, depth=depth) if depth == 2 else W1.with_(seeds=1, depth=depth, total_steps=4096, init_scale=0.05)
@@ -69,20 +78,26 @@ def main(argv=None):
         W0 = tuple(w[0] for w in W0) if W0[0].ndim == 3 else W0
         run = lo.pretrain(net, W0, task, lr=spec.lr, checkpoints=spec.checkpoints)
         lrs, steps = spec.ft_lrs, spec.ft_steps
-        sim = None
+        sim, box = None, {}
         if not args.skip_sim:
-            sim = _best(lambda: jax.block_until_ready(lo.finetune(net, run, ft, lr=lrs, steps=steps).pretrain_loss_after),
-                        args.repeat)
+            sim = _best(lambda: jax.block_until_ready(lo.finetune(net, run, ft, lr=lrs, steps=steps)), args.repeat, box)
             row(f"depth {depth}: lo.finetune (simulation)", sim)
-        row(f"depth {depth}: predict_finetune, own layers, gradient flow", _best(
-            lambda: lo.theory.predict_finetune(run, ft, lr=lrs, steps=steps, gd_order=0), args.repeat), sim)
-        row(f"depth {depth}: predict_finetune, own layers, gd_order='auto' (default)", _best(
-            lambda: lo.theory.predict_finetune(run, ft, lr=lrs, steps=steps), args.repeat), sim)
+        simulated = box.get("out")
+
+        def theory_row(name, fn):
+            out = {}
+            seconds = _best(fn, args.repeat, out)
+            row(f"depth {depth}: predict_finetune, {name}", seconds, sim,
+                None if simulated is None else _error(out["out"], simulated))
+
+        theory_row("own layers, gradient flow", lambda: lo.theory.predict_finetune(run, ft, lr=lrs, steps=steps, gd_order=0))
+        theory_row("own layers, gd_order='auto' (default)", lambda: lo.theory.predict_finetune(run, ft, lr=lrs, steps=steps))
         if depth == 2:
             P = np.asarray(run.end_to_end)
-            row("depth 2: predict_finetune, balanced maps, closed form", _best(
-                lambda: lo.theory.predict_finetune(P, ft, lr=lrs, steps=steps, depth=2, pretrain_task=task,
-                                                   gd_order=0, method="closed"), args.repeat), sim)
+            theory_row("own layers, closed form (lambda-balanced)", lambda: lo.theory.predict_finetune(
+                run, ft, lr=lrs, steps=steps, gd_order=0, method="closed"))
+            theory_row("balanced maps, closed form", lambda: lo.theory.predict_finetune(
+                P, ft, lr=lrs, steps=steps, depth=2, pretrain_task=task, gd_order=0, method="closed"))
 
     d = 64
     sigma = 1.0 / np.arange(1, d + 1)

@@ -15,18 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import numpy as np
 
+from .timing import timed
+
 
 def _time(fn, repeat):
-    fn()  # warm-up (imports, jit compilation, caches)
-    runs = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        runs.append(1e3 * (time.perf_counter() - t0))
+    """Best and median of ``repeat`` warm calls, in milliseconds."""
+    runs = [1e3 * r for r in timed(fn, repeat)[0]]
     return min(runs), statistics.median(runs)
 
 

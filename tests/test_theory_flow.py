@@ -1,10 +1,14 @@
 """lo.theory.flow: the balanced end-to-end flow against parameter-space gradient descent, the predicted
 fine-tuning U-curve, and first-order forgetting (docs/theory.md, sections 4-5)."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import linoverfit as lo
 from linoverfit.theory import end_to_end_flow, end_to_end_velocity, first_order_forgetting, predict_finetune, turning_point
@@ -261,3 +265,70 @@ def test_predict_finetune_from_gaussian_checkpoints_follows_their_own_layers(dep
         s = np.asarray(sim.finetune_loss_after)
         worst_balanced = max(worst_balanced, float(np.max(np.abs(bal.finetune_loss_after - s) / s)))
     assert worst_balanced > 0.5  # the balanced factorisation of the same maps is far off (measured 3-46x)
+
+
+def _lambda_balanced(rng, n, h, m, lam):
+    """Layers W1 (h, n), W2 (m, h) with W2^T W2 - W1 W1^T = lam I exactly (h <= min(n, m)): the larger
+    Gram matrix is the smaller one + |lam| I, its square root carried by orthonormal columns."""
+    def root(G):
+        w, V = np.linalg.eigh(G)
+        return (V * np.sqrt(w)) @ V.T
+
+    O = np.linalg.qr(rng.normal(size=(max(n, m), h)))[0]
+    if lam >= 0:
+        W1 = 0.5 * rng.normal(size=(h, n))
+        W2 = O[:m] @ root(W1 @ W1.T + lam * np.eye(h))
+    else:
+        W2 = 0.5 * rng.normal(size=(m, h))
+        W1 = root(W2.T @ W2 - lam * np.eye(h)) @ O[:n].T
+    return W1, W2
+
+
+@settings(max_examples=6, deadline=None)
+@given(lam=st.floats(-0.4, 0.4), seed=st.integers(0, 2**16))
+def test_closed_form_from_lambda_balanced_layers_is_the_layer_flow(lam, seed):
+    """method='closed' from a run's own layers (Braun et al. 2022): exact for lambda-balanced layers,
+    C = W2^T W2 - W1 W1^T = lam I, of either sign."""
+    rng = np.random.default_rng(seed)
+    n, h, m = 6, 4, 6
+    W1, W2 = _lambda_balanced(rng, n, h, m, lam)
+    task = lo.Task(teacher=rng.normal(size=(m, n)) / np.sqrt(n))
+    ft = lo.Task(teacher=rng.normal(size=(m, n)) / np.sqrt(n))
+    run = lo.pretrain(lo.DeepLinear((n, h, m)), (W1, W2), task, lr=0.01, checkpoints=[0])
+    kw = dict(lr=(0.01, 0.05), steps=100, gd_order=0)
+    exact = predict_finetune(run, ft, method="layers", rtol=1e-12, atol=1e-14, **kw)
+    closed = predict_finetune(run, ft, method="closed", **kw)
+    # closed form: round-off ~1e-11 (steps of conditioning <= e^12); layer flow at rtol 1e-12 over tau <= 5
+    for name in ("pretrain_loss_after", "finetune_loss_after"):
+        np.testing.assert_allclose(getattr(closed, name), getattr(exact, name), rtol=1e-8, err_msg=name)
+
+
+def test_closed_form_from_gaussian_layers_is_near_the_flow_and_warns_where_not():
+    """From a small Gaussian init the layers are not lambda-balanced; the closed form drops C - lambda I.
+    Its error against the exact layer flow stays below rho = tau ||C - lambda I|| / 2 (0.026 and 0.10 here)
+    and it warns past rho = 0.05; balancing the maps instead misses by far more."""
+    d, h = 8, 32
+    task = lo.tasks.power_law(d, d, 1.0, key=jax.random.key(0))
+    ft = lo.tasks.shifted(task, "additive", 0.3, key=jax.random.key(1))
+    net = lo.DeepLinear((d, h, d))
+    kw = dict(lr=(0.01,), steps=1000, gd_order=0)
+    for scale, rho in ((0.01, 0.0255), (0.02, 0.102)):  # rho = tau ||C - lambda I|| / 2 of these layers
+        run = lo.pretrain(net, net.init(jax.random.key(2), scale=scale, scheme="gaussian"), task, lr=0.01,
+                          checkpoints=[0, 300, 1000, 3000, 10000])
+        W1, W2 = (np.asarray(w) for w in run.weights)
+        C = np.swapaxes(W2, -1, -2) @ W2 - W1 @ np.swapaxes(W1, -1, -2)
+        dev = C - np.trace(C, axis1=-2, axis2=-1)[:, None, None] / h * np.eye(h)
+        assert 10.0 * np.max(np.linalg.norm(dev, ord=2, axis=(-2, -1))) / 2 == pytest.approx(rho, rel=0.01)
+        exact = predict_finetune(run, ft, **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error" if rho <= 0.05 else "ignore", lo.theory.UnderivedWarning)
+            closed = predict_finetune(run, ft, method="closed", **kw)
+        balanced = predict_finetune(np.asarray(run.end_to_end), ft, depth=2, pretrain_task=task, method="closed", **kw)
+        for name in ("pretrain_loss_after", "finetune_loss_after"):
+            e = np.asarray(getattr(exact, name))
+            err = np.max(np.abs(getattr(closed, name) / e - 1))
+            assert err < rho, (scale, name)  # measured 0.45% / 0.014% at rho 0.026, 3.8% / 0.17% at rho 0.10
+            assert err < 0.1 * np.max(np.abs(getattr(balanced, name) / e - 1)), (scale, name)
+    run = lo.pretrain(net, net.init(jax.random.key(2), scale=0.05, scheme="gaussian"), task, lr=0.01, checkpoints=[0, 3000])
+    with pytest.warns(lo.theory.UnderivedWarning, match="drops their imbalance"):
+        predict_finetune(run, ft, method="closed", **kw)

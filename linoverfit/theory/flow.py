@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import functools
+import warnings
 from functools import partial
 
 import jax
@@ -28,7 +29,7 @@ from scipy.integrate import solve_ivp
 from .. import validation as _v
 from ..results import Result, result, static
 from .integrate import dop853
-from .modes import _depth, _nonneg
+from .modes import UnderivedWarning, _depth, _nonneg
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -142,7 +143,7 @@ def _integrate(P0, A, cov, L, times, rtol, atol, method="layers", weights=None):
     if method == "closed":
         if L != 2 or cov is not None:
             raise ValueError("method='closed' needs depth 2 and a fine-tuning task with identity input covariance")
-        out = _riccati_depth2(P0, A, times)
+        out = _riccati_depth2(P0, A, times, weights)
         out[:, times == 0] = P0[:, None]
         return out
     if method == "layers":
@@ -164,38 +165,63 @@ def _integrate(P0, A, cov, L, times, rtol, atol, method="layers", weights=None):
     return out
 
 
-def _riccati_depth2(P0, A, times):
-    r"""Depth-2 balanced flow with :math:`\Sigma = I` in closed form (Fukumizu 1998; Braun et al. 2022, :math:`\lambda = 0`).
+#: ``method="closed"`` from a run's own layers warns above this tau * ||C - lambda I|| / 2 (docs/theory.md 4.8)
+CLOSED_IMBALANCE = 0.05
 
-    With :math:`Z = [W_1^\top; W_2]`, :math:`M = ZZ^\top` and :math:`F = [[0, A^\top], [A, 0]]`, balanced
-    layers give the Riccati equation :math:`\dot M = FM + MF - M^2`, whose flow map is
+
+def _riccati_depth2(P0, A, times, weights=None):
+    r"""Depth-2 flow with :math:`\Sigma = I` in closed form (Fukumizu 1998; Braun et al. 2022).
+
+    With :math:`Z = [W_1^\top; W_2]` (input rows, then output rows; one column per hidden unit),
+    :math:`M = ZZ^\top` and the imbalance :math:`C = W_2^\top W_2 - W_1 W_1^\top` (conserved by the
+    flow), the layer flow is :math:`\dot Z = F_0 Z - \tfrac12 ZZ^\top Z - \tfrac12 JZC`,
+    :math:`F_0 = [[0, A^\top], [A, 0]]`, :math:`J = \operatorname{diag}(I, -I)`. For
+    :math:`\lambda`-balanced layers, :math:`C = \lambda I`, it is
+    :math:`\dot Z = F_\lambda Z - \tfrac12 ZZ^\top Z` with :math:`F_\lambda = F_0 - \tfrac\lambda2 J`, so
+    :math:`\dot M = F_\lambda M + MF_\lambda - M^2`, whose flow map is
     :math:`M(t + \Delta) = e^{F\Delta}M(t)\,(I + K_\Delta M(t))^{-1}e^{F\Delta}`,
     :math:`K_\Delta = \int_0^\Delta e^{2Fs}\,\mathrm ds`; :math:`P` is the lower-left block of :math:`M`.
-    In the eigenbasis of :math:`F` (eigenvalues :math:`\pm\sigma_i` on :math:`[v_i; \pm u_i]/\sqrt2`, 0
-    elsewhere) :math:`e^{F\Delta}` and :math:`K_\Delta` are diagonal. One map step multiplies by up
-    to :math:`e^{2\sigma_1\Delta}`, so steps are cut to :math:`\sigma_1\Delta \le 6` (conditioning
-    below :math:`e^{12}`, round-off ~1e-11). ``P0`` ``(B, m, n)``, ``times`` sorted; returns ``(B, T, m, n)``."""
+    In the eigenbasis of :math:`F` (for :math:`\lambda = 0` eigenvalues :math:`\pm\sigma_i` on
+    :math:`[v_i; \pm u_i]/\sqrt2`, 0 elsewhere; else from ``eigh``) :math:`e^{F\Delta}` and
+    :math:`K_\Delta` are diagonal. One map step multiplies by up to :math:`e^{2\lambda_{max}\Delta}`,
+    so steps are cut to :math:`\lambda_{max}\Delta \le 6` (conditioning below :math:`e^{12}`,
+    round-off ~1e-11).
+
+    ``weights=None``: from the balanced factors of ``P0`` ``(B, m, n)`` (:math:`\lambda = 0`, exact for
+    balanced starts). ``weights=(W_1, W_2)`` ``(B, h, n)``, ``(B, m, h)``: from those layers with
+    :math:`\lambda_b = \operatorname{tr} C_b / h` per start, exact when :math:`C_b = \lambda_b I` and
+    otherwise dropping :math:`-\tfrac12 JZ(C - \lambda I)` (docs/theory.md, section 4.8).
+    ``times`` sorted; returns ``(B, T, m, n)``."""
     B, m, n = P0.shape
-    Ua, sig, Vat = np.linalg.svd(A, full_matrices=True)
-    Va = Vat.T
-    r = sig.size
-    half = np.sqrt(0.5)
-    Q = np.zeros((n + m, n + m))
-    Q[:n, :r], Q[n:, :r] = half * Va[:, :r], half * Ua[:, :r]
-    Q[:n, r:2 * r], Q[n:, r:2 * r] = half * Va[:, :r], -half * Ua[:, :r]
-    Q[:n, 2 * r:n + r] = Va[:, r:]
-    Q[n:, n + r:] = Ua[:, r:]
-    lam = np.concatenate([sig, -sig, np.zeros(n + m - 2 * r)])
-    # balanced factors: Z0 = [V diag(sqrt s); U diag(sqrt s)], M0 = Z0 Z0^T, in F's eigenbasis
-    U, s, Vt = np.linalg.svd(P0, full_matrices=False)
-    a = np.sqrt(s)
-    Z = np.concatenate([np.swapaxes(Vt, -1, -2) * a[:, None, :], U * a[:, None, :]], axis=1)
-    dt_max = 6.0 / max(float(sig.max(initial=0.0)), 1e-300)
+    if weights is None:
+        lb = np.zeros(1)
+        # balanced factors: Z0 = [V diag(sqrt s); U diag(sqrt s)], M0 = Z0 Z0^T
+        U, s, Vt = np.linalg.svd(P0, full_matrices=False)
+        a = np.sqrt(s)
+        Z = np.concatenate([np.swapaxes(Vt, -1, -2) * a[:, None, :], U * a[:, None, :]], axis=1)
+    else:
+        W1, W2 = (np.asarray(w, np.float64) for w in weights)
+        C = np.swapaxes(W2, -1, -2) @ W2 - W1 @ np.swapaxes(W1, -1, -2)
+        lb = np.trace(C, axis1=-2, axis2=-1) / C.shape[-1]  # (B,): the nearest lambda I to C
+        Z = np.concatenate([np.swapaxes(W1, -1, -2), W2], axis=1)
+        # the dropped drift -1/2 J Z (C - lambda I) acts at rate ||C - lambda I|| / 2 for the time tau
+        dev = np.linalg.norm(C - lb[:, None, None] * np.eye(C.shape[-1]), ord=2, axis=(-2, -1))
+        rho = float(times[-1] * np.max(dev, initial=0.0) / 2.0)
+        if rho > CLOSED_IMBALANCE:
+            warnings.warn(
+                f"method='closed' from these layers drops their imbalance: tau * ||C - lambda I|| / 2 = {rho:.3g} "
+                f"> {CLOSED_IMBALANCE} (C = W2^T W2 - W1 W1^T; measured errors in the loss after up to about "
+                "that fraction, docs/theory.md section 4.8); method='layers' integrates the exact flow",
+                UnderivedWarning, stacklevel=4)
+    lam, Q = _f_eigenbasis(A, lb)
+    if weights is None:  # one basis for every start
+        lam, Q = lam[0], Q[0]
+    dt_max = 6.0 / max(float(np.abs(lam).max(initial=0.0)), 1e-300)
     out = np.empty((B, times.size, m, n))
     now = 0.0
     with jax.enable_x64(True):
-        Q = jnp.asarray(Q)
-        Z = _rotate(Q, jnp.asarray(Z))
+        Qj = jnp.asarray(Q)
+        Z = _rotate(Qj, jnp.asarray(Z))
         for k, target in enumerate(times):
             while now < target:
                 # the flow map on the factor: Z <- E Z C^{-T}, C C^T = I + Z^T K Z, so that Z Z^T = E M (I + K M)^{-1} E
@@ -207,23 +233,57 @@ def _riccati_depth2(P0, A, times):
                 Ci = np.linalg.inv(np.linalg.cholesky(G))  # numpy: small batched decompositions are fast there
                 Z = _advance(Z, jnp.asarray(Ci), jnp.asarray(e))
                 now += d
-            out[:, k] = np.asarray(_block(Q, Z, n))
+            out[:, k] = np.asarray(_block(Qj, Z, n))
     return out
+
+
+def _f_eigenbasis(A, lb):
+    r"""Eigenvalues ``(B, N)`` and eigenvectors ``(B, N, N)`` (columns; :math:`N = d_{in} + d_{out}`) of
+    :math:`F_\lambda = [[-\tfrac\lambda2 I, A^\top], [A, \tfrac\lambda2 I]]` for each :math:`\lambda` of ``lb`` ``(B,)``.
+
+    From the SVD :math:`A = \sum_i\sigma_i u_iv_i^\top` (full bases): on each pair :math:`(v_i, u_i)` it is
+    :math:`[[a, \sigma_i], [\sigma_i, -a]]`, :math:`a = -\lambda/2`, with eigenvalues :math:`\pm r_i`,
+    :math:`r_i = \sqrt{a^2 + \sigma_i^2}`, on :math:`[\cos\phi_i v_i; \sin\phi_i u_i]` and
+    :math:`[\sin\phi_i v_i; -\cos\phi_i u_i]`, :math:`\cos^2\phi_i = (r_i + a)/2r_i`;
+    unpaired input directions have eigenvalue :math:`-\lambda/2`, unpaired output ones :math:`\lambda/2`.
+    (:math:`\lambda = 0`: :math:`\pm\sigma_i` on :math:`[v_i; \pm u_i]/\sqrt2`.)"""
+    m, n = A.shape
+    Ua, sig, Vat = np.linalg.svd(A, full_matrices=True)
+    Va = Vat.T
+    r = sig.size
+    a = -0.5 * lb[:, None]  # (B, 1)
+    rad = np.sqrt(a**2 + sig[None, :] ** 2)  # (B, r)
+    # cos^2 phi = (r + a) / 2r, sin^2 phi = (r - a) / 2r, the cancelling one from (r + a)(r - a) = sigma^2
+    # (exactly 1/2 each at lambda = 0; a mode with sigma = lambda = 0 keeps [v; u]/sqrt 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rp = np.where(a >= 0, rad + a, sig**2 / (rad - a))
+        rm = np.where(a <= 0, rad - a, sig**2 / (rad + a))
+        zero = rad == 0
+        c = np.sqrt(np.where(zero, 0.5, rp / (2.0 * rad)))
+        s = np.sqrt(np.where(zero, 0.5, rm / (2.0 * rad)))
+    B = lb.size
+    Q = np.zeros((B, n + m, n + m))
+    Q[:, :n, :r], Q[:, n:, :r] = c[:, None, :] * Va[:, :r], s[:, None, :] * Ua[:, :r]
+    Q[:, :n, r:2 * r], Q[:, n:, r:2 * r] = s[:, None, :] * Va[:, :r], -c[:, None, :] * Ua[:, :r]
+    Q[:, :n, 2 * r:n + r] = Va[:, r:]
+    Q[:, n:, n + r:] = Ua[:, r:]
+    lam = np.concatenate([rad, -rad, np.broadcast_to(a, (B, n - r)), np.broadcast_to(-a, (B, m - r))], axis=1)
+    return lam, Q
 
 
 @jax.jit
 def _rotate(Q, Z):
-    return Q.T @ Z
+    return jnp.swapaxes(Q, -1, -2) @ Z
 
 
 @jax.jit
 def _gram(Z, K):
-    return jnp.eye(Z.shape[-1]) + jnp.swapaxes(Z, -1, -2) @ (K[:, None] * Z)
+    return jnp.eye(Z.shape[-1]) + jnp.swapaxes(Z, -1, -2) @ (K[..., :, None] * Z)
 
 
 @jax.jit
 def _advance(Z, Ci, e):
-    return e[:, None] * (Z @ jnp.swapaxes(Ci, -1, -2))
+    return e[..., :, None] * (Z @ jnp.swapaxes(Ci, -1, -2))
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -657,8 +717,13 @@ def predict_finetune(start: PretrainResult | ArrayLike, finetune_task: Task,
       return_maps: also return the fine-tuned maps ``(C, R[, S], d_out, d_in)``.
       gd_order: ``"auto"`` (default), ``"exact"``, 2, 1, or 0 (gradient flow); see above.
       method, rtol, atol: as in :func:`end_to_end_flow` (``"function"`` and ``"closed"`` need
-        ``gd_order=0``; from a PretrainResult ``"auto"`` and ``"layers"`` use its own layers,
-        ``"closed"`` and ``"function"`` balance its maps first).
+        ``gd_order=0``; from a PretrainResult ``"auto"`` and ``"layers"`` integrate the exact flow of
+        its own layers, ``"closed"`` (depth 2, :math:`\Sigma = I`) is the :math:`\lambda`-balanced
+        closed form on its own layers, :math:`\lambda = \operatorname{tr}C/h` for the imbalance
+        :math:`C = W_2^\top W_2 - W_1W_1^\top`: exact when :math:`C = \lambda I`, otherwise it drops
+        :math:`C - \lambda I` and warns (:class:`~linoverfit.theory.UnderivedWarning`) where
+        :math:`\tau\lVert C - \lambda I\rVert_2/2 > 0.05` (``docs/theory.md`` section 4.8; no ODE,
+        and no step loop: see ``benchmarks/theory.py``); ``"function"`` balances its maps first).
 
     Returns a :class:`FinetunePrediction` (shapes as in :class:`~linoverfit.FinetuneResult`).
     """
@@ -671,8 +736,8 @@ def predict_finetune(start: PretrainResult | ArrayLike, finetune_task: Task,
     lead = P0.shape[:-2]
     order, method = _gd_order(gd_order), _method(method)
     flatP0 = P0.reshape((-1,) + A.shape)
-    if weights is not None and method in ("auto", "layers"):
-        method = "layers"
+    if weights is not None and method in ("auto", "layers", "closed"):
+        method = "layers" if method == "auto" else method
         weights = [w.reshape((-1,) + w.shape[len(lead):]) for w in weights]
     else:
         weights = None
