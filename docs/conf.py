@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-import pkgutil
 import re
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
 
 import linoverfit  # noqa: E402
+from linoverfit import _public  # noqa: E402
 
 project = "linoverfit"
 author = "linoverfit developers"
@@ -84,33 +84,11 @@ API_DIR = HERE / "api"
 
 
 def public_modules() -> list[str]:
-    """Every importable, non-underscore module of the package, minus :data:`API_EXCLUDE`."""
-    names = ["linoverfit"]
-    for info in pkgutil.walk_packages(linoverfit.__path__, prefix="linoverfit."):
-        if any(part.startswith("_") for part in info.name.split(".")):
-            continue
-        if info.name.startswith(API_EXCLUDE):
-            continue
-        names.append(info.name)
-    return sorted(names)
+    """Every public module of the package (:func:`linoverfit._public.public_modules`), minus :data:`API_EXCLUDE`."""
+    return _public.public_modules(exclude=API_EXCLUDE)
 
 
-def module_members(mod) -> list[tuple[str, object]]:
-    """(name, object) of the callables a module exports: its ``__all__``, else the public
-    functions and classes defined in it (the rule ``tests/test_docs.py`` uses)."""
-    if hasattr(mod, "__all__"):
-        names = list(mod.__all__)
-    else:
-        names = [n for n, o in vars(mod).items()
-                 if not n.startswith("_") and (inspect.isfunction(o) or inspect.isclass(o))
-                 and getattr(o, "__module__", "") == mod.__name__]
-    out = []
-    for n in names:
-        obj = getattr(mod, n, None)
-        if obj is None or inspect.ismodule(obj) or not callable(obj):
-            continue
-        out.append((n, obj))
-    return out
+module_members = _public.module_members  # the rule tests/test_docs.py checks
 
 
 def canonical_pages(modules: list[str]) -> dict[int, str]:

@@ -5,7 +5,6 @@ by tests/test_site.py, which builds the site."""
 import importlib
 import inspect
 import json
-import pkgutil
 import re
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import linoverfit as lo
+from linoverfit import _public
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,30 +35,12 @@ _STYLE_ONLY = ("linoverfit.plotting", "linoverfit.parallel", "linoverfit.cli", "
 
 def _public_modules():
     """Every importable, non-underscore module of the package (theory subpackage included)."""
-    names = ["linoverfit"]
-    for info in pkgutil.walk_packages(lo.__path__, prefix="linoverfit."):
-        if any(part.startswith("_") for part in info.name.split(".")):
-            continue
-        names.append(info.name)
-    return sorted(names)
+    return _public.public_modules()
 
 
 def _module_api(mod):
-    """(qualified name, object) for the callables a module exports: its ``__all__``, else its
-    public functions/classes defined in it."""
-    if hasattr(mod, "__all__"):
-        names = list(mod.__all__)
-    else:
-        names = [n for n, o in vars(mod).items()
-                 if not n.startswith("_") and (inspect.isfunction(o) or inspect.isclass(o))
-                 and getattr(o, "__module__", "") == mod.__name__]
-    out = []
-    for n in names:
-        obj = getattr(mod, n, None)
-        if obj is None or inspect.ismodule(obj) or not callable(obj):
-            continue
-        out.append((f"{mod.__name__}.{n}", n, obj))
-    return out
+    """(qualified name, name, object) for the callables a module exports (the API reference's rule)."""
+    return [(f"{mod.__name__}.{n}", n, obj) for n, obj in _public.module_members(mod)]
 
 
 # ----------------------------------------------------------------------------- doctests

@@ -332,3 +332,40 @@ def test_closed_form_from_gaussian_layers_is_near_the_flow_and_warns_where_not()
     run = lo.pretrain(net, net.init(jax.random.key(2), scale=0.05, scheme="gaussian"), task, lr=0.01, checkpoints=[0, 3000])
     with pytest.warns(lo.theory.UnderivedWarning, match="drops their imbalance"):
         predict_finetune(run, ft, method="closed", **kw)
+
+
+_FLOAT32_SESSION = """
+import json, numpy as np, jax, linoverfit as lo
+task = lo.tasks.power_law(6, 6, 1.0, key=jax.random.key(0))
+ft = lo.tasks.shifted(task, "subspace", 0.5, key=jax.random.key(1))   # a non-identity covariance
+net = lo.DeepLinear((6, 6, 6))
+run = lo.pretrain(net, net.init(jax.random.key(2), scale=0.1, scheme="gaussian"), task, lr=0.05,
+                  checkpoints=[0, 100, 400])
+p = lo.theory.predict_finetune(run, ft, lr=(0.01, 0.05), steps=200)
+sim = lo.finetune(net, run, ft, lr=(0.01, 0.05), steps=200)
+scale = float(np.max(np.asarray(sim.finetune_loss_before)))  # the size of the problem's losses
+err = max(float(np.max(np.abs(getattr(p, n) - np.asarray(getattr(sim, n))))) / scale
+          for n in ("finetune_loss_after", "pretrain_loss_after"))
+print(json.dumps([str(p.finetune_loss_after.dtype), str(np.asarray(sim.finetune_loss_after).dtype), err]))
+"""
+
+
+def test_exact_gd_prediction_is_float64_in_a_float32_session():
+    """The exact-GD prediction runs its parts in worker threads; jax.enable_x64 is thread-local, so a
+    session left at JAX's float32 default must still get the float64 prediction (regression: it raised
+    a dtype error in the pull-back when the covariance is not the identity)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", _FLOAT32_SESSION], capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(root),
+                               "LINOVERFIT_PROGRESS": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theory_dtype, sim_dtype, err = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (theory_dtype, sim_dtype) == ("float64", "float32")
+    # against the float32 simulation, relative to the fine-tuning loss before: its round-off, at most
+    # about (200 steps) x eps_32 = 1.2e-5
+    assert err < 1.2e-5, err

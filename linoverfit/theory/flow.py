@@ -134,7 +134,6 @@ def _integrate(P0, A, cov, L, times, rtol, atol, method="layers", weights=None):
     ``method="layers"`` integrates the layer flow from ``weights`` (a list of ``(B, n_l, n_{l-1})``
     arrays, the start's own layers) or, when ``weights`` is None, from the balanced factorisation
     of ``P0``; ``method="function"`` the function-space ODE (balanced starts only)."""
-    B = P0.shape[0]
     shape = P0.shape
     if times[-1] == 0:
         return np.repeat(P0[:, None], times.size, axis=1)
@@ -410,13 +409,17 @@ def _iterate_gd(P0, A, cov, L, etas, steps, weights=None):
     B, R = P0.shape[0], etas.size
     identity = cov is None
     plan = _par.Plan(None, B * R)
+
+    def part_run(part):
+        # jax.enable_x64 is thread-local and the parts run in worker threads: enter it in each
+        with jax.enable_x64(True):
+            f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
+            task = Task.tree_unflatten(None, (f64(A), f64(np.eye(A.shape[1]) if identity else cov), f64(0.0)))
+            return _iterate_gd_core(tuple(f64(w) for w in W0), task, f64(etas), jnp.asarray(int(steps), jnp.int64),
+                                    part, identity=identity, chunk=plan.chunk, parts=plan.parts)
+
+    outs = plan.map(part_run)
     with jax.enable_x64(True):
-        f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
-        task = Task.tree_unflatten(None, (f64(A), f64(np.eye(A.shape[1]) if identity else cov), f64(0.0)))
-        Ws = tuple(f64(w) for w in W0)
-        inputs = (Ws, task, f64(etas), jnp.asarray(int(steps), jnp.int64))
-        outs = plan.map(lambda part: _iterate_gd_core(*inputs, part, identity=identity, chunk=plan.chunk,
-                                                      parts=plan.parts))
         return np.asarray(_par.assemble(outs, B * R)).reshape((B, R) + A.shape)
 
 
