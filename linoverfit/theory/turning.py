@@ -243,8 +243,14 @@ def finetune_curve(task: Task, finetune: Task, t: ArrayLike, *, widths: DeepLine
     if t.ndim != 1:
         raise ValueError(f"t must be 1-D (the checkpoint axis), got shape {t.shape}")
     var = _input_variance(task, widths)
-    s = mode_trajectory(sig, t, _s0(s0, sig.size), len(widths) - 1, weight_decay, lr=pretrain_lr,
-                        input_var=None if var is None else var[0])
+    L = len(widths) - 1
+    if pretrain_lr is None and L >= 3 and t.size:
+        # the dense mode solve turning_point uses (one universal curve without weight decay): same s(t)
+        s = _mode_solution(sig, _s0(s0, sig.size), L, _weight_decay(weight_decay), float(np.max(t)),
+                           kappa=None if var is None else var[0])(t)
+    else:
+        s = mode_trajectory(sig, t, _s0(s0, sig.size), L, weight_decay, lr=pretrain_lr,
+                            input_var=None if var is None else var[0])
     pred = predict_finetune(_aligned_maps(task, widths, s), finetune, lr, steps, depth=len(widths) - 1,
                             pretrain_task=task, return_maps=return_maps, gd_order=gd_order, method=method, rtol=rtol)
     return FinetunePrediction(**{**pred.__dict__, "t": t})
