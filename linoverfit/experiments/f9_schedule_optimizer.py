@@ -267,7 +267,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
             for name in ("GD constant", "GD cosine", "GD WSD"):
                 mark(b, name, res[name]["pert"] / ref)
             lp.mark_turning_point(b, predicted=th_pu.t_star)
-            b.set(ylim=(0.9, 2.5), ylabel=r"$\mathbb{E}L(W+\gamma E)$ / theory min")
+            b.set(ylim=(0.9, 2.5), ylabel="$\\mathbb{E}L(W+\\gamma E)$\n/ theory min")
             b.set_title(r"(b) GD schedules: same curve in $t$", loc="left")
             # (c) optimisers, perturbation
             lp.theory(c, t_th, th_pert / ref, color="k")
@@ -302,10 +302,20 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
             g.axhline(100 * th_pu.degradation, color="k", lw=1.0)
             g.axhline(100 * th_fu.degradation, color="k", lw=1.0, ls="--")
             g.set_xticks(x, names, rotation=60, ha="right", fontsize=6)
-            g.set_ylabel("degradation: last vs min (%)")
+            g.set_ylabel("degradation (%):\nlast vs min")
             g.set_title("(f) degradation (lines: GD flow theory)", loc="left")
-            g.legend(fontsize=6, loc="lower left")
             from matplotlib.lines import Line2D
+            from matplotlib.patches import Patch
+
+            # headroom above the tallest bar and line, so that the legend sits clear of both
+            top = max([per[n]["degradation_percent"] for n in names] + [per[n]["finetune_degradation_percent"]
+                      for n in names] + [100 * th_pu.degradation, 100 * th_fu.degradation])
+            g.set_ylim(0, 1.8 * top)
+            g.legend(handles=[Patch(facecolor="0.45", label="perturbation"),
+                              Patch(facecolor="0.45", alpha=0.45, hatch="//", label="fine-tuning"),
+                              Line2D([], [], color="k", lw=1.0, label="theory, perturbation"),
+                              Line2D([], [], color="k", lw=1.0, ls="--", label="theory, fine-tuning")],
+                     fontsize=6, loc="upper left", ncol=2, columnspacing=1.0, handlelength=1.8)
 
             lp.legend(fig, colors=None, theory_label="theory: gradient flow in t (same for every schedule)",
                       sim_label=None, turning_point=True, loc="outside lower center", ncol=5,
