@@ -1,6 +1,6 @@
 """The paper figures: ``linoverfit figures --quick`` end to end, determinism, the committed numbers.
 
-The quick run (every figure at small sizes, ~40 s on 2 CPU cores) runs once per session in a
+The quick run (every figure at small sizes, about a minute on 2 CPU cores) runs once per session in a
 subprocess (float32, as a user would run it; the float64 switch of conftest.py stays in this
 process). Tolerances on predicted vs measured turning points are those of the theory issue:
 5% in t from an aligned init, 20% from a small Gaussian init, or the checkpoint spacing where
