@@ -55,21 +55,6 @@ def _mean_curve(weights, task, gamma):
     return y.mean(-1) if y.ndim == 2 else y
 
 
-def _anisotropic_theory(task, lam, t, s0, gamma, net):
-    """Balanced aligned weights with mode i at s_i(lambda_i t) (isotropic logistic in its own time), and the
-    exact perturbed loss under the covariance V diag(lambda) V^T (docs/theory.md 3.5, 8.3).
-
-    Equal to ``lo.theory.perturbed_loss_curve(task, t, gamma, widths=net, s0=s0)`` (2e-15 relative in
-    float64); built here from the mode trajectory because that function checks the shared basis to
-    1e-8 relative, which a float32 covariance (``linoverfit figures`` runs in float32) does not meet."""
-    U, sig, Vt = (np.asarray(x, float) for x in task.svd())
-    s = np.stack([lo.theory.mode_trajectory(sig[i:i + 1], lam[i] * t, s0, depth=2)[:, 0] for i in range(sig.size)], -1)
-    a = np.sqrt(s)  # (T, k): per-layer value of each mode
-    W1 = np.einsum("tk,kj->tkj", a, Vt)            # (T, k, d_in): diag(a) V^T
-    W2 = np.einsum("ik,tk->tik", U, a)             # (T, d_out, k): U diag(a)
-    return np.asarray(lo.theory.expected_perturbed_loss((W1, W2), task, gamma=gamma), float)
-
-
 def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None, progress=None) -> dict:
     """Make ``F10_noise_data.png`` / ``.npz`` in ``out_dir``; return the headline numbers."""
     cfg = C.resolve_config(CONFIG, QUICK, quick, config)
@@ -121,7 +106,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         t_th = np.geomspace(t[0], t[-1], 200)
         th = np.asarray(lo.theory.perturbed_loss_curve(task, t_th, gamma, widths=net, s0=s0), float)
         th_u = lo.theory.u_curve(t_th, th)
-        th_a = _anisotropic_theory(atask, lam, t_th, s0, gamma, net)
+        th_a = np.asarray(lo.theory.perturbed_loss_curve(atask, t_th, gamma, widths=net, s0=s0), float)  # docs/theory.md 1.8, 3.5
         th_au = lo.theory.u_curve(t_th, th_a)
         gd_a_gap = float(np.max(np.abs(np.interp(np.log(t), np.log(t_th), th_a) / ay - 1)))
         data.update(t_theory=t_th, perturbed_loss_theory=th, anisotropic_perturbed_loss_theory=th_a)
