@@ -2,7 +2,7 @@
 
 ::
 
-    linoverfit figures [--out DIR] [--only F3,F4] [--quick] [--seed N]
+    linoverfit figures [--out DIR] [--only F3,F4] [--quick] [--seed N] [--jobs N]
     linoverfit figures --list
 
 Each figure ``F<n>`` writes ``DIR/F<n>_<name>.png`` and ``DIR/F<n>_<name>.npz`` (the data it
@@ -14,7 +14,8 @@ figure; the wall time of each figure is printed. Runs headless (matplotlib's Agg
 
 Files: every PNG, ``.npz`` and ``summary.json`` is written atomically
 (:func:`linoverfit.files.atomic_write`), so an interrupted or killed run leaves each file either
-complete and old or complete and new. ``summary.json`` gets each figure's entry as soon as the
+complete and old or complete and new. ``--jobs N`` (default: one per core, at most 4) shares the
+figures out over N processes (see :func:`run_figures`). ``summary.json`` gets each figure's entry as soon as the
 figure is done, merged under a lock (:func:`linoverfit.files.locked`), so concurrent runs of
 different figures into one folder keep every entry. ``--out`` is checked before anything is
 computed (exit 2 when it is a file, under a file, or not writable), and a ``summary.json`` that is
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -107,6 +109,80 @@ def check_out(out) -> Path:
     return out
 
 
+#: Relative run times of the figures (seconds on 2 cores: quick, full), to balance them over processes.
+_COST = {"F1": (5, 5), "F2": (6, 11), "F3": (4, 7), "F4": (6, 29), "F5": (4, 7), "F6": (4, 6), "F7": (4, 21),
+         "F8": (7, 8), "F9": (11, 14), "F10": (5, 10), "F11": (2, 3)}
+
+#: Child processes of the running ``run_figures`` (stopped with it on Ctrl-C).
+_CHILDREN: list = []
+
+_TIME_LINE = re.compile(r"^(F\d+) \S+\s+([\d.]+) s  -> ", re.M)
+
+
+def default_jobs() -> int:
+    """Processes ``linoverfit figures`` uses by default: one per usable core, at most 4."""
+    from .parallel import _cores
+
+    return max(1, min(4, _cores()))
+
+
+def _portable(number: str) -> bool:
+    """Whether a fresh ``python -m linoverfit`` process can run figure ``number`` (a module of the
+    package's own ``experiments`` folder, not one injected into this process)."""
+    from . import experiments
+    from .experiments import load
+
+    try:
+        file = getattr(load(number), "__file__", None)
+    except Exception:  # noqa: BLE001 - it then fails in this process, where it is reported
+        return False
+    return file is not None and Path(file).resolve().parent == Path(experiments.__file__).resolve().parent
+
+
+def _split(numbers: list[str], jobs: int, quick: bool) -> list[list[str]]:
+    """``numbers`` in at most ``jobs`` groups of about equal cost (longest first onto the lightest
+    group); each group keeps the figure order."""
+    groups: list[list[str]] = [[] for _ in range(min(jobs, len(numbers)))]
+    load_ = [0.0] * len(groups)
+    for n in sorted(numbers, key=lambda n: -_COST.get(n, (5, 10))[0 if quick else 1]):
+        i = load_.index(min(load_))
+        groups[i].append(n)
+        load_[i] += _COST.get(n, (5, 10))[0 if quick else 1]
+    order = {n: k for k, n in enumerate(numbers)}
+    return [sorted(g, key=order.get) for g in groups if g]
+
+
+def _spawn(group: list[str], out: Path, quick: bool, seed: int):
+    """``linoverfit figures --only <group>`` in a child process on the same package, its output piped."""
+    import subprocess
+
+    import linoverfit
+
+    env = dict(os.environ, LINOVERFIT_PROGRESS="0")
+    root = str(Path(linoverfit.__file__).resolve().parent.parent)  # this very package, installed or not
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-m", "linoverfit", "figures", "--only", ",".join(group), "--out", str(out),
+           "--seed", str(seed), "--jobs", "1", "--no-progress"] + (["--quick"] if quick else [])
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    _CHILDREN.append(child)
+    return child
+
+
+def _stop_children() -> None:
+    """Ctrl-C: pass it on to the child processes (each removes its own temporary files and exits 130)."""
+    import signal
+    import subprocess
+
+    for child in _CHILDREN:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+    for child in _CHILDREN:
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
 def _load_summary(path: Path) -> dict:
     """The figures' entries in ``path`` (``{}`` if missing); ``ValueError`` naming the file when it is
     not a JSON object of objects (it is then left untouched, for the user to inspect)."""
@@ -144,12 +220,20 @@ def merge_summary(path, entries: dict, order) -> dict:
 
 
 def run_figures(out: str | os.PathLike = "paper_figs", only: list[str] | None = None, quick: bool = False, seed: int = 0,
-                progress: bool = True, stream: TextIO | None = None) -> dict:
+                progress: bool = True, stream: TextIO | None = None, jobs: int = 1) -> dict:
     """Run the figures ``only`` (list of ``"F<n>"``, ``None`` = all) into ``out``; return ``{figure: seconds}``.
 
     ``quick=True`` shrinks every figure; ``seed`` (an int >= 0) fixes every random key; ``progress``
     shows tqdm bars on ``stream`` (default stderr). ``out/summary.json`` gets the rounded headline
     numbers of the figures run, keeping the entries of the others.
+
+    ``jobs > 1`` runs the figures in up to ``jobs`` processes: this one and ``jobs - 1`` children
+    (``linoverfit figures --only ...``), each given figures of about equal cost. Most of a figure's
+    time on a CPU is single-threaded XLA compilation and plotting, so processes (not threads, which
+    contend for the interpreter lock) divide the wall time. Every figure computes exactly what it
+    computes alone; the children write their files and merge ``summary.json`` atomically and under
+    the same lock, and their output is printed when they finish. Figures that only this process
+    can load (injected, not files of ``linoverfit/experiments``) stay in it.
 
     Figures that fail are reported (with their traceback) and skipped; ``RuntimeError`` lists them
     at the end, after the others have run and ``summary.json`` has been written. A figure that runs
@@ -178,6 +262,13 @@ def run_figures(out: str | os.PathLike = "paper_figs", only: list[str] | None = 
     disable = not progress
     if disable:  # the sweeps' own bars (lo.progress) follow --no-progress too
         os.environ["LINOVERFIT_PROGRESS"] = "0"
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    groups = _split([n for n in numbers if _portable(n)], jobs, quick) if jobs > 1 and len(numbers) > 1 else []
+    children = [(g, _spawn(g, out, quick, seed)) for g in groups[1:]]  # the first group stays here
+    moved = {n for g, _ in children for n in g}
+    numbers = [n for n in numbers if n not in moved]
+    wall = time.perf_counter()
     with tqdm(numbers, desc="figures", unit="fig", file=stream, position=0, disable=disable) as outer:
         for number in outer:
             outer.set_postfix_str(number)
@@ -199,8 +290,19 @@ def run_figures(out: str | os.PathLike = "paper_figs", only: list[str] | None = 
             merge_summary(summary_path, {number: new[number]}, FIGURES)  # at once: an interrupted run keeps it
             png = out / f"{number}_{module.NAME}.png"
             tqdm.write(f"{number} {module.NAME:<16s} {times[number]:7.1f} s  -> {png}", file=stream)
+    for group, child in children:
+        _, err = child.communicate()
+        stream.write(err)
+        for number, seconds in _TIME_LINE.findall(err):
+            times[number] = float(seconds)
+        missed += [line for line in err.splitlines() if " missed its tolerance: " in line]
+        if child.returncode not in (0, 3):
+            failed += [n for n in group if n not in times] or [f"{','.join(group)} (exit {child.returncode})"]
+        _CHILDREN.remove(child)
+    times = {k: times[k] for k in sorted(times, key=list(FIGURES).index)}
     total = sum(times.values())
-    print(f"{len(times)} figure(s) in {total:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in times.items())}) "
+    procs = f", {1 + len(children)} processes, {time.perf_counter() - wall:.1f} s wall" if children else ""
+    print(f"{len(times)} figure(s) in {total:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in times.items())}{procs}) "
           f"-> {out}/", file=stream)
     if failed:
         raise RuntimeError(f"figure(s) failed: {', '.join(failed)} (tracebacks above)" + "".join(f"\n{m}" for m in missed))
@@ -228,7 +330,7 @@ def _figures_command(args) -> int:
         return 2
     try:
         _interruptible(run_figures, args.out, only=only, quick=args.quick, seed=args.seed,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, jobs=default_jobs() if args.jobs is None else args.jobs)
     except ToleranceError as err:
         print(f"linoverfit figures: {err}", file=sys.stderr)
         return 3
@@ -260,6 +362,7 @@ def _interruptible(fn, out, **kw):
         while worker.is_alive():
             worker.join(0.1)
     except KeyboardInterrupt:
+        _stop_children()
         for p in Path(out).glob(f".*.{os.getpid()}.tmp"):
             try:
                 p.unlink()
@@ -292,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     fig.add_argument("--quick", action="store_true", help="small sizes: every figure in seconds (for tests)")
     fig.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same summary.json")
     fig.add_argument("--no-progress", action="store_true", help="no progress bars (timings are still printed)")
+    fig.add_argument("--jobs", type=int, default=None, metavar="N",
+                     help="processes to run the figures in (default: one per core, at most 4; 1 = this process only)")
     fig.add_argument("--list", action="store_true", help="list the figures and exit")
     fig.set_defaults(func=_figures_command)
     return parser

@@ -286,3 +286,43 @@ def test_save_refuses_folders_and_honours_umask(saved):
             os.umask(old)
         assert path.stat().st_mode & 0o777 == mode
     assert not list(d.glob(".*.tmp"))
+
+
+def _processes_naming(text):
+    """PIDs of live processes whose command line contains ``text``."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if text in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_jobs_split_balanced_and_ctrl_c_stops_the_child_processes(tmp_path):
+    """--jobs 2: the figures are shared out by cost (every figure in exactly one group, order kept); Ctrl-C
+    on the parent stops the children too (exit 130, no temporary files, no process left running)."""
+    groups = cli._split(["F1", "F3", "F4", "F9", "F11"], 2, quick=True)
+    assert sorted(sum(groups, [])) == sorted(["F1", "F3", "F4", "F9", "F11"]) and len(groups) == 2
+    assert all(g == sorted(g, key=["F1", "F3", "F4", "F9", "F11"].index) for g in groups)
+    cost = [sum(cli._COST[n][0] for n in g) for g in groups]
+    assert max(cost) - min(cost) <= max(cli._COST[n][0] for n in ["F1", "F3", "F4", "F9", "F11"])
+    assert cli.main(["figures", "--only", "F3", "--jobs", "0", "--out", str(tmp_path)]) == 2
+
+    out = tmp_path / "jobs-out"
+    p = subprocess.Popen([sys.executable, "-m", "linoverfit", "figures", "--quick", "--only", "F9,F8,F4", "--jobs", "2",
+                          "--no-progress", "--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(_processes_naming(str(out))) < 2:  # the parent and its child
+        assert p.poll() is None and time.monotonic() < deadline, "no child process was started"
+        time.sleep(0.2)
+    time.sleep(4.0)  # both inside their figures
+    sent = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == cli.EXIT_INTERRUPTED, err
+    assert time.monotonic() - sent < 20, "Ctrl-C took too long"
+    assert not _processes_naming(str(out)), "a child process outlived Ctrl-C"
+    assert not list(out.glob(".*.tmp"))
