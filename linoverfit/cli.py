@@ -164,6 +164,10 @@ def _spawn(group: list[str], out: Path, quick: bool, seed: int):
     cmd = [sys.executable, "-m", "linoverfit", "figures", "--only", ",".join(group), "--out", str(out),
            "--seed", str(seed), "--jobs", "1", "--no-progress"] + (["--quick"] if quick else [])
     child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    # drain its output as it comes: a full pipe would block the child until this process reads it
+    child.output = []
+    child.reader = threading.Thread(target=lambda: child.output.append(child.stderr.read()), daemon=True)
+    child.reader.start()
     _CHILDREN.append(child)
     return child
 
@@ -291,7 +295,9 @@ def run_figures(out: str | os.PathLike = "paper_figs", only: list[str] | None = 
             png = out / f"{number}_{module.NAME}.png"
             tqdm.write(f"{number} {module.NAME:<16s} {times[number]:7.1f} s  -> {png}", file=stream)
     for group, child in children:
-        _, err = child.communicate()
+        child.wait()
+        child.reader.join()
+        err = "".join(child.output)
         stream.write(err)
         for number, seconds in _TIME_LINE.findall(err):
             times[number] = float(seconds)

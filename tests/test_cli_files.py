@@ -326,3 +326,22 @@ def test_jobs_split_balanced_and_ctrl_c_stops_the_child_processes(tmp_path):
     assert time.monotonic() - sent < 20, "Ctrl-C took too long"
     assert not _processes_naming(str(out)), "a child process outlived Ctrl-C"
     assert not list(out.glob(".*.tmp"))
+
+
+def test_a_child_with_much_output_does_not_block(tmp_path):
+    """The children's output is drained while this process runs its own figures: a child that writes far
+    more than a pipe holds (1 MB here) must not stall the run (stand-in child: a shell script)."""
+    script, stamps = tmp_path / "child.sh", tmp_path / "stamps"
+    script.write_text(f"#!/bin/sh\ndate +%s.%N > {stamps}\nhead -c 1000000 /dev/zero | tr '\\000' 'x' >&2\n"
+                      f"echo >&2\ndate +%s.%N >> {stamps}\necho 'F11 early_exposure   1.0 s  -> x' >&2\n")
+    script.chmod(0o755)
+    code = (f"import sys; import linoverfit.cli as cli; sys.executable = {str(script)!r}; "
+            f"t = cli.run_figures({str(tmp_path / 'out')!r}, only=['F3', 'F11'], quick=True, progress=False, jobs=2); "
+            "print(sorted(t))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "['F11', 'F3']" and proc.stderr.count("x" * 1000) >= 999
+    began, ended = (float(x) for x in stamps.read_text().split())
+    # drained as written, the child is done in well under a second; blocked on a full pipe, it would wait
+    # for this process's own figure (F3, several seconds)
+    assert ended - began < 2.0
