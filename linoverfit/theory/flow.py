@@ -180,8 +180,8 @@ def _riccati_depth2(P0, A, times, weights=None):
     :math:`\dot M = F_\lambda M + MF_\lambda - M^2`, whose flow map is
     :math:`M(t + \Delta) = e^{F\Delta}M(t)\,(I + K_\Delta M(t))^{-1}e^{F\Delta}`,
     :math:`K_\Delta = \int_0^\Delta e^{2Fs}\,\mathrm ds`; :math:`P` is the lower-left block of :math:`M`.
-    In the eigenbasis of :math:`F` (for :math:`\lambda = 0` eigenvalues :math:`\pm\sigma_i` on
-    :math:`[v_i; \pm u_i]/\sqrt2`, 0 elsewhere; else from ``eigh``) :math:`e^{F\Delta}` and
+    In the eigenbasis of :math:`F` (in closed form from the SVD of :math:`A`; for
+    :math:`\lambda = 0` eigenvalues :math:`\pm\sigma_i` on :math:`[v_i; \pm u_i]/\sqrt2`, 0 elsewhere) :math:`e^{F\Delta}` and
     :math:`K_\Delta` are diagonal. One map step multiplies by up to :math:`e^{2\lambda_{max}\Delta}`,
     so steps are cut to :math:`\lambda_{max}\Delta \le 6` (conditioning below :math:`e^{12}`,
     round-off ~1e-11).
