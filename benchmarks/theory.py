@@ -103,12 +103,9 @@ def main(argv=None):
     sigma = 1.0 / np.arange(1, d + 1)
     for depth, s0 in ((2, 1e-6), (3, 1e-9), (4, 1e-12)):
         box = {}
-
-        def tp(depth=depth, s0=s0):
-            box["tp"] = lo.theory.turning_point(sigma, gamma=0.03, widths=(d,) * (depth + 1), s0=s0)
-
-        seconds = _best(tp, args.repeat)
-        row(f"depth {depth}: turning_point, 64 modes (sim: {box['tp'].t_star / 0.05:.3g} steps at lr 0.05, not run)", seconds)
+        seconds = _best(lambda: lo.theory.turning_point(sigma, gamma=0.03, widths=(d,) * (depth + 1), s0=s0),
+                        args.repeat, box)
+        row(f"depth {depth}: turning_point, 64 modes (sim: {box['out'].t_star / 0.05:.3g} steps at lr 0.05, not run)", seconds)
 
     row("explorer fine-tuning redraw (closed_form_curves, depth 2)", _best(
         lambda: explorer.closed_form_curves("finetune"), args.repeat))

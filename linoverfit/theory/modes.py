@@ -293,19 +293,45 @@ def mode_trajectory(sigma: ArrayLike, t: ArrayLike, s0: ArrayLike, depth: int = 
     if eta is not None:
         _warn_past_edge(eta, sigma, L, lam, kappa)
         return _gd_trajectory(sigma, t, s0, L, lam, eta, kappa)
-    tt = t.reshape(t.shape + (1,) * sigma.ndim)
+    if L <= 2:
+        return _closed_modes(sigma, s0, kappa, lam, L, t.reshape(t.shape + (1,) * sigma.ndim))
+    return _deep_trajectory(sigma, t, s0, L, lam, rtol, kappa)
+
+
+def _closed_modes(sigma, s0, kappa, lam, L, tt):
+    """Depth 1 and 2 flow in closed form at times ``tt`` (broadcast against ``sigma``, ``s0``, ``kappa``)."""
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        if L == 1:
+        if L == 1:  # ds/dt = kappa sigma - (kappa + lam) s
             rate = kappa + lam
             s_inf = np.where(rate > 0, kappa * sigma / np.where(rate > 0, rate, 1.0), s0)
             return s_inf + (s0 - s_inf) * np.exp(-rate * tt)
-        if L == 2:
-            x = 2.0 * (kappa * sigma - lam) * tt
-            # (1 - e^{-x}) / x, equal to 1 at x = 0; overflow for r < 0 gives inf, i.e. s -> 0
-            phi = np.where(x == 0, 1.0, -np.expm1(-x) / np.where(x == 0, 1.0, x))
-            out = s0 / (np.exp(-x) + s0 * 2.0 * kappa * tt * phi)
-            return np.where(s0 > 0, out, 0.0)
-    return _deep_trajectory(sigma, t, s0, L, lam, rtol, kappa)
+        # logistic ds/dt = 2 s (r - kappa s), r = kappa sigma - lam
+        x = 2.0 * (kappa * sigma - lam) * tt
+        # (1 - e^{-x}) / x, equal to 1 at x = 0; overflow for r < 0 gives inf, i.e. s -> 0
+        phi = np.where(x == 0, 1.0, -np.expm1(-x) / np.where(x == 0, 1.0, x))
+        return np.where(s0 > 0, s0 / (np.exp(-x) + s0 * 2.0 * kappa * tt * phi), 0.0)
+
+
+def _log_mode_ode(sig, kap, L, lam, t_end, rtol):
+    r"""The ODE for :math:`x = \log s` of modes ``sig`` (input variances ``kap``) and how to solve it up to
+    ``t_end``: ``(rhs, method, tol, kwargs)`` for ``solve_ivp``. Learnt modes relax at rate
+    ~ L kappa sigma^(2-2/L); over horizons of many relaxation times an explicit scheme is
+    stability-limited (stiff), so LSODA with the Jacobian takes over there, with a tighter tolerance
+    to match DOP853's accuracy (both ~1e-10 relative at rtol 1e-11, measured; atol on log s is a
+    relative tolerance on s)."""
+    e = 1.0 - 2.0 / L
+
+    def rhs(_, x):  # d log s / dt = L kappa s^{1-2/L} (sigma - s) - L lam
+        return L * kap * np.exp(e * x) * (sig - np.exp(x)) - L * lam
+
+    def jac(_, x):
+        s = np.exp(x)
+        return np.diag(L * kap * np.exp(e * x) * (e * (sig - s) - s))
+
+    stiffness = t_end * L * (float(np.max(kap * sig ** (2.0 - 2.0 / L))) + lam)
+    if stiffness < 2e4:
+        return rhs, "DOP853", rtol, {}
+    return rhs, "LSODA", max(rtol * 1e-2, 1e-14), {"jac": jac}
 
 
 def _warn_past_edge(eta, sigma, L, lam, kappa=None):
@@ -391,25 +417,10 @@ def _deep_trajectory(sigma, t, s0, L, lam, rtol, kappa=None):
     if np.any(ode) and t.size:
         sig, kap, x0 = flat_sig[ode], flat_kap[ode], np.log(flat_s0[ode])
         order = np.unique(t.ravel())  # sorted, deduplicated evaluation times
-
-        def rhs(_, x):
-            # d log s / dt = L kappa s^{1-2/L} (sigma - s) - L lam
-            s = np.exp(x)
-            return L * kap * np.exp((1.0 - 2.0 / L) * x) * (sig - s) - L * lam
-
-        def jac(_, x):
-            s, e = np.exp(x), 1.0 - 2.0 / L
-            return np.diag(L * kap * np.exp(e * x) * (e * (sig - s) - s))
-
         if order[-1] == 0:
             xs = np.broadcast_to(x0[:, None], (x0.size, order.size))
         else:
-            # learnt modes relax at rate ~ L kappa sigma^(2-2/L); over horizons of many relaxation times an
-            # explicit scheme is stability-limited (stiff), so switch to LSODA there, with a tighter
-            # tolerance to match DOP853's accuracy (both ~1e-10 relative at rtol 1e-11, measured)
-            stiffness = order[-1] * L * (float(np.max(kap * sig ** (2.0 - 2.0 / L))) + lam)
-            method, tol, kw = ("DOP853", rtol, {}) if stiffness < 2e4 else ("LSODA", max(rtol * 1e-2, 1e-14), {"jac": jac})
-            # atol on log s is a relative tolerance on s
+            rhs, method, tol, kw = _log_mode_ode(sig, kap, L, lam, order[-1], rtol)
             sol = solve_ivp(rhs, (0.0, order[-1]), x0, method=method, t_eval=order, rtol=tol, atol=tol, **kw)
             if not sol.success:  # pragma: no cover - the ODE is smooth and bounded
                 raise RuntimeError(f"mode ODE failed: {sol.message}")
@@ -472,36 +483,15 @@ def _mode_solution(sigma, s0, L, lam, t_end, rtol=1e-11, kappa=None):
     s0 = np.broadcast_to(np.asarray(s0, np.float64), sigma.shape)
     kappa = np.ones(sigma.shape) if kappa is None else np.broadcast_to(np.asarray(kappa, np.float64), sigma.shape)
     if L <= 2:
-        def closed(t):
-            tt = np.asarray(t, np.float64)[..., None]
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                if L == 1:  # ds/dt = kappa sigma - (kappa + lam) s
-                    rate = kappa + lam
-                    s_inf = np.where(rate > 0, kappa * sigma / np.where(rate > 0, rate, 1.0), s0)
-                    return s_inf + (s0 - s_inf) * np.exp(-rate * tt)
-                # logistic ds/dt = 2 s (r - kappa s), r = kappa sigma - lam
-                x = 2.0 * (kappa * sigma - lam) * tt
-                phi = np.where(x == 0, 1.0, -np.expm1(-x) / np.where(x == 0, 1.0, x))
-                return np.where(s0 > 0, s0 / (np.exp(-x) + s0 * 2.0 * kappa * tt * phi), 0.0)
-        return closed
+        return lambda t: _closed_modes(sigma, s0, kappa, lam, L, np.asarray(t, np.float64)[..., None])
     live = s0 > 0
     sig, kap, x0 = sigma[live], kappa[live], np.log(s0[live])
-    e = 1.0 - 2.0 / L
-
-    def rhs(_, x):  # d log s / dt
-        return L * kap * np.exp(e * x) * (sig - np.exp(x)) - L * lam
-
-    def jac(_, x):
-        s = np.exp(x)
-        return np.diag(L * kap * np.exp(e * x) * (e * (sig - s) - s))
-
     if x0.size == 0 or t_end <= 0:
         return lambda t: np.where(live, s0, 0.0) * np.ones(np.shape(t) + (1,))
     y0 = s0[live] / np.where(sig > 0, sig, 1.0)
     if lam == 0 and np.all(sig > 0) and np.all(kap > 0) and np.all(y0 < 1):
         return _universal_modes(sigma, s0, kappa, live, L, t_end, rtol)
-    stiffness = t_end * L * (float(np.max(kap * sig ** (2.0 - 2.0 / L))) + lam)
-    method, tol, kw = ("DOP853", rtol, {}) if stiffness < 2e4 else ("LSODA", max(rtol * 1e-2, 1e-14), {"jac": jac})
+    rhs, method, tol, kw = _log_mode_ode(sig, kap, L, lam, t_end, rtol)
     sol = solve_ivp(rhs, (0.0, float(t_end)), x0, method=method, dense_output=True, rtol=tol, atol=tol, **kw)
     if not sol.success:  # pragma: no cover - the ODE is smooth and bounded
         raise RuntimeError(f"mode ODE failed: {sol.message}")
