@@ -66,13 +66,15 @@ def _learnt_spectrum(sigma, s0, depth, grid_only=False):
     ``t_max`` is twice the time at which every mode is within 1% of its limit
     (:func:`~linoverfit.theory.mode_asymptote`). Depth >= 3 solves the mode ODE at ``rtol=1e-8``
     (plotting accuracy, 4x faster than the default). With ``grid_only`` (``s`` is then ``None``) at
-    depth >= 3 only the smallest mode is solved: from a common :math:`s_0` it is the last to get
-    within 1% there (its escape time :math:`\propto \sigma^{-1}s_0^{-(1-2/L)}` is the longest), so
-    the grid is the same (``tests/test_explore.py``) at a tenth of the cost.
+    depth >= 3 and :math:`s_0 \le \sigma_{min}/100` only the smallest mode is solved: every mode then
+    starts far below its limit, its escape time :math:`\propto \sigma^{-1}s_0^{-(1-2/L)}` dominates, and
+    the smallest is the last to get within 1%, so the grid is the same (``tests/test_explore.py``) at a
+    tenth of the cost. (A mode with :math:`\sigma` near or below :math:`s_0` converges at once or decays,
+    and another mode is the last: then every mode is solved.)
     """
     from . import theory
 
-    if grid_only and depth >= 3:
+    if grid_only and depth >= 3 and s0 <= 0.01 * float(np.min(sigma)):
         sigma = sigma[np.argmin(sigma)][None]
     s = theory.mode_trajectory(sigma, _T_ALL, s0, depth, rtol=1e-8)
     limit = theory.mode_asymptote(sigma, s0, depth)

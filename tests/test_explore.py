@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import linoverfit as lo
@@ -96,6 +96,8 @@ def test_library_imports_without_ipywidgets_and_explore_says_how_to_install(tmp_
 
 @settings(max_examples=8, deadline=None)
 @given(depth=st.integers(3, 4), alpha=st.floats(0.5, 2.0), log_s0=st.floats(-8.0, -2.0))
+@example(depth=3, alpha=2.0, log_s0=-2.375)  # s0 above the smallest mode: it decays, another mode is last
+@example(depth=4, alpha=1.0, log_s0=-8.0)  # the smallest-mode shortcut
 def test_finetune_grid_from_the_smallest_mode_is_the_full_grid(depth, alpha, log_s0):
     """The fine-tuning redraw builds its time grid from the smallest mode alone (depth >= 3): it must be
     exactly the grid of the full spectrum, i.e. that mode really is the last to get within 1%."""
