@@ -50,18 +50,15 @@ __all__ = [
 # ----------------------------------------------------------------------------- inputs
 
 
-def _spectrum(task, widths, allow_cov=False):
-    """(sigma descending, noise) from a Task or from singular values; checks widths. A Task whose input
-    covariance is not the identity is refused unless ``allow_cov`` (then :func:`_input_variance` applies)."""
+def _spectrum(task, widths):
+    """(sigma descending, noise) from a Task or from singular values; checks widths. A Task's input
+    covariance is checked by :func:`_input_variance`."""
     from ..tasks import Task
 
     d_in, d_out = widths[0], widths[-1]
     if isinstance(task, Task):
         if (task.d_in, task.d_out) != (d_in, d_out):
             raise ValueError(f"task maps {task.d_in} -> {task.d_out} but widths are {widths}")
-        cov = np.asarray(task.input_cov, np.float64)
-        if not allow_cov and not np.allclose(cov, np.eye(d_in), rtol=0, atol=1e-10):
-            raise ValueError("task.input_cov must be the identity here: the mode dynamics assume Sigma = I")
         return np.sort(np.asarray(task.spectrum, np.float64))[::-1], float(task.noise)
     sigma = _nonneg(task, "task")
     if sigma.ndim != 1 or sigma.size == 0:
@@ -169,7 +166,7 @@ def perturbed_loss_curve(task: Task | ArrayLike, t: ArrayLike, gamma: ArrayLike,
     widths = _widths(widths)
     L = len(widths) - 1
     gamma = np.asarray(_gamma(gamma))
-    sigma, noise = _spectrum(task, widths, allow_cov=True)
+    sigma, noise = _spectrum(task, widths)
     sig, rest = _learnable(sigma, widths)
     var = _input_variance(task, widths)
     if var is None:
@@ -237,7 +234,7 @@ def finetune_curve(task: Task, finetune: Task, t: ArrayLike, *, widths: DeepLine
     widths = _widths(widths)
     if not isinstance(task, Task):
         raise TypeError("task must be a Task for fine-tuning predictions (the singular vectors matter)")
-    sigma, _ = _spectrum(task, widths, allow_cov=True)
+    sigma, _ = _spectrum(task, widths)
     sig, _ = _learnable(sigma, widths)
     t = _nonneg(t, "t")
     if t.ndim != 1:
@@ -481,7 +478,7 @@ def turning_point(task: Task | ArrayLike, gamma: float | None = None, *, widths:
     depth = _v.positive_scalar(depth, "depth", allow_zero=True)
     if (gamma is None) == (finetune is None):
         raise ValueError("give exactly one of gamma= (perturbation) or finetune= (fine-tuning)")
-    sigma, noise = _spectrum(task, widths, allow_cov=True)
+    sigma, noise = _spectrum(task, widths)
     sig, rest = _learnable(sigma, widths)
     s0 = _s0(s0, sig.size)
     var = _input_variance(task, widths)
