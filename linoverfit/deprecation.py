@@ -1,0 +1,72 @@
+"""Old public names, kept for one release: each warns once and names its replacement.
+
+The table is the one place a renamed or moved public name is recorded (the pattern of optax's
+deprecation table). A module that lost a name lists it here under its own dotted path, and its
+module-level ``__getattr__`` calls :func:`lookup`::
+
+    def __getattr__(name):
+        return deprecation.lookup(__name__, name)
+
+Accessing ``linoverfit.old`` then returns the replacement object and emits one
+:class:`DeprecationWarning` per name and process:
+``linoverfit.old is deprecated and will be removed in 0.3.0; use linoverfit.new``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import warnings
+from dataclasses import dataclass
+
+__all__ = ["Deprecated", "TABLE", "REMOVAL", "lookup", "replacement"]
+
+#: The release in which every name of :data:`TABLE` disappears.
+REMOVAL = "0.3.0"
+
+
+@dataclass(frozen=True)
+class Deprecated:
+    """``old`` (dotted path of the name users wrote) now lives at ``new`` (dotted path, the
+    last component an attribute of the module before it)."""
+
+    old: str
+    new: str
+    removal: str = REMOVAL
+
+
+#: Every deprecated public name, by its old dotted path.
+TABLE: dict[str, Deprecated] = {}
+
+
+def deprecate(old: str, new: str, removal: str = REMOVAL) -> None:
+    """Record that ``old`` moved to ``new`` (both dotted paths)."""
+    TABLE[old] = Deprecated(old, new, removal)
+
+
+_warned: set[str] = set()
+_lock = threading.Lock()
+
+
+def replacement(path: str):
+    """The object at dotted ``path`` (``package.module.attr`` or a module path)."""
+    module, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return importlib.import_module(path)
+
+
+def lookup(module: str, name: str):
+    """Module-level ``__getattr__`` body: the replacement of ``module.name`` with a one-time
+    :class:`DeprecationWarning`, or the usual :class:`AttributeError`."""
+    entry = TABLE.get(f"{module}.{name}")
+    if entry is None:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    with _lock:
+        first = entry.old not in _warned
+        _warned.add(entry.old)
+    if first:
+        warnings.warn(f"{entry.old} is deprecated and will be removed in {entry.removal}; use {entry.new}",
+                      DeprecationWarning, stacklevel=3)
+    return replacement(entry.new)
