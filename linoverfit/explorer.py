@@ -182,7 +182,8 @@ def simulate(curves: dict, *, pretrain_lr: float = _PRETRAIN_LR, checkpoints: in
     from . import checkpoints as ck
     from .networks import DeepLinear
     from .sensitivity import gaussian
-    from .training import finetune, pretrain
+    from .finetuning import finetune
+    from .pretraining import pretrain
 
     st = curves["settings"]
     task = _task(st["width"], st["alpha"], st["seed"])

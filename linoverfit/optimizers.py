@@ -162,3 +162,41 @@ class SAM(_Optimizer):
 
 #: Name -> class, for configs (``"momentum"`` -> :class:`Momentum`).
 OPTIMIZERS = {"gd": GD, "momentum": Momentum, "adam": Adam, "sam": SAM}
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    """Factory that ignores ``lr`` (the user's transformation carries its own step size)."""
+
+    tx: optax.GradientTransformation
+
+    def __call__(self, lr):
+        return self.tx
+
+    def __hash__(self):
+        return id(self.tx)
+
+
+def resolve(optimizer) -> tuple:
+    """``(make_opt, spec)`` for the ``optimizer=`` argument of the sweeps.
+
+    ``None`` (plain GD: ``make_opt = optax.sgd``), an ``optax.GradientTransformation`` (used as is)
+    or a callable ``lr -> GradientTransformation`` give a static, hashable factory ``make_opt``
+    and ``spec = None``; an instance of this module's optimisers (or its name: ``"gd"``,
+    ``"momentum"``, ``"adam"``, ``"sam"``) gives ``make_opt = None`` and the spec, a traced pytree,
+    so new hyperparameter values reuse the compiled program.
+    """
+    if isinstance(optimizer, str):
+        if optimizer.lower() not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)} by name, got {optimizer!r}")
+        optimizer = OPTIMIZERS[optimizer.lower()]()
+    if isinstance(optimizer, _Optimizer):
+        return None, optimizer
+    if optimizer is None:
+        return optax.sgd, None
+    if isinstance(optimizer, optax.GradientTransformation):
+        return _Fixed(optimizer), None
+    if callable(optimizer):
+        return optimizer, None
+    raise TypeError("optimizer must be None (plain GD), a linoverfit.optimizers instance or name, an "
+                    "optax.GradientTransformation, or a callable lr -> GradientTransformation")

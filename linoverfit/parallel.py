@@ -42,7 +42,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from . import progress as _progress
 
 __all__ = ["use_cpu_devices", "resolve_devices", "sweep_mesh", "sweep", "sweep_map", "assemble", "Plan", "gather",
-           "AXIS", "CPU_THREADS"]
+           "pool", "AXIS", "CPU_THREADS"]
 
 #: Name of the mesh axis that sweeps are sharded over.
 AXIS = "sweep"
@@ -171,7 +171,8 @@ _POOL: list = []  # [ThreadPoolExecutor], created on first use and kept (threads
 _POOL_LOCK = threading.Lock()
 
 
-def _pool(n: int) -> ThreadPoolExecutor:
+def pool(n: int) -> ThreadPoolExecutor:
+    """The shared worker threads (at least ``n``, one per core), created on first use and kept."""
     with _POOL_LOCK:
         if not _POOL or _POOL[0]._max_workers < n:
             if _POOL:
@@ -230,15 +231,6 @@ class Plan:
         if self.mesh is None:
             return tree
         return put_shared(tree, self.mesh)
-
-    def map(self, f: Callable[[np.int32], Any]) -> list:
-        """``[f(part) for part in range(parts)]``, the parts run concurrently from threads; ``part`` is
-        an int32 scalar (a traced argument: one compiled program serves every part)."""
-        if self.parts == 1:
-            return [f(np.int32(0))]
-        pool = _pool(self.parts)
-        futures = [pool.submit(lambda k: jax.block_until_ready(f(np.int32(k))), k) for k in range(self.parts)]
-        return [fu.result() for fu in futures]
 
     def finish(self, outputs: Any) -> Any:
         """Bring the outputs back to one place every process can read (see :func:`gather`)."""

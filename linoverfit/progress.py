@@ -29,7 +29,8 @@ import numpy as np
 if TYPE_CHECKING:
     from jax.typing import ArrayLike
 
-__all__ = ["AUTO_SECONDS", "FLOPS_PER_SECOND", "TICKS", "estimate_seconds", "resolve", "bar", "tick", "tick_blocks"]
+__all__ = ["AUTO_SECONDS", "FLOPS_PER_SECOND", "TICKS", "SweepCancelled", "estimate_seconds", "resolve", "bar",
+           "cancelled", "tick", "tick_blocks"]
 
 #: ``progress=None`` shows a bar when the sweep is estimated to take longer than this (seconds).
 AUTO_SECONDS = 5.0
@@ -45,6 +46,23 @@ TICKS = 10
 
 _ACTIVE: list = []  # the bars of the sweeps now running
 _LOCK = threading.Lock()
+_CANCEL = threading.Event()  # set while an interrupted sweep waits for its compiled work to stop
+
+
+class SweepCancelled(RuntimeError):
+    """Raised inside a progress tick to abort the compiled work of an interrupted sweep."""
+
+
+@contextlib.contextmanager
+def cancelled() -> Iterator[None]:
+    """While open, every progress tick of every running sweep raises :class:`SweepCancelled`, which
+    aborts its compiled program (XLA stops at a failing host callback); on exit ticks are harmless
+    again. :func:`linoverfit.sweeps.sweep` opens it on ``KeyboardInterrupt`` and waits for its parts."""
+    _CANCEL.set()
+    try:
+        yield
+    finally:
+        _CANCEL.clear()
 
 
 def step_flops(widths: Sequence[int], rows: int | None = None) -> float:
@@ -129,6 +147,8 @@ def bar(progress: bool | None, *, total: int, desc: str, unit: str, seconds: flo
 
 
 def _host_tick(amount, _after) -> None:
+    if _CANCEL.is_set():
+        raise SweepCancelled("the sweep was interrupted")
     with _LOCK:
         for state in _ACTIVE:
             state.advance(int(amount))

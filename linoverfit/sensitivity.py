@@ -11,7 +11,8 @@ The closed form of :math:`\mathbb E[L(W+\gamma E)]` is :func:`linoverfit.theory.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -20,65 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from . import memory as _mem
+from . import objective as _obj
+from . import progress as _progress
 from . import validation as _v
 from .networks import DeepLinear, end_to_end
-from .results import Result, expect_shape, result, static
+from .result_types import NonFiniteWarning, PretrainResult, SensitivityResult
+from .sweeps import Footprint, Layout, Work, check_footprint, resolve_layout, sweep
 from .tasks import Dataset, Task
-from . import parallel as _par
-from . import progress as _progress
-from .training import PretrainResult, _identity_cov, _sweep, _task_loss
 
-__all__ = ["gaussian", "SensitivityResult", "NonFiniteWarning"]
-
-
-class NonFiniteWarning(RuntimeWarning):
-    """Some Monte Carlo estimates overflowed (non-finite); they are named in the message."""
-
-
-@result
-class SensitivityResult(Result):
-    r"""Monte Carlo sensitivity per checkpoint and noise scale.
-
-    Shapes (``C`` checkpoints, ``G`` noise scales, optional ``S`` seeds):
-    ``steps`` ``(C,)``, ``gamma`` ``(G,)``, ``loss`` ``(C[, S])`` unperturbed loss,
-    ``perturbed_loss`` ``(C, G[, S])`` the estimate of :math:`\mathbb E[L(W+\gamma E)]`,
-    ``sensitivity`` ``(C, G[, S])`` the estimate of :math:`S(W,\gamma)` and ``stderr`` its
-    Monte Carlo standard error (sample std of :math:`L(W+\gamma E)-L(W)` over ``sqrt(samples)``).
-    """
-
-    steps: np.ndarray
-    gamma: np.ndarray
-    samples: int = static()
-    pretrain_lr: float
-    loss: jax.Array
-    perturbed_loss: jax.Array
-    sensitivity: jax.Array
-    stderr: jax.Array
-
-    _dims = {"loss": ("checkpoint", "seed"),
-             **{k: ("checkpoint", "gamma", "seed") for k in ("perturbed_loss", "sensitivity", "stderr")}}
-
-    def _coords(self) -> dict:
-        return {"steps": ("checkpoint", self.steps), "t": ("checkpoint", self.t), "gamma": ("gamma", self.gamma)}
-
-    def _seeds(self) -> int | None:
-        return self.loss.shape[1] if np.ndim(self.loss) == 2 else None
-
-    @property
-    def t(self) -> np.ndarray:
-        """Pre-training gradient-flow time of each checkpoint."""
-        return self.pretrain_lr * np.asarray(self.steps, dtype=np.float64)
-
-    def _check_consistent(self):
-        C, G = np.size(self.steps), np.size(self.gamma)
-        expect_shape("steps", self.steps, (C,))
-        expect_shape("gamma", self.gamma, (G,))
-        lead = np.shape(self.loss)
-        if len(lead) not in (1, 2) or lead[0] != C:
-            raise ValueError(f"loss has shape {lead}, expected ({C},) or ({C}, seeds)")
-        for name in ("perturbed_loss", "sensitivity", "stderr"):
-            expect_shape(name, getattr(self, name), (C, G) + lead[1:])
+__all__ = ["gaussian", "GaussianRun", "SensitivityResult", "NonFiniteWarning"]
 
 
 #: Perturbed copies evaluated together: samples per batch = this / (largest layer size), i.e.
@@ -114,45 +65,40 @@ def _gaussian_noise(key, *, samples, shapes):
     return tuple(e.reshape((n_batches * batch,) + e.shape[2:])[:samples] for e in noise)
 
 
-@partial(jax.jit, static_argnames=("identity_cov", "mesh", "chunk", "parts"))
-def _gaussian_core(weights, task, gammas, noise, part=0, *, identity_cov=False, mesh=None, chunk=1, parts=1):
-    """``weights``: tuple ``(C[, S], n_l, n_{l-1})``. Returns, per weight set of part ``part`` of
-    ``parts`` (padding included, see :func:`_gaussian_layout`), the loss ``(m,)`` and the mean /
-    stderr of :math:`L(W+\\gamma E) - L(W)`, ``(m, G)``.
+@dataclass(frozen=True)
+class GaussianRun:
+    r"""One weight set, ``run = W`` (a tuple of layers) -> ``(L(W), mean, stderr)`` with the mean and
+    the standard error of :math:`L(W+\gamma E) - L(W)` over the shared draws, ``(G,)`` each.
 
-    The ``C[*S]`` weight sets are sharded over ``mesh`` (``None``: one device), ``chunk`` per vmap.
-    ``noise`` (from :func:`_gaussian_noise`) is shared by every weight set, gamma and part: common
-    random numbers.
+    ``shared = (task, gammas, noise)``: the task, the noise scales ``(G,)`` and the draws ``E``
+    (from :func:`_gaussian_noise`), shared by every weight set and gamma: common random numbers.
+    ``sample_batch`` draws are evaluated together (see :data:`SAMPLE_BATCH_ELEMENTS`).
     """
-    lead = weights[0].shape[:-2]
-    B = int(np.prod(lead))
-    weights = tuple(jnp.reshape(w, (B,) + w.shape[-2:]) for w in weights)
-    samples = noise[0].shape[0]
-    sample_batch = _sample_batch(samples, [int(np.prod(w.shape[1:])) for w in weights])
 
-    def per_weights(W, shared):
+    identity: bool
+    sample_batch: int
+
+    def __call__(self, W, shared):
         task, gammas, noise = shared
-        base = _task_loss(task, end_to_end(W), identity_cov)
+        samples = noise[0].shape[0]
+        base = _obj.loss(task, end_to_end(W), self.identity)
 
         def per_gamma(g):
             def perturbed_loss(E):
-                return _task_loss(task, end_to_end(tuple(w + g * e for w, e in zip(W, E))), identity_cov)
+                return _obj.loss(task, end_to_end(tuple(w + g * e for w, e in zip(W, E))), self.identity)
 
             # samples in cache-sized batches: large widths would otherwise stream (samples, n, n) arrays
-            diff = jax.lax.map(perturbed_loss, noise, batch_size=sample_batch) - base
+            diff = jax.lax.map(perturbed_loss, noise, batch_size=self.sample_batch) - base
             return jnp.mean(diff), jnp.std(diff, ddof=1) / jnp.sqrt(samples)
 
         # one noise scale at a time: the (samples, ...) perturbed weights exist once, not G times
         mean, se = jax.lax.map(per_gamma, gammas)
         return base, mean, se
 
-    return _sweep(per_weights, weights, (task, gammas, noise), mesh, chunk, part, parts)
-
 
 @partial(jax.jit, static_argnames=("lead",))
-def _gaussian_layout(outs, lead):
-    """Join the parts of :func:`_gaussian_core`: loss ``(C[, S])``, mean and stderr ``(C, G[, S])``."""
-    base, mean, se = _par.assemble(outs, int(np.prod(lead)))
+def _layout(base, mean, se, lead):
+    """The sweep's ``(B, ...)`` outputs as loss ``(C[, S])``, mean and stderr ``(C, G[, S])``."""
 
     def to_cg(x):
         """(B, G) -> (C, G[, S])."""
@@ -160,20 +106,6 @@ def _gaussian_layout(outs, lead):
         return jnp.moveaxis(x, -1, 1) if len(lead) == 2 else x
 
     return jnp.reshape(base, lead), to_cg(mean), to_cg(se)
-
-
-def _gaussian_memory(weights, lead, samples, n_gamma, plan, dtype):
-    """Refuse a sensitivity sweep whose estimated peak memory exceeds what is available: the noise
-    ``samples x P`` (twice while drawn), the weights, and per weight set in flight the perturbed
-    copies of one sample batch (three networks each)."""
-    P, isz = sum(int(np.prod(np.shape(w)[-2:])) for w in weights), _mem.itemsize(dtype)
-    B = int(np.prod(lead))
-    batch = _sample_batch(samples, [int(np.prod(np.shape(w)[-2:])) for w in weights])
-    in_flight = min(B, plan.chunk * plan.parts * (1 if plan.mesh is None else plan.mesh.size))
-    need = (2 * samples + B + 3 * batch * in_flight) * P * isz + 6 * B * n_gamma * isz
-    _mem.require(need, "the sensitivity estimate",
-                 f"{samples} samples x {P} parameters of {np.dtype(dtype).name}, {B} weight set(s)",
-                 "pass fewer samples, fewer checkpoints per call, or a smaller chunk")
 
 
 def gaussian(
@@ -184,30 +116,28 @@ def gaussian(
     samples: int = 256,
     key: jax.Array | int | None = None,
     *,
+    prng_impl: str | None = None,
+    layout: Layout | None = None,
     devices: Any = None,
     chunk: int | None = None,
-    prng_impl: str | None = None,
     progress: bool | None = None,
 ) -> SensitivityResult:
     r"""Monte Carlo estimate of :math:`S(W,\gamma)=\mathbb E[L(W+\gamma E)]-L(W)` at every checkpoint.
 
     Args:
-      net, run: the network and a :class:`~linoverfit.training.PretrainResult` with weights.
+      net, run: the network and a :class:`~linoverfit.PretrainResult` with weights.
       task: Task (population loss) or Dataset whose loss is perturbed; default ``run.task``.
       gamma: one or more noise scales :math:`\gamma > 0`.
       samples: Monte Carlo draws :math:`E` per checkpoint (>= 2, for the standard error).
       key: ``jax.random`` key or an integer seed in ``[0, 2**32)`` (required: randomness is always explicit).
-      devices: where the checkpoint x seed weight sets go (see :mod:`linoverfit.parallel`): ``None`` =
-        all devices, an int, a sequence of devices or a ``Mesh``; they are sharded over them.
-      chunk: weight sets per vmap on a device (default 1: each one already batches its ``samples``).
       prng_impl: draw the noise with this ``jax.random`` implementation (``"rbg"``, ``"unsafe_rbg"``,
         ``"threefry2x32"``), keyed deterministically from ``key``; ``None`` uses ``key`` as it is.
         ``rbg`` generators are faster on GPU/TPU; on CPU threefry is the fastest. Any choice is an
         honest Monte Carlo estimate: only the stream of iid normal draws changes.
-      progress: a ``tqdm.auto`` progress bar over the weight sets (checkpoint x seed), advanced from
-        inside the compiled sweep as each one finishes (:mod:`linoverfit.progress`); ``None`` shows it
-        when the sweep is estimated to take more than a few seconds (or as ``LINOVERFIT_PROGRESS``
-        says). Never recompiles.
+      layout: :class:`~linoverfit.Layout`: the checkpoint x seed weight sets are sharded over
+        ``devices``, ``chunk`` per vmap (default 1: each one already batches its ``samples``), with a
+        progress bar over the weight sets.
+      devices, chunk, progress: shorthands for the fields of ``layout`` (not together with it).
 
     The same ``samples`` draws are reused at every checkpoint, :math:`\gamma` and seed (common
     random numbers): each entry is an unbiased estimate with standard error ``stderr``, and
@@ -238,19 +168,27 @@ def gaussian(
         width = jax.random.key_data(jax.random.key(0, impl=prng_impl)).shape
         key = jax.random.wrap_key_data(jax.random.bits(key, width, jnp.uint32), impl=prng_impl)
 
-    lead = run.loss.shape
-    plan = _par.Plan(devices, int(np.prod(lead)), 1 if chunk is None else chunk)
-    _gaussian_memory(weights, lead, samples, gammas.size, plan, dtype)
-    # common random numbers: one draw serves every checkpoint, seed, gamma (and every part)
+    lead = tuple(run.loss.shape)
+    B = int(np.prod(lead))
+    sizes = [int(np.prod(np.shape(w)[-2:])) for w in weights]
+    P, isz, batch = sum(sizes), np.dtype(dtype).itemsize, _sample_batch(samples, sizes)
+    footprint = Footprint(  # the draws (twice while drawn), the weights, 3 networks per draw of a batch in flight
+        shared=(2 * samples + B) * P * isz, per_run=3 * batch * P * isz, per_output=2 * gammas.size * isz,
+        label="the sensitivity estimate",
+        what=f"{samples} samples x {P} parameters of {np.dtype(dtype).name}, {B} weight set(s)",
+        fix="pass fewer samples, fewer checkpoints per call, or a smaller chunk")
+    layout = resolve_layout(layout, devices, chunk, progress)
+    check_footprint(footprint, B, layout, default_chunk=1)  # before the draws are allocated
+    # common random numbers: one draw serves every checkpoint, seed and gamma
     noise = _gaussian_noise(key, samples=samples, shapes=tuple((tuple(np.shape(w)[-2:]), dtype) for w in weights))
-    inputs = plan.shared((weights, task, jnp.asarray(gammas, dtype), noise))
     rows = task.n if isinstance(task, Dataset) else None
-    flops = _progress.step_flops(net.widths, rows) / 3 * samples * gammas.size * int(np.prod(lead))
-    with _progress.bar(progress, total=int(np.prod(lead)), ticks=plan.padded, unit="set", desc="sensitivity",
-                       seconds=_progress.estimate_seconds(flops, plan.devices)):
-        outs = plan.map(lambda part: _gaussian_core(*inputs, part, identity_cov=_identity_cov(task),
-                                                    mesh=plan.mesh, chunk=plan.chunk, parts=plan.parts))
-        base, sens, se = jax.block_until_ready(plan.finish(_gaussian_layout(outs, tuple(lead))))
+    work = Work(desc="sensitivity", unit="set",
+                flops=_progress.step_flops(net.widths, rows) / 3 * samples * gammas.size * B)
+    runs = tuple(jnp.reshape(w, (B,) + w.shape[-2:]) for w in weights)
+    fn = GaussianRun(identity=_obj.identity_cov(task), sample_batch=batch)
+    outs = sweep(fn, runs, (task, jnp.asarray(gammas, dtype), noise), layout=layout, work=work,
+                 footprint=footprint, default_chunk=1)
+    base, sens, se = jax.block_until_ready(_layout(*outs, lead))
     bad = ~(np.isfinite(np.asarray(sens)) & np.isfinite(np.asarray(se)))
     if bad.any():
         g_bad = np.unique(gammas[np.nonzero(bad)[1]])
@@ -261,6 +199,7 @@ def gaussian(
             NonFiniteWarning, stacklevel=2,
         )
     return SensitivityResult(
+        pretrain_t=None if run.times is None else np.asarray(run.t),
         steps=np.asarray(run.steps),
         gamma=gammas,
         samples=samples,

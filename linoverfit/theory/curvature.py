@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from numpy.typing import ArrayLike
     from ..tasks import Dataset, Task
-    from ..training import PretrainResult
+    from ..result_types import PretrainResult
 
 
 __all__ = ["sharpness", "sharpness_from_spectrum", "stability_edge", "PastEdgeWarning"]
@@ -154,7 +154,7 @@ def sharpness(weights: Sequence[ArrayLike] | PretrainResult, task: Task | Datase
       >>> round(float(lo.theory.sharpness(W, task)), 10)  # L sigma_1^(2 - 2/L) = 2
       2.0
     """
-    from ..training import PretrainResult
+    from ..result_types import PretrainResult
 
     if isinstance(weights, PretrainResult):
         if weights.weights is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import dataclasses
 import functools
 import warnings
 from functools import partial
@@ -26,16 +27,20 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.integrate import solve_ivp
 
+from .. import loops as _loops
+from .. import objective as _obj
+from .. import sweeps as _sweep
 from .. import validation as _v
 from ..results import Result, result, static
+from ..tasks import Task
 from .integrate import dop853
 from .modes import UnderivedWarning, _depth, _nonneg
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from numpy.typing import ArrayLike
-    from ..tasks import Dataset, Task
-    from ..training import PretrainResult
+    from ..result_types import PretrainResult
+    from ..tasks import Dataset
 
 
 __all__ = [
@@ -364,63 +369,49 @@ def _gd_order(order, allow=("auto", "exact")):
     return int(order)
 
 
-@partial(jax.jit, static_argnames=("identity", "chunk", "parts"))
-def _iterate_gd_core(Ws, task, etas, steps, part, *, identity, chunk, parts):
-    r"""GD from start ``b`` at learning rate ``etas[r]`` for every run ``b * R + r`` (part ``part`` of the
-    padded sweep): ``steps`` steps of :math:`W_l \leftarrow W_l - \eta\,\partial L/\partial W_l`.
+@dataclasses.dataclass(frozen=True)
+class _GDRun:
+    r"""One exact-GD run, ``run = (b, eta)``: ``steps`` steps of
+    :math:`W_l \leftarrow W_l - \eta\,\partial L/\partial W_l` from start ``b`` of ``shared = (Ws, task,
+    steps)``, returning the end-to-end map. The same gradient (:func:`linoverfit.objective.value_and_grad`:
+    one pull-back of :math:`(P - A)\Sigma` through the product, :math:`3(L-1)` matmuls a step) and step
+    loop as ``lo.finetune``, without its divergence bookkeeping and loss records."""
 
-    The same gradient (:func:`linoverfit.training._value_and_grad`: one pull-back of
-    :math:`(P - A)\Sigma` through the product, :math:`3(L-1)` matmuls a step), step loop and run
-    layout (threads, chunks) as ``lo.finetune``, without its divergence bookkeeping and loss records."""
-    from ..parallel import sweep
-    from ..training import _fori, _prepared, _value_and_grad
+    identity: bool
 
-    B, R = Ws[0].shape[0], etas.shape[0]
-    runs = (jnp.repeat(jnp.arange(B, dtype=jnp.int32), R), jnp.tile(etas, B))
-    task = _prepared(task)
-
-    def one(run, shared):
+    def __call__(self, run, shared):
         b, eta = run
-        Ws, task = shared
+        Ws, task, steps = shared
 
         def step(i, W):
-            _, g = _value_and_grad(task, W, None, i, None, identity)
+            _, g = _obj.value_and_grad(task, W, None, i, None, self.identity)
             return tuple(w - eta * gw for w, gw in zip(W, g))
 
-        W = _fori(jnp.zeros((), steps.dtype), steps, step, tuple(w[b] for w in Ws))
+        W = _loops.fori(jnp.zeros((), steps.dtype), steps, step, tuple(w[b] for w in Ws))
         P = W[0]
         for w in W[1:]:
             P = w @ P
         return P
-
-    return sweep(one, runs, (Ws, task), mesh=None, chunk=chunk, part=part, parts=parts, tick_runs=False)
 
 
 def _iterate_gd(P0, A, cov, L, etas, steps, weights=None):
     """Exact GD (``steps`` steps at each of ``etas`` ``(R,)``) on the balanced factors of ``P0``
     ``(B, m, n)``: for an exactly balanced start this is GD on the network itself (the extra hidden
     units stay at zero, docs section 4.6); or on ``weights`` (the start's own layers,
-    ``(B, n_l, n_{l-1})`` each) when given. Returns the maps ``(B, R, m, n)``."""
-    from .. import parallel as _par
-    from ..tasks import Task
-
+    ``(B, n_l, n_{l-1})`` each) when given. Every run ``b * R + r`` (start ``b``, rate ``etas[r]``)
+    goes through :func:`linoverfit.sweeps.sweep` with ``lo.finetune``'s layout. Returns the maps
+    ``(B, R, m, n)`` in float64."""
     W0 = _balanced_factors(P0, L) if weights is None else list(weights)
     etas = np.atleast_1d(np.asarray(etas, np.float64))
     B, R = P0.shape[0], etas.size
     identity = cov is None
-    plan = _par.Plan(None, B * R)
-
-    def part_run(part):
-        # jax.enable_x64 is thread-local and the parts run in worker threads: enter it in each
-        with jax.enable_x64(True):
-            f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
-            task = Task.tree_unflatten(None, (f64(A), f64(np.eye(A.shape[1]) if identity else cov), f64(0.0)))
-            return _iterate_gd_core(tuple(f64(w) for w in W0), task, f64(etas), jnp.asarray(int(steps), jnp.int64),
-                                    part, identity=identity, chunk=plan.chunk, parts=plan.parts)
-
-    outs = plan.map(part_run)
     with jax.enable_x64(True):
-        return np.asarray(_par.assemble(outs, B * R)).reshape((B, R) + A.shape)
+        f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
+        task = _obj.prepared(Task.tree_unflatten(None, (f64(A), f64(np.eye(A.shape[1]) if identity else cov), f64(0.0))))
+        runs = (jnp.repeat(jnp.arange(B, dtype=jnp.int32), R), jnp.tile(f64(etas), B))
+        shared = (tuple(f64(w) for w in W0), task, jnp.asarray(int(steps), jnp.int64))
+        out = _sweep.sweep(_GDRun(identity=identity), runs, shared, layout=_sweep.Layout(progress=False), tick=False)
+        return np.asarray(out).reshape((B, R) + A.shape)
 
 
 def _layer_loss(Ws, A, cov):
@@ -644,7 +635,7 @@ def _flow_lr(lr):
 def _resolve_start(start, depth, pretrain_task, with_weights=False):
     """(P0, depth, pretrain_task, t[, weights]) from a PretrainResult or an array of maps
     (``weights``: the run's layers as float64 arrays ``(C[, S], n_l, n_{l-1})``, None for maps)."""
-    from ..training import PretrainResult
+    from ..result_types import PretrainResult
 
     if isinstance(start, PretrainResult):
         if start.weights is None:
