@@ -55,6 +55,8 @@ class SensitivityResult(Result):
     perturbed_loss: jax.Array
     sensitivity: jax.Array
     stderr: jax.Array
+    prediction: str | None = static(None)  # lo.theory.gaussian: the prediction used; None when simulated
+    exact: bool | None = static(None)  # lo.theory.gaussian: True (a closed-form expectation)
 
     _dims = {"loss": ("checkpoint", "seed"),
              **{k: ("checkpoint", "gamma", "seed") for k in ("perturbed_loss", "sensitivity", "stderr")}}
