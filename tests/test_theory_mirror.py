@@ -115,8 +115,8 @@ def test_flow_prediction_is_first_order_in_lr(task):
         assert flow.prediction == "flow" and not flow.exact
         np.testing.assert_allclose(flow.t, gd.t)
         gaps.append(np.max(np.abs(gd.loss - flow.loss)))
-    # O(lr^2) remainder at lr = 0.02 with sharpness ~2: a few percent of the ratio
-    assert 1.7 < gaps[0] / gaps[1] < 2.3
+    # the next order moves the ratio by O(lr) relative: measured 1.995 (1.990 for lr 0.04 / 0.02)
+    assert 1.95 < gaps[0] / gaps[1] < 2.05
 
 
 def test_turning_point_same_type_and_agreement(task):

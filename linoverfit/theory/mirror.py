@@ -8,7 +8,7 @@ r"""The simulation's calls, predicted.
 (or a test) overlays theory on simulation with one call swapped, and ``run`` may be simulated or
 predicted. Each result names the prediction it carries in ``result.prediction`` (``None`` on a
 simulated result) and whether it is exact for gradient descent at the given learning rate in
-``result.exact``; ``docs/theory.md`` section 9 lists the assumptions.
+``result.exact``; ``docs/theory.md`` section 9 states the assumptions and exactness per start.
 
 Predictions by start (:func:`pretrain`, ``method="auto"`` picks the first that applies):
 
