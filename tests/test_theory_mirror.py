@@ -12,6 +12,8 @@ import warnings
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import linoverfit as lo
 from linoverfit.theory import mirror
@@ -165,3 +167,27 @@ def test_mirror_bad_input(task):
         turning_point(mirror.gaussian(net, run, gamma=0.1), min_rise=-1)
     with pytest.raises(ValueError, match="quantity='loss'"):
         turning_point(mirror.gaussian(net, run, gamma=0.1), quantity="loss")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 8), st.integers(1, 3), st.booleans(), st.data())
+def test_turning_point_is_u_curve_per_entry(C, G, seeds, data):
+    """Each entry of turning_point(result) is u_curve of that curve over result.t with its non-finite
+    points dropped (one definition for every result); an all-NaN curve has no turning point."""
+    shape = (C, G, 2) if seeds else (C, G)
+    vals = np.array(data.draw(st.lists(st.one_of(st.floats(0.01, 10.0), st.just(np.nan)),
+                                       min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))).reshape(shape)
+    steps = np.cumsum(data.draw(st.lists(st.integers(1, 50), min_size=C, max_size=C)))
+    res = lo.sensitivity.SensitivityResult(steps=steps, gamma=np.linspace(0.1, 0.2, G), samples=2, pretrain_lr=0.1,
+                                           loss=np.ones(shape[:1] + shape[2:]), perturbed_loss=vals,
+                                           sensitivity=vals - 1.0, stderr=np.zeros(shape))
+    tp = turning_point(res, min_rise=0.02)
+    assert tp.dims == (("gamma", "seed") if seeds else ("gamma",)) and tp.t_star.shape == shape[1:]
+    for i in np.ndindex(*shape[1:]):
+        curve = vals[(slice(None),) + i]
+        keep = np.isfinite(curve)
+        if not keep.any():
+            assert tp.index[i] == -1 and not tp.is_turning_point[i] and np.isnan(tp.t_star[i])
+            continue
+        u = lo.theory.u_curve(res.t[keep], curve[keep], depth=0.02)
+        assert tp.curve(*i) == dataclasses.replace(u, index=int(np.flatnonzero(keep)[u.index]))

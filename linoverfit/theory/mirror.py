@@ -92,12 +92,12 @@ def _f64(weights):
 # ----------------------------------------------------------------------------- pre-training
 
 
-def _aligned(Ws, A, L):
+def _aligned(Ws, A, L, dtype):
     """Per seed (``Ws``: layers ``(S, n_l, n_{l-1})``): the hidden vectors ``Q`` (list of ``L + 1`` arrays
     ``(S, n_l, r)``) and the mode values ``s0`` ``(S, r)`` when every start is balanced and aligned with
-    the teacher ``A = U diag(sigma) V^T`` (to sqrt(eps) relative), else ``None``."""
+    the teacher ``A = U diag(sigma) V^T`` (to sqrt(eps) relative, eps of the weights' ``dtype``), else ``None``."""
     U, _, Vt = np.linalg.svd(A, full_matrices=False)
-    tol = np.sqrt(np.finfo(np.float64).eps)
+    tol = np.sqrt(np.finfo(dtype).eps)
     P = Ws[0]
     for w in Ws[1:]:
         P = w @ P
@@ -231,7 +231,7 @@ def pretrain(net: DeepLinear, W0, task: Task, *, lr: float, checkpoints, weight_
     A = np.asarray(task.teacher, np.float64)
     found = None
     if method in ("auto", "modes"):
-        found = _aligned(Ws, A, L)
+        found = _aligned(Ws, A, L, dtype)
         try:
             input_variance(task)
         except ValueError:

@@ -279,6 +279,9 @@ def turning_point(result, *, min_rise: float = 0.01, quantity: str | None = None
     if values is None:
         raise ValueError(f"quantity={quantity!r} is not a field of this {type(result).__name__}")
     values = np.asarray(values, np.float64)
+    if getattr(result, "t", None) is None:
+        raise ValueError("result has no checkpoint times (result.t is None): predict from a PretrainResult, "
+                         "whose times it carries")
     t = np.asarray(result.t, np.float64)
     axis_values = np.asarray(getattr(result, axis))
     if values.ndim not in (2, 3) or values.shape[:2] != (t.size, axis_values.size):
