@@ -75,6 +75,8 @@ class PretrainResult(Result):
     times: np.ndarray | None = None
     batch_size: int | None = static(None)
     online: bool = static(False)
+    prediction: str | None = static(None)  # lo.theory.pretrain: the prediction used; None when simulated
+    exact: bool | None = static(None)  # lo.theory.pretrain: exact for GD at this lr (round-off)
 
     _dims = {"loss": ("checkpoint", "seed"), "weights": ("checkpoint", "seed")}
 
@@ -148,11 +150,14 @@ class FinetuneResult(Result):
     finetune_loss_trajectory: jax.Array | None = None
     weights: tuple | None = None
     pretrain_t: np.ndarray | None = None
+    past_edge: jax.Array | None = None  # lo.theory.finetune: lr at or past the stability edge, (C, R[, S])
+    prediction: str | None = static(None)  # lo.theory.finetune: the prediction used; None when simulated
+    exact: bool | None = static(None)  # lo.theory.finetune: exact for GD at these lrs (round-off)
 
     _dims = {
         **{k: ("checkpoint", "seed") for k in ("pretrain_loss_before", "finetune_loss_before")},
         **{k: ("checkpoint", "lr", "seed") for k in ("pretrain_loss_after", "finetune_loss_after", "diverged",
-                                                     "diverged_step", "weights")},
+                                                     "diverged_step", "weights", "past_edge")},
         **{k: ("checkpoint", "lr", "seed", "record") for k in ("pretrain_loss_trajectory", "finetune_loss_trajectory")},
     }
 
@@ -222,6 +227,8 @@ class SensitivityResult(Result):
     sensitivity: jax.Array
     stderr: jax.Array
     pretrain_t: np.ndarray | None = None
+    prediction: str | None = static(None)  # lo.theory.gaussian: the prediction used; None when simulated
+    exact: bool | None = static(None)  # lo.theory.gaussian: True (a closed-form expectation)
 
     _dims = {"loss": ("checkpoint", "seed"),
              **{k: ("checkpoint", "gamma", "seed") for k in ("perturbed_loss", "sensitivity", "stderr")}}

@@ -178,7 +178,7 @@ class Result:
       >>> net = lo.DeepLinear((4, 4))
       >>> run = lo.pretrain(net, net.init(jax.random.key(1)), task, lr=0.1, checkpoints=[10, 100])
       >>> list(run.to_dict())
-      ['steps', 'loss', 'weights', 'task', 'lr', 'weight_decay', 'times', 'batch_size', 'online']
+      ['steps', 'loss', 'weights', 'task', 'lr', 'weight_decay', 'times', 'batch_size', 'online', 'prediction', 'exact']
       >>> path = run.save(os.path.join(tempfile.mkdtemp(), "run.npz"))
       >>> back = lo.PretrainResult.load(path)
       >>> back.steps, bool(np.array_equal(back.loss, run.loss))

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
 
-__all__ = ["UCurve", "u_curve"]
+__all__ = ["UCurve", "u_curve", "TurningPoints", "turning_point"]
 
 
 @dataclass(frozen=True)
@@ -203,3 +203,106 @@ def u_curve(t: ArrayLike, values: ArrayLike, *, depth: float = 0.01) -> UCurve:
         is_turning_point=bool(interior and rise >= depth),
         interval=(float(t_lo), float(t_hi)),
     )
+
+
+@dataclass(frozen=True)
+class TurningPoints:
+    r"""Turning points of every U-curve of one result (:func:`turning_point`), measured or predicted alike.
+
+    The curves run over the checkpoint axis; one per entry of ``dims`` (``("lr",)`` or
+    ``("lr", "seed")`` for a fine-tuning result, ``("gamma",)`` or ``("gamma", "seed")`` for a
+    sensitivity result). Every array field has the shape of ``dims``; entries are the fields of
+    :class:`UCurve` (``interval`` split into ``interval_lo`` / ``interval_hi``). A curve with no
+    finite point (every run diverged) has ``t_star`` NaN, ``index`` -1 and no turning point.
+
+    * ``quantity``: the result field the curves were read from; ``dims``; ``coords``:
+      ``{dim: values}`` (the learning rates or noise scales; seeds ``0..S-1``); ``t`` ``(C,)`` the
+      checkpoint times; ``depth``: the ``min_rise`` the curves were judged with.
+    """
+
+    quantity: str
+    dims: tuple
+    coords: dict
+    t: np.ndarray
+    t_star: np.ndarray
+    index: np.ndarray
+    min_value: np.ndarray
+    rise: np.ndarray
+    degradation: np.ndarray
+    is_turning_point: np.ndarray
+    interval_lo: np.ndarray
+    interval_hi: np.ndarray
+    depth: float
+
+    def curve(self, *index: int) -> UCurve:
+        """The :class:`UCurve` of one entry, e.g. ``tp.curve(r)`` or ``tp.curve(r, seed)``."""
+        i = tuple(index)
+        return UCurve(t_star=float(self.t_star[i]), index=int(self.index[i]), min_value=float(self.min_value[i]),
+                      rise=float(self.rise[i]), degradation=float(self.degradation[i]), depth=self.depth,
+                      is_turning_point=bool(self.is_turning_point[i]),
+                      interval=(float(self.interval_lo[i]), float(self.interval_hi[i])))
+
+
+#: the U-curve read by default: fine-tuning results, the pre-training loss after fine-tuning (the
+#: forgetting U-curve); sensitivity results, the perturbed loss (catastrophic overtraining under noise)
+DEFAULT_QUANTITY = {"lr": "pretrain_loss_after", "gamma": "perturbed_loss"}
+
+
+def turning_point(result, *, min_rise: float = 0.01, quantity: str | None = None) -> TurningPoints:
+    r"""Turning point of each U-curve over pre-training time in a result, measured or predicted alike.
+
+    One definition (:func:`u_curve`) for simulated and predicted results: a fine-tuning result
+    (``lo.finetune``, ``lo.theory.finetune``, ``FinetunePrediction``) gives one curve per learning
+    rate (and seed), by default its ``pretrain_loss_after`` ``(C, R[, S])``; a sensitivity result
+    (``lo.sensitivity.gaussian``, ``lo.theory.gaussian``) one per noise scale (and seed), by default
+    its ``perturbed_loss`` ``(C, G[, S])``. Non-finite points (diverged runs) are dropped from their
+    curve first. The result is recognised by its fields (``lr`` / ``gamma`` and the quantity), so
+    this module imports no result class.
+
+    Args:
+      result: a fine-tuning or sensitivity result with checkpoint times ``result.t`` ``(C,)``.
+      min_rise: :math:`\delta \ge 0`, the relative rise after the minimum that makes a turning
+        point (``u_curve``'s ``depth``; 0.01 = 1%).
+      quantity: another field with the same axes, e.g. ``"finetune_loss_after"`` or ``"sensitivity"``.
+
+    Returns a :class:`TurningPoints` with arrays over ``("lr"[, "seed"])`` or ``("gamma"[, "seed"])``.
+    """
+    if isinstance(min_rise, bool) or not isinstance(min_rise, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(min_rise) or min_rise < 0:
+        raise ValueError(f"min_rise must be a finite fraction >= 0 (0.01 = 1%), got {min_rise!r}")
+    axis = "lr" if hasattr(result, "pretrain_loss_after") else "gamma" if hasattr(result, "perturbed_loss") else None
+    if axis is None:
+        raise TypeError("result must be a fine-tuning result (lo.finetune / lo.theory.finetune) or a sensitivity "
+                        f"result (lo.sensitivity.gaussian / lo.theory.gaussian), got {type(result).__name__}")
+    quantity = DEFAULT_QUANTITY[axis] if quantity is None else quantity
+    values = getattr(result, quantity, None)
+    if values is None:
+        raise ValueError(f"quantity={quantity!r} is not a field of this {type(result).__name__}")
+    values = np.asarray(values, np.float64)
+    if getattr(result, "t", None) is None:
+        raise ValueError("result has no checkpoint times (result.t is None): predict from a PretrainResult, "
+                         "whose times it carries")
+    t = np.asarray(result.t, np.float64)
+    axis_values = np.asarray(getattr(result, axis))
+    if values.ndim not in (2, 3) or values.shape[:2] != (t.size, axis_values.size):
+        raise ValueError(f"quantity={quantity!r} has shape {values.shape}; a U-curve needs (checkpoint, {axis}[, seed]) "
+                         f"= ({t.size}, {axis_values.size}[, S])")
+    curves = np.moveaxis(values, 0, -1)  # (R[, S], C)
+    dims = (axis,) if curves.ndim == 2 else (axis, "seed")
+    coords = {axis: axis_values} if curves.ndim == 2 else {axis: axis_values, "seed": np.arange(curves.shape[1])}
+    out = {k: np.full(curves.shape[:-1], np.nan) for k in ("t_star", "min_value", "rise", "degradation",
+                                                              "interval_lo", "interval_hi")}
+    index = np.full(curves.shape[:-1], -1)
+    turning = np.zeros(curves.shape[:-1], bool)
+    for i in np.ndindex(*curves.shape[:-1]):
+        keep = np.isfinite(curves[i])
+        if not keep.any():
+            continue
+        u = u_curve(t[keep], curves[i][keep], depth=min_rise)
+        for k in ("t_star", "min_value", "rise", "degradation"):
+            out[k][i] = getattr(u, k)
+        out["interval_lo"][i], out["interval_hi"][i] = u.interval
+        index[i] = np.flatnonzero(keep)[u.index]
+        turning[i] = u.is_turning_point
+    return TurningPoints(quantity=quantity, dims=dims, coords=coords, t=t, index=index, is_turning_point=turning,
+                         depth=float(min_rise), **out)

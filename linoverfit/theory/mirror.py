@@ -1,0 +1,400 @@
+r"""The simulation's calls, predicted.
+
+:func:`pretrain`, :func:`finetune` and :func:`gaussian` take the arguments of ``lo.pretrain``,
+``lo.finetune`` and ``lo.sensitivity.gaussian`` and return the same result classes
+(:class:`~linoverfit.PretrainResult`, :class:`~linoverfit.FinetuneResult`,
+:class:`~linoverfit.sensitivity.SensitivityResult`) with the same fields, axes, coordinates and
+``to_xarray()``, computed without simulating parameters where a closed form exists. So a figure
+(or a test) overlays theory on simulation with one call swapped, and ``run`` may be simulated or
+predicted. Each result names the prediction it carries in ``result.prediction`` (``None`` on a
+simulated result) and whether it is exact for gradient descent at the given learning rate in
+``result.exact``; ``docs/theory.md`` section 9 states the assumptions and exactness per start.
+
+Predictions by start (:func:`pretrain`, ``method="auto"`` picks the first that applies):
+
+* ``"modes"``: a balanced start whose end-to-end map is aligned with the teacher
+  (``net.init(scheme="aligned")``; checked: :math:`W_{l+1}^\top W_{l+1} = W_lW_l^\top` and
+  :math:`P_0 = U\operatorname{diag}(s_0)V^\top` with the teacher's singular vectors, to
+  :math:`\sqrt\epsilon`), and an input covariance sharing the teacher's right singular vectors.
+  Every layer carries :math:`a_i = s_i^{1/L}` on mode :math:`i`, iterated by the exact scalar GD
+  map of :func:`~linoverfit.theory.mode_trajectory` (``lr=``), and the layers are
+  :math:`W_l(t) = W_l(0) + Q_l\operatorname{diag}(a(t) - a(0))Q_{l-1}^\top` with :math:`Q_0 = V`,
+  :math:`Q_L = U` and the start's own hidden vectors :math:`Q_l = W_lQ_{l-1}\operatorname{diag}(a(0))^{-1}`.
+  Exact (round-off).
+* ``"gd"``: any start; the exact GD map on the start's own layers, iterated in float64 (the map
+  ``predict_finetune(gd_order="exact")`` uses). Exact (round-off): nothing is approximated, so it
+  predicts what the simulation computes without its float32 round-off, divergence bookkeeping or
+  layout.
+* ``"flow"``: any start; the gradient flow of the start's own layers (jitted DOP853), the
+  continuous-time limit. Differs from GD by :math:`O(\eta)`; ``exact`` is False.
+
+:func:`finetune` is :func:`~linoverfit.theory.predict_finetune` on the run's own layers (exact GD
+for at most 10 000 steps by default), :func:`gaussian` the exact expectation
+:func:`~linoverfit.theory.perturbation_sensitivity` (``stderr`` zero, ``samples`` 0).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# the result classes and the simulation's own rules, by module (one line to retarget)
+from .. import objective as _obj
+from .. import result_types as _rt
+from .. import validation as _v
+from ..networks import DeepLinear
+from ..tasks import Dataset, Task
+# helpers of the theory modules (one block: paths are fixed here when those modules move)
+from ..pretraining import DIVERGENCE_FACTOR
+from .flow import AUTO_EXACT_STEPS, _layer_flow_rhs, _loss, predict_finetune
+from .integrate import dop853
+from .modes import input_variance, mode_trajectory
+from .perturbation import perturbation_sensitivity
+
+__all__ = ["pretrain", "finetune", "gaussian", "PRETRAIN_METHODS"]
+
+PRETRAIN_METHODS = ("auto", "modes", "gd", "flow")
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _net(net):
+    if not isinstance(net, DeepLinear):
+        raise TypeError(f"net must be a DeepLinear, got {type(net).__name__}")
+
+
+def _population(task, name):
+    if isinstance(task, Dataset):
+        raise TypeError(f"{name} is a Dataset; the theory predicts the population loss of a Task "
+                        "(simulate a Dataset with lo.pretrain / lo.finetune)")
+    if not isinstance(task, Task):
+        raise TypeError(f"{name} must be a linoverfit Task, got {type(task).__name__}")
+    return task
+
+
+def _constant_lr(lr):
+    if callable(lr):
+        raise TypeError("lr must be a constant learning rate: the mirror predicts constant-rate GD "
+                        "(simulate a schedule with lo.pretrain)")
+    return _v.positive_scalar(lr, "lr")
+
+
+def _f64(weights):
+    return tuple(np.asarray(w, np.float64) for w in weights)
+
+
+# ----------------------------------------------------------------------------- pre-training
+
+
+def _aligned(Ws, A, L, dtype):
+    """Per seed (``Ws``: layers ``(S, n_l, n_{l-1})``): the hidden vectors ``Q`` (list of ``L + 1`` arrays
+    ``(S, n_l, r)``) and the mode values ``s0`` ``(S, r)`` when every start is balanced and aligned with
+    the teacher ``A = U diag(sigma) V^T`` (to sqrt(eps) relative, eps of the weights' ``dtype``), else ``None``."""
+    U, _, Vt = np.linalg.svd(A, full_matrices=False)
+    tol = np.sqrt(np.finfo(dtype).eps)
+    P = Ws[0]
+    for w in Ws[1:]:
+        P = w @ P
+    scale = np.linalg.norm(P, axis=(-2, -1)) + 1e-300
+    D = U.T @ P @ Vt.T  # (S, r, r)
+    d = np.diagonal(D, axis1=-2, axis2=-1)
+    if np.any(np.linalg.norm(P - (U * d[:, None, :]) @ Vt, axis=(-2, -1)) > tol * scale) or np.any(d < 0):
+        return None
+    for lo, hi in zip(Ws[:-1], Ws[1:]):
+        gap = np.swapaxes(hi, -1, -2) @ hi - lo @ np.swapaxes(lo, -1, -2)
+        if np.any(np.linalg.norm(gap, axis=(-2, -1)) > tol * (np.linalg.norm(lo, axis=(-2, -1)) ** 2 + 1e-300)):
+            return None
+    a0 = d ** (1.0 / L)
+    Q = [np.broadcast_to(Vt.T, (P.shape[0],) + Vt.T.shape)]
+    for w in Ws[:-1]:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            Q.append(np.where(a0[:, None, :] > 0, (w @ Q[-1]) / a0[:, None, :], 0.0))
+    Q.append(np.broadcast_to(U, (P.shape[0],) + U.shape))
+    return Q, d
+
+
+def _modes_layers(Ws, task, Q, s0, lr, wd, t):
+    """Layers ``(S, C, n_l, n_{l-1})`` of the exact per-mode GD map (``mode_trajectory(lr=)``)."""
+    L = len(Ws)
+    sigma = np.linalg.svd(np.asarray(task.teacher, np.float64), compute_uv=False)
+    kappa = input_variance(task)
+    s = np.stack([mode_trajectory(sigma, t, s0[b], L, wd, lr=lr, input_var=kappa) for b in range(s0.shape[0])])
+    da = s ** (1.0 / L) - (s0 ** (1.0 / L))[:, None, :]  # (S, C, r)
+    return tuple(w[:, None] + (Q[l + 1][:, None] * da[..., None, :]) @ np.swapaxes(Q[l], -1, -2)[:, None]
+                 for l, w in enumerate(Ws))
+
+
+@partial(jax.jit, static_argnames=("identity",))
+def _gd_core(W0, task, eta, wd, segs, *, identity):
+    """Exact GD with weight decay, ``W <- W - eta (dL/dW + wd W)``, from every start ``W0`` ``(S, ...)``;
+    the layers after each segment of ``segs`` steps, ``(S, C, ...)``."""
+    task = _obj.prepared(task)
+
+    def one(W):
+        def step(i, W):
+            _, g = _obj.value_and_grad(task, W, None, i, None, identity)
+            return tuple(w - eta * (gw + wd * w) for w, gw in zip(W, g))
+
+        def segment(W, n):
+            W = jax.lax.fori_loop(jnp.zeros((), n.dtype), n, step, W)
+            return W, W
+
+        return jax.lax.scan(segment, W, segs)[1]
+
+    return jax.vmap(one)(W0)
+
+
+def _gd_layers(Ws, task, lr, wd, steps):
+    with jax.enable_x64(True):
+        f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
+        t64 = jax.tree.map(f64, task)
+        identity = bool(np.array_equal(np.asarray(task.input_cov), np.eye(task.d_in)))
+        segs = jnp.asarray(np.diff(steps, prepend=0), jnp.int64)
+        out = _gd_core(tuple(f64(w) for w in Ws), t64, f64(lr), f64(wd), segs, identity=identity)
+        return tuple(np.asarray(w) for w in out)
+
+
+@functools.lru_cache(maxsize=None)
+def _decayed_rhs(shapes, has_cov):
+    """The layer gradient flow of ``L + wd/2 sum ||W_l||^2`` as ``f(t, y, (A, cov, wd))``."""
+    base = _layer_flow_rhs(shapes, has_cov)
+    return lambda t, y, args: base(t, y, args[:2]) - args[2] * y
+
+
+@partial(jax.jit, static_argnames=("fun",))
+def _flow_core(fun, y0, times, A, cov, wd, rtol, atol):
+    return jax.vmap(lambda y: dop853(fun, y, times, (A, cov, wd), rtol, atol))(y0)
+
+
+def _flow_layers(Ws, task, wd, times, rtol, atol):
+    shapes = tuple(tuple(w.shape[1:]) for w in Ws)
+    A = np.asarray(task.teacher, np.float64)
+    cov = np.asarray(task.input_cov, np.float64)
+    has_cov = not np.array_equal(cov, np.eye(cov.shape[0]))
+    with jax.enable_x64(True):
+        y0 = jnp.concatenate([jnp.asarray(w.reshape(w.shape[0], -1)) for w in Ws], axis=1)
+        Y, _, ok = _flow_core(_decayed_rhs(shapes, has_cov), y0, jnp.asarray(times), jnp.asarray(A),
+                              jnp.asarray(0.5 * (cov + cov.T)) if has_cov else None, jnp.asarray(wd), rtol, atol)
+        if not bool(np.all(ok)):  # pragma: no cover - smooth flow; failure means a bad tolerance
+            raise RuntimeError("layer flow: step cap reached (tolerance too tight for the horizon?)")
+        Y = np.asarray(Y)
+    cuts = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
+    return tuple(p.reshape(p.shape[:2] + s) for p, s in zip(np.split(Y, cuts, axis=-1), shapes))
+
+
+def pretrain(net: DeepLinear, W0, task: Task, *, lr: float, checkpoints, weight_decay: float = 0.0,
+             method: str = "auto", keep_weights: bool = True,
+             divergence_factor: float = DIVERGENCE_FACTOR,
+             rtol: float = 1e-10, atol: float = 1e-12):
+    r"""Predicted ``lo.pretrain(net, W0, task, lr=, checkpoints=, weight_decay=)``: the same
+    :class:`~linoverfit.PretrainResult` (``loss`` ``(C[, S])``, ``weights`` ``(C[, S], n_l, n_{l-1})``,
+    ``steps``, ``t``), without simulating where the start allows.
+
+    Plain GD :math:`W \leftarrow W - \eta(\nabla_W L + \lambda W)` at a constant ``lr`` on the
+    population loss of a :class:`~linoverfit.Task`. ``method`` (module docstring):
+
+    * ``"modes"``: balanced aligned starts, exact per-mode GD map (round-off);
+    * ``"gd"``: any start, the exact GD map on its own layers (round-off);
+    * ``"flow"``: any start, the gradient flow of its own layers (error :math:`O(\eta)`);
+    * ``"auto"``: ``"modes"`` where every seed's start is balanced and aligned and the input
+      covariance shares the teacher's right singular vectors, else ``"gd"``.
+
+    ``result.prediction`` names the method used, ``result.exact`` is True for ``"modes"`` and
+    ``"gd"``. A learning rate past the stability edge of the aligned net warns
+    (:class:`~linoverfit.theory.PastEdgeWarning`, ``"modes"``); a predicted loss that is
+    non-finite or above ``divergence_factor`` times its natural scale at a checkpoint raises
+    :class:`~linoverfit.DivergenceError` (with ``.step`` the first such checkpoint; the simulation
+    names the exact step). ``rtol``/``atol``: tolerances of the ``"flow"`` solve.
+    """
+    _net(net)
+    task = _population(net.check_task(task), "task")
+    W0 = net.check_weights(W0, "W0")
+    dtype = _v.working_dtype(W0, "W0")
+    ndims = {np.ndim(w) for w in W0}
+    if ndims not in ({2}, {3}) or len({np.shape(w)[0] for w in W0} if ndims == {3} else {0}) != 1:
+        raise ValueError("W0 layers must all be 2-D (one network) or all 3-D with one leading seed axis")
+    batched = ndims == {3}
+    lr = _constant_lr(lr)
+    wd = _v.positive_scalar(weight_decay, "weight_decay", allow_zero=True)
+    factor = _v.positive_scalar(divergence_factor, "divergence_factor")
+    steps = _v.step_grid(checkpoints, "checkpoints")
+    if method not in PRETRAIN_METHODS:
+        raise ValueError(f"method must be one of {PRETRAIN_METHODS}, got {method!r}")
+    Ws = tuple(w if batched else w[None] for w in _f64(W0))
+    L, t = len(Ws), lr * steps.astype(np.float64)
+    A = np.asarray(task.teacher, np.float64)
+    found = None
+    if method in ("auto", "modes"):
+        found = _aligned(Ws, A, L, dtype)
+        try:
+            input_variance(task)
+        except ValueError:
+            if method == "modes":
+                raise
+            found = None
+        if found is None and method == "modes":
+            raise ValueError("method='modes' needs balanced starts aligned with the teacher (net.init(scheme='aligned', "
+                             "task=task)); use method='gd' or 'flow' for any other start")
+        method = "modes" if found is not None else "gd"
+    if method == "modes":
+        layers = _modes_layers(Ws, task, *found, lr, wd, t)
+    elif method == "gd":
+        layers = _gd_layers(Ws, task, lr, wd, steps)
+    else:
+        layers = _flow_layers(Ws, task, wd, t, rtol, atol)
+    P = layers[0]
+    for w in layers[1:]:
+        P = w @ P  # (S, C, m, n)
+    loss = _loss(task, P)  # (S, C)
+    P0 = Ws[0]
+    for w in Ws[1:]:
+        P0 = w @ P0
+    limit = factor * np.maximum(_loss(task, P0), _loss(task, np.zeros_like(A)))
+    bad = ~np.isfinite(loss) | (loss > limit[:, None])
+    if bad.any():
+        ck = int(np.argmax(bad.any(0)))
+        seed = int(np.argmax(bad[:, ck])) if batched else None
+        raise _rt.DivergenceError(
+            f"predicted pre-training diverged by checkpoint {ck} (step {steps[ck]})"
+            + (f" (seed {seed})" if batched else "") + f" with lr={lr}. Lower lr.",
+            step=int(steps[ck]), seed=seed, checkpoint=ck)
+    cast = lambda x: np.asarray(np.swapaxes(x, 0, 1) if batched else x[0], dtype)  # noqa: E731
+    return _rt.PretrainResult(
+        steps=steps, loss=cast(loss), weights=tuple(cast(w) for w in layers) if keep_weights else None,
+        task=_v.cast_objective(task, dtype), lr=lr, weight_decay=wd, times=None,
+        prediction=method, exact=method != "flow")
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+def finetune(net: DeepLinear, run, task: Task, *, lr, steps: int, l2: float = 0.0, record_every: int | None = None,
+             return_weights: bool = False, pretrain_task=None,
+             divergence_factor: float = DIVERGENCE_FACTOR, gd_order="auto", method: str = "auto"):
+    r"""Predicted ``lo.finetune(net, run, task, lr=, steps=, record_every=)``: the same
+    :class:`~linoverfit.FinetuneResult` (``pretrain_loss_before/after``, ``finetune_loss_before/after``
+    ``(C, R[, S])``, ``diverged``, ``diverged_step``, loss trajectories with ``record_every``), from
+    :func:`~linoverfit.theory.predict_finetune` on the run's own layers (``run`` simulated or predicted).
+
+    With the defaults (``gd_order="auto"``) GD is iterated exactly on the run's own layers when
+    ``steps <= 10 000`` (``result.exact`` True, round-off), else (for rates with
+    :math:`\eta\lambda \le 1/4`) its order-2 modified equation (error :math:`O(\eta^3)`, ``exact``
+    False); ``gd_order=0`` predicts gradient flow (error :math:`O(\eta)`). ``result.past_edge``
+    ``(C, R[, S])`` marks learning rates at or past the stability edge (they warn,
+    :class:`~linoverfit.theory.PastEdgeWarning`, and the prediction does not describe GD there).
+
+    Divergence follows the simulation's rule at the predicted points only: a run whose fine-tuning
+    loss at a record (or the end) is non-finite or above ``divergence_factor`` times
+    :math:`\max(L_{ft}(W^0), L_{ft}(0))` is marked in ``diverged``, ``diverged_step`` is that
+    record's step (the simulation gives the exact step), its losses from there on are NaN, and a
+    :class:`~linoverfit.DivergenceWarning` is raised. Trajectories cost one prediction per record.
+
+    Assumes plain fine-tuning: ``l2`` must be 0 (the pull toward the checkpoint is not predicted;
+    simulate it with ``lo.finetune(l2=)``) and ``return_weights`` False (the prediction gives maps).
+    """
+    _net(net)
+    if not isinstance(run, _rt.PretrainResult):
+        raise TypeError(f"run must be a PretrainResult (lo.pretrain or lo.theory.pretrain), got {type(run).__name__}")
+    if run.weights is None:
+        raise ValueError("run has no weights (it was pre-trained with keep_weights=False); fine-tuning needs them")
+    task = _population(net.check_task(task), "task")
+    pre_task = run.task if pretrain_task is None else net.check_task(pretrain_task, "pretrain_task")
+    net.check_weights(run.weights, "run.weights")
+    dtype = _v.working_dtype(run.weights, "run.weights")
+    if _v.positive_scalar(l2, "l2", allow_zero=True) != 0:
+        raise ValueError("l2 must be 0: the pull toward the checkpoint is not predicted; simulate it with lo.finetune(l2=)")
+    if return_weights:
+        raise ValueError("return_weights=True is not predicted (the prediction gives end-to-end maps: "
+                         "lo.theory.predict_finetune(run, task, return_maps=True))")
+    lrs = _v.positive_vector(lr, "lr")
+    steps = _v.positive_int(steps, "steps")
+    factor = _v.positive_scalar(divergence_factor, "divergence_factor")
+    if record_every is None:
+        record_steps = np.array([steps])
+    else:
+        record_every = _v.positive_int(record_every, "record_every")
+        if steps % record_every:
+            raise ValueError(f"record_every ({record_every}) must divide steps ({steps})")
+        record_steps = record_every * np.arange(1, steps // record_every + 1)
+    preds = [predict_finetune(run, task, lrs, int(k), pretrain_task=pre_task, gd_order=gd_order, method=method)
+             for k in record_steps]
+    first = preds[0]
+    pre_traj = np.stack([p.pretrain_loss_after for p in preds], -1)  # (C, R[, S], K)
+    ft_traj = np.stack([p.finetune_loss_after for p in preds], -1)
+    P0 = np.asarray(run.end_to_end, np.float64)
+    limit = factor * np.maximum(first.finetune_loss_before, _loss(task, np.zeros(P0.shape[-2:])))
+    bad = ~np.isfinite(ft_traj) | (ft_traj > np.expand_dims(np.expand_dims(limit, 1), -1))
+    diverged = bad.any(-1)
+    bad_step = np.where(diverged, record_steps[np.argmax(bad, -1)], -1).astype(_v.step_dtype())
+    invalid = diverged[..., None] & (record_steps >= bad_step[..., None])
+    pre_traj, ft_traj = np.where(invalid, np.nan, pre_traj), np.where(invalid, np.nan, ft_traj)
+    order = first.gd_order
+    exact = order != 0 and (order == "exact" or net.depth == 1 or (order == "auto" and steps <= AUTO_EXACT_STEPS))
+    c = lambda x: np.asarray(x, dtype)  # noqa: E731
+    result = _rt.FinetuneResult(
+        steps=np.asarray(run.steps), lr=lrs, ft_steps=steps, l2=0.0, pretrain_lr=float(run.lr),
+        pretrain_loss_before=c(first.pretrain_loss_before), finetune_loss_before=c(first.finetune_loss_before),
+        pretrain_loss_after=c(pre_traj[..., -1]), finetune_loss_after=c(ft_traj[..., -1]),
+        diverged=diverged, diverged_step=bad_step,
+        record_steps=None if record_every is None else record_steps,
+        pretrain_loss_trajectory=None if record_every is None else c(pre_traj),
+        finetune_loss_trajectory=None if record_every is None else c(ft_traj),
+        weights=None, pretrain_t=None if run.times is None else np.asarray(run.t),
+        past_edge=np.any([p.past_edge for p in preds], axis=0),
+        prediction=f"predict_finetune(gd_order={order!r})", exact=bool(exact))
+    if diverged.any():
+        warnings.warn(f"{int(diverged.sum())} predicted fine-tuning run(s) diverged; their after-losses are NaN and "
+                      "marked in result.diverged; lower the learning rate.", _rt.DivergenceWarning, stacklevel=2)
+    return result
+
+
+# ----------------------------------------------------------------------------- Gaussian perturbation
+
+
+def gaussian(net: DeepLinear, run, task=None, gamma=(0.01,), samples: int | None = None, key=None):
+    r"""Predicted ``lo.sensitivity.gaussian(net, run, task, gamma=)``: the same
+    :class:`~linoverfit.sensitivity.SensitivityResult` with axes ``(C, G[, S])``, holding the exact
+    expectation :math:`\mathbb E[L(W + \gamma E)]` (:func:`~linoverfit.theory.perturbation_sensitivity`,
+    ``docs/theory.md`` section 2) at every checkpoint of ``run`` (simulated or predicted).
+
+    Exact for any weights, depth and input covariance; for a Dataset the sensitivity uses its
+    empirical covariance :math:`X^\top X/N` (the perturbation leaves :math:`\mathbb E P` unchanged, so
+    the cross term with the labels vanishes). ``stderr`` is zero and ``samples`` is 0 (no draws):
+    ``samples`` and ``key`` are accepted, and ignored, so the simulation's call runs unchanged.
+    """
+    del samples, key  # an expectation in closed form draws nothing
+    _net(net)
+    if not isinstance(run, _rt.PretrainResult):
+        raise TypeError(f"run must be a PretrainResult (lo.pretrain or lo.theory.pretrain), got {type(run).__name__}")
+    if run.weights is None:
+        raise ValueError("run has no weights (it was pre-trained with keep_weights=False)")
+    task = run.task if task is None else task
+    if not isinstance(task, (Task, Dataset)):
+        raise TypeError(f"task must be a linoverfit Task or Dataset, got {type(task).__name__}")
+    net.check_task(task)
+    weights = _f64(net.check_weights(run.weights, "run.weights"))
+    dtype = _v.working_dtype(run.weights, "run.weights")
+    gammas = _v.positive_vector(gamma, "gamma")
+    if isinstance(task, Task):
+        cov = np.asarray(task.input_cov, np.float64)
+    else:
+        x = np.asarray(task.x, np.float64)
+        cov = x.T @ x / x.shape[0]
+    P = weights[0]
+    for w in weights[1:]:
+        P = w @ P
+    loss = _loss(task, P)  # (C[, S])
+    with jax.enable_x64(True):
+        sens = np.asarray(perturbation_sensitivity(weights, jnp.asarray(gammas), jnp.asarray(cov)))  # (C[, S], G)
+    sens = np.moveaxis(sens, -1, 1)  # (C, G[, S]), the simulation's order
+    c = lambda x: np.asarray(x, dtype)  # noqa: E731
+    return _rt.SensitivityResult(
+        steps=np.asarray(run.steps), gamma=gammas, samples=0, pretrain_lr=float(run.lr), loss=c(loss),
+        perturbed_loss=c(np.expand_dims(loss, 1) + sens), sensitivity=c(sens), stderr=np.zeros(sens.shape, dtype),
+        prediction="perturbation_sensitivity", exact=True)
