@@ -9,6 +9,7 @@ import traceback
 import warnings
 
 import jax
+import optax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -89,10 +90,11 @@ def test_step_counters_follow_x64(setup):
     assert jnp.dtype(_v.step_dtype()) == jnp.int64  # conftest turns x64 on
     task, ft, net, W0, run, _ = setup
     # the compiled loops count steps in int64 (their first-bad-step output carries the counter type)
-    out = jax.eval_shape(lambda s: lo.training._pretrain_core(
-        W0, task, 0.1, 0.0, s, jax.random.split(jax.random.key(0), 1), 1e4,
-        make_opt=lo.training._resolve_optimizer(None), batch_size=None, keep_weights=False),
-        jnp.asarray([2**32 + 3], jnp.int64))
+    one_run = lo.pretraining.PretrainRun(make_opt=optax.sgd, batch_size=None, keep_weights=False, identity=False,
+                                         online=False)
+    shared = lambda s: (task, jnp.asarray(0.1), jnp.asarray(0.0), s, jnp.asarray(1e4), None, None, None)  # noqa: E731
+    out = jax.eval_shape(lambda s: one_run((tuple(W0), jax.random.key(0)), shared(s)),
+                         jnp.asarray([2**32 + 3], jnp.int64))
     assert out[2].dtype == jnp.int64
     res = lo.finetune(net, run, ft, lr=0.1, steps=3)
     assert res.diverged_step.dtype == jnp.int64
@@ -100,9 +102,9 @@ def test_step_counters_follow_x64(setup):
 
 def test_minibatch_keys_beyond_2_32_steps_are_distinct():
     key = jax.random.key(7)
-    low = lo.training._step_key(key, jnp.asarray(3, jnp.int64))
+    low = lo.objective.step_key(key, jnp.asarray(3, jnp.int64))
     assert np.array_equal(jax.random.key_data(low), jax.random.key_data(jax.random.fold_in(key, 3)))
-    high = lo.training._step_key(key, jnp.asarray(2**32 + 3, jnp.int64))
+    high = lo.objective.step_key(key, jnp.asarray(2**32 + 3, jnp.int64))
     assert not np.array_equal(jax.random.key_data(low), jax.random.key_data(high))
 
 
@@ -222,7 +224,7 @@ def _table(task, ft, net, W0, run, data):
          TypeError, "key is required for minibatch SGD"),
         ("minibatch fine-tuning without key", lambda: lo.finetune(net, run, data, lr=0.1, steps=2, batch_size=4),
          TypeError, "key is required for minibatch SGD"),
-        ("power_law 10**5 x 10**5", lambda: lo.tasks.power_law(10**5, 10**5, key=0), lo.MemoryBudgetError,
+        ("power_law 10**5 x 10**5", lambda: lo.tasks.power_law(10**5, 10**5, key=0), lo.errors.MemoryBudgetError,
          "d_in=100000"),
     ]
 
@@ -254,22 +256,24 @@ def test_finetune_indexes_its_start_points(setup):
     # the compiled sweep holds the C x S starting networks once: no (C * S * R)-sized weight array
     task, ft, net, W0, run, _ = setup
     lrs = jnp.linspace(0.01, 0.1, 7)
-    text = jax.jit(lambda W: lo.training._finetune_core(
-        W, ft, task, lrs, 0.0, jnp.asarray(2), jax.random.key(0), 1e4,
-        make_opt=lo.training._resolve_optimizer(None), batch_size=None, n_records=1,
-        return_weights=False)).lower(run.weights).as_text()
+    one_run = lo.finetuning.FinetuneRun(make_opt=optax.sgd, batch_size=None, n_records=1, return_weights=False,
+                                        identity=False)
+    runs = (jnp.repeat(jnp.arange(2, dtype=jnp.int32), 7), jnp.tile(lrs, 2), jax.random.split(jax.random.key(0), 14))
+    shared = (run.weights, ft, task, jnp.asarray(0.0), jnp.asarray(2), jnp.asarray(1e4), None)
+    text = lo.sweeps._program.lower(runs, shared, np.int32(0), fn=one_run, mesh=None, chunk=4, parts=1,
+                                    tick=True).as_text()
     assert "tensor<2x4x4xf64>" in text and "tensor<14x4x4xf64>" not in text  # 2 checkpoints, 7 lrs
 
 
 def test_memory_estimate_refuses_early_and_names_the_option(setup, monkeypatch):
     task, ft, net, W0, run, _ = setup
     monkeypatch.setenv("LINOVERFIT_MEMORY_LIMIT", "20K")
-    with pytest.raises(lo.MemoryBudgetError, match="return_weights=False") as err:
+    with pytest.raises(lo.errors.MemoryBudgetError, match="return_weights=False") as err:
         lo.finetune(net, run, ft, lr=np.linspace(0.01, 0.1, 50), steps=2, return_weights=True)
     assert "2 checkpoints x 1 seed(s) x 50 learning rate(s)" in str(err.value) and err.value.needed > 20 * 1024
-    with pytest.raises(lo.MemoryBudgetError, match="keep_weights=False"):
+    with pytest.raises(lo.errors.MemoryBudgetError, match="keep_weights=False"):
         lo.pretrain(net, net.init(0, 0.1, seeds=50), task, lr=0.1, checkpoints=lo.log_checkpoints(100, 50))
-    with pytest.raises(lo.MemoryBudgetError, match="fewer samples"):
+    with pytest.raises(lo.errors.MemoryBudgetError, match="fewer samples"):
         lo.sensitivity.gaussian(net, run, samples=5000, key=0)
     monkeypatch.setenv("LINOVERFIT_MEMORY_LIMIT", "off")
     lo.finetune(net, run, ft, lr=np.linspace(0.01, 0.1, 50), steps=2, return_weights=True)

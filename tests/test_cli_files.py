@@ -261,12 +261,12 @@ def test_load_rejects_every_broken_file_naming_it(saved):
             path.write_bytes(content)
         else:
             np.savez(path, **content)
-        with pytest.raises(lo.ResultFileError, match=words) as err:
+        with pytest.raises(lo.errors.ResultFileError, match=words) as err:
             lo.PretrainResult.load(path)
         assert str(path) in str(err.value) and err.value.path == path, name
-    with pytest.raises(lo.ResultFileError, match="no such file"):
+    with pytest.raises(lo.errors.ResultFileError, match="no such file"):
         lo.PretrainResult.load(d / "nope.npz")
-    with pytest.raises(lo.ResultFileError, match="not a file"):
+    with pytest.raises(lo.errors.ResultFileError, match="not a file"):
         lo.PretrainResult.load(d)
 
 

@@ -69,7 +69,7 @@ def test_aligned_init_starts_every_mode_at_scale_to_the_depth():
     net = lo.DeepLinear((6, 8, 7, 5))
     W = net.init(jax.random.key(1), scale=0.2, scheme="aligned", task=task)
     U, s, Vt = task.svd()
-    P = lo.end_to_end(W)
+    P = lo.networks.end_to_end(W)
     np.testing.assert_allclose(U.T @ P @ Vt.T, 0.2**3 * np.eye(5), atol=1e-12)
 
 

@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 
 import linoverfit as lo
-from linoverfit.sensitivity import _gaussian_core
-from linoverfit.training import _finetune_core, _pretrain_core, _prepared, _value_and_grad
+from linoverfit.sweeps import _program
+from linoverfit.objective import prepared as _prepared
+from linoverfit.objective import value_and_grad as _value_and_grad
+from linoverfit.sweeps import _program
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,12 +52,12 @@ def test_new_values_never_recompile(count_compiles):
     cov = _psd(jax.random.key(9), 6)
     sweep(0, 0.05, (0.01, 0.1), (0.01, 0.1), 0.0, None)  # identity covariance: compiles once
     sweep(0, 0.05, (0.01, 0.1), (0.01, 0.1), 0.0, cov)  # a general covariance: compiles once more
-    sizes = [f._cache_size() for f in (_pretrain_core, _finetune_core, _gaussian_core)]
+    size = _program._cache_size()
     with count_compiles() as c:
         sweep(1, 0.07, (0.02, 0.05), (0.03, 0.2), 0.5, None)  # every value changed, l2 switched on
         sweep(2, 0.03, (0.04, 0.06), (0.02, 0.05), 0.0, 2.0 * cov)
     assert c["n"] == 0
-    assert [f._cache_size() for f in (_pretrain_core, _finetune_core, _gaussian_core)] == sizes
+    assert _program._cache_size() == size
 
 
 # ----------------------------------------------------------------------------- matmul count
@@ -79,7 +81,7 @@ def test_population_gradient_uses_minimal_matmuls(widths, identity):
     assert n == 3 * (L - 1) + (0 if identity else 1)
     # ... and it is the gradient of the documented loss
     loss, g = _value_and_grad(task, W, None, 0, None, identity)
-    ref_loss, ref_g = jax.value_and_grad(lambda W: task.loss(lo.end_to_end(W)))(W)
+    ref_loss, ref_g = jax.value_and_grad(lambda W: task.loss(lo.networks.end_to_end(W)))(W)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
     for a, b in zip(g, ref_g):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)

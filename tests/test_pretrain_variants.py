@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import linoverfit as lo
-from linoverfit.training import _online_batch, _pretrain_core
+from linoverfit.objective import online_batch as _online_batch
+from linoverfit.sweeps import _program
 
 
 def _aligned(width=8, scale=0.1, alpha=1.0):
@@ -107,7 +108,7 @@ def test_sam_is_optax_contrib_sam_and_rho_zero_is_gd():
     tx = optax.contrib.sam(optax.sgd(lr), optax.chain(optax.contrib.normalize(), optax.sgd(rho)), sync_period=2)
     W, state = tuple(W0), None
     state = tx.init(W)
-    loss = lambda w: task.loss(lo.end_to_end(w))  # noqa: E731
+    loss = lambda w: task.loss(lo.networks.end_to_end(w))  # noqa: E731
     for _ in range(2 * n):
         updates, state = tx.update(jax.grad(loss)(W), state, W)
         W = optax.apply_updates(W, updates)
@@ -152,18 +153,18 @@ def test_new_optimizer_and_schedule_values_do_not_recompile(count_compiles):
              lambda v: lo.optimizers.SAM(0.01 * v, base=lo.optimizers.Momentum(v))]
     for make in specs:
         lo.pretrain(net, W0, task, lr=0.01, checkpoints=ck, optimizer=make(0.9))
-        before = _pretrain_core._cache_size()
+        before = _program._cache_size()
         with count_compiles() as c:
             lo.pretrain(net, W0, task, lr=0.02, checkpoints=ck, optimizer=make(0.5))
-        assert c["n"] == 0 and _pretrain_core._cache_size() == before, make(0.5)
+        assert c["n"] == 0 and _program._cache_size() == before, make(0.5)
     lo.pretrain(net, W0, task, lr=optax.cosine_decay_schedule(0.05, 40), checkpoints=ck)
-    before = _pretrain_core._cache_size()
+    before = _program._cache_size()
     with count_compiles() as c:  # another schedule of the same length: new values only
         lo.pretrain(net, W0, task, lr=optax.cosine_decay_schedule(0.03, 40, alpha=0.1), checkpoints=ck)
     assert c["n"] == 0
     # another kind of schedule evaluates new (eager) ops on the host, but the training program is reused
     lo.pretrain(net, W0, task, lr=optax.linear_schedule(0.05, 0.01, 40), checkpoints=ck)
-    assert _pretrain_core._cache_size() == before
+    assert _program._cache_size() == before
 
 
 # ----------------------------------------------------------------------------- online SGD

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import linoverfit as lo
-from linoverfit.sensitivity import _gaussian_core
+from linoverfit.sweeps import _program
 
 
 def _depth2_formula(W1, W2, gamma):
@@ -53,10 +53,10 @@ def test_same_key_same_bits_other_key_differs(run):
 def test_gamma_values_do_not_recompile(run, count_compiles):
     net, r = run
     lo.sensitivity.gaussian(net, r, gamma=(0.01, 0.02), samples=32, key=jax.random.key(0))
-    before = _gaussian_core._cache_size()
+    before = _program._cache_size()
     with count_compiles() as c:
         lo.sensitivity.gaussian(net, r, gamma=(0.05, 0.3), samples=32, key=jax.random.key(3))
-    assert c["n"] == 0 and _gaussian_core._cache_size() == before
+    assert c["n"] == 0 and _program._cache_size() == before
 
 
 def test_bad_arguments(run):

@@ -38,9 +38,9 @@ def test_velocity_is_the_pushforward_of_the_layer_gradients(depth):
     W = _balanced(rng, widths, [1.3, 0.7, 0.2, 0.05][: min(widths)])
     base = lo.tasks.power_law(5, 4, 1.0, key=jax.random.key(0))
     task = lo.tasks.shifted(base, "subspace", 0.5, key=jax.random.key(1), rank=3)  # singular Sigma
-    grads = jax.grad(lambda w: task.loss(lo.end_to_end(w)))(tuple(jnp.asarray(w) for w in W))
+    grads = jax.grad(lambda w: task.loss(lo.networks.end_to_end(w)))(tuple(jnp.asarray(w) for w in W))
     P_dot = sum(_prod(W[l + 1:], widths[l + 1]) @ -np.asarray(grads[l]) @ _prod(W[:l], widths[0]) for l in range(depth))
-    V = end_to_end_velocity(lo.end_to_end(W), task, depth)
+    V = end_to_end_velocity(lo.networks.end_to_end(W), task, depth)
     # an algebraic identity under balancedness; both sides are a handful of float64 products
     np.testing.assert_allclose(V, np.asarray(P_dot), rtol=1e-10, atol=1e-13)
 
@@ -53,7 +53,7 @@ def _finetuned(depth, kind, lr, steps, pre_lr=1e-3):
     W0 = net.init(jax.random.key(1), scale=0.3, scheme="balanced")
     run = lo.pretrain(net, W0, task, lr=pre_lr, checkpoints=[0, int(2 / pre_lr), int(10 / pre_lr)])
     ftr = lo.finetune(net, run, ft, lr=lr, steps=steps, return_weights=True)
-    P_gd = np.asarray(lo.end_to_end(ftr.weights))[:, 0]
+    P_gd = np.asarray(lo.networks.end_to_end(ftr.weights))[:, 0]
     errs = {}
     for method in ("function", "layers"):
         P_flow = end_to_end_flow(np.asarray(run.end_to_end), ft, lr * steps, depth, method=method)
@@ -198,7 +198,7 @@ def test_first_order_forgetting_converges_with_the_stated_order(depth):
     ft = lo.tasks.shifted(task, "rotate", 0.3, key=jax.random.key(1))
     spectrum = np.asarray(task.spectrum)
     taus = np.array([0.04, 0.02, 0.01, 0.005])
-    for P0, order in [(lo.end_to_end(_balanced(rng, (6,) + (7,) * (depth - 1) + (5,), 0.6 * spectrum)), 2),
+    for P0, order in [(lo.networks.end_to_end(_balanced(rng, (6,) + (7,) * (depth - 1) + (5,), 0.6 * spectrum)), 2),
                       (np.asarray(task.teacher), 3)]:  # generic map; a stationary point of L_pre
         exact = task.loss(end_to_end_flow(P0, ft, taus, depth, rtol=1e-13, atol=1e-15)) - task.loss(P0)
         approx = first_order_forgetting(P0, ft, taus, depth=depth, pretrain_task=task)

@@ -92,7 +92,7 @@ def test_agrees_with_monte_carlo(widths):
     task = lo.Task(teacher=A, input_cov=cov, noise=0.1)
     keys = jax.random.split(jax.random.key(0), len(W))
     E = [jax.random.normal(k, (n,) + w.shape, jnp.float64) for k, w in zip(keys, W)]
-    P = lo.end_to_end(tuple(jnp.asarray(w) + gamma * e for w, e in zip(W, E)))
+    P = lo.networks.end_to_end(tuple(jnp.asarray(w) + gamma * e for w, e in zip(W, E)))
     losses = np.asarray(task.loss(P))
     mean, se = losses.mean(), losses.std(ddof=1) / np.sqrt(n)
     exact = float(expected_perturbed_loss(W, task, gamma=gamma))

@@ -18,7 +18,7 @@ def _dense_top(W, task):
     cuts = np.cumsum([np.prod(s) for s in shapes])[:-1]
 
     def f(x):
-        return task.loss(lo.end_to_end([p.reshape(s) for p, s in zip(jnp.split(x, cuts), shapes)]))
+        return task.loss(lo.networks.end_to_end([p.reshape(s) for p, s in zip(jnp.split(x, cuts), shapes)]))
 
     x = jnp.concatenate([jnp.ravel(w) for w in W])
     return np.linalg.eigvalsh(np.asarray(jax.hessian(f)(x)))[-1]
@@ -113,7 +113,7 @@ def test_gradient_descent_converges_below_the_edge_and_not_above(depth):
     edge = stability_edge(W, task)
     np.testing.assert_allclose(edge, 2.0 / (depth * 1.0 ** (2 - 2 / depth)), rtol=1e-10)  # sigma_1 = 1
     W0 = tuple(jnp.asarray(w) + 1e-3 * jax.random.normal(jax.random.key(i), w.shape) for i, w in enumerate(W))
-    start = float(task.loss(lo.end_to_end(W0)))
+    start = float(task.loss(lo.networks.end_to_end(W0)))
     below = lo.pretrain(net, W0, task, lr=0.9 * edge, checkpoints=[3000])
     assert float(below.loss[0]) < 1e-12 * start  # linear convergence at rate |1 - 0.9 * 2| = 0.8 per step
     if depth == 1:  # a quadratic: the top direction grows by |1 - 2.2| = 1.2 per step, to infinity

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import linoverfit as lo
-from linoverfit.training import _finetune_core, _pretrain_core
+from linoverfit.sweeps import _program
 
 
 def _random_psd(key, d):
@@ -79,19 +79,19 @@ def test_training_gradient_is_grad_of_documented_loss(widths, finite, seed):
     step = [np.asarray(w0) - np.asarray(w[0]) for w0, w in zip(W0, run.weights)]
 
     Ws = [np.asarray(w) for w in W0]
-    P = np.asarray(lo.end_to_end(W0))
+    P = np.asarray(lo.networks.end_to_end(W0))
     if finite:
         X, Y = np.asarray(objective.x), np.asarray(objective.y)
         G = (P @ X.T - Y.T) @ X / X.shape[0]
 
         def loss(ws):
-            R = lo.end_to_end(ws) @ X.T - Y.T
+            R = lo.networks.end_to_end(ws) @ X.T - Y.T
             return 0.5 * jnp.sum(R**2) / X.shape[0]
     else:
         G = (P - np.asarray(A)) @ np.asarray(cov)
 
         def loss(ws):
-            D = lo.end_to_end(ws) - A
+            D = lo.networks.end_to_end(ws) - A
             return 0.5 * jnp.trace(D @ cov @ D.T) + 0.5 * 0.1 * d_out
 
     analytic = _chain_rule_grads(Ws, G)
@@ -143,9 +143,9 @@ def sweep():
 def test_finetune_one_compilation_matches_loop(sweep, count_compiles):
     task, ft, net, run = sweep
     lrs = (0.01, 0.03, 0.1)
-    before = _finetune_core._cache_size()
+    before = _program._cache_size()
     res = lo.finetune(net, run, ft, lr=lrs, steps=50)
-    assert _finetune_core._cache_size() == before + 1  # 48 checkpoints x 3 lrs: one compiled program
+    assert _program._cache_size() == before + 1  # 48 checkpoints x 3 lrs: one compiled program
     with count_compiles() as c:  # new values, same shapes: nothing recompiles
         lo.finetune(net, run, ft, lr=(0.02, 0.04, 0.05), steps=60)
     assert c["n"] == 0
@@ -283,9 +283,9 @@ def test_pretrain_values_do_not_recompile(count_compiles):
         lo.pretrain(net, W0, task, lr=0.01, checkpoints=[10, 20, 40], optimizer=make(0.9))
     task2 = lo.tasks.power_law(6, 6, 2.0, key=jax.random.key(7))
     W1 = net.init(jax.random.key(2), scale=1e-2)
-    before = _pretrain_core._cache_size()
+    before = _program._cache_size()
     with count_compiles() as c:
         lo.pretrain(net, W1, task2, lr=0.07, checkpoints=[5, 50, 400], weight_decay=0.01)
         for make in optimizers:
             lo.pretrain(net, W1, task2, lr=0.02, checkpoints=[5, 50, 400], optimizer=make(0.5), weight_decay=0.01)
-    assert c["n"] == 0 and _pretrain_core._cache_size() == before
+    assert c["n"] == 0 and _program._cache_size() == before
