@@ -53,7 +53,9 @@ __all__ = ["Layout", "Footprint", "Work", "sweep", "resolve_layout", "check_foot
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Where and how the runs of a sweep go; none of it changes the results.
+    """Where and how the runs of a sweep go; none of it changes the results: the runs (leading
+    axis of shape ``(n, ...)`` on every leaf) are split over devices and chunks and joined back
+    into the same ``(n, ...)`` outputs, bit for bit.
 
     Attributes:
       devices: ``None`` (all devices of :func:`jax.devices`; on a lone CPU device, one part per
@@ -89,7 +91,8 @@ def resolve_layout(layout: Layout | None, devices: Any = None, chunk: int | None
 
 @dataclasses.dataclass(frozen=True)
 class Footprint:
-    """Bytes of a sweep, for the memory check: ``shared`` (held once), ``per_run`` (the working set
+    """Bytes of a sweep, for the memory check, which refuses
+    ``shared + per_run * in_flight + 3 * n * per_output`` above what is available: ``shared`` (held once), ``per_run`` (the working set
     of a run in flight) and ``per_output`` (each run's outputs, counted three times: the parts'
     outputs, their join and the caller's layout). ``what`` names the sizes and ``fix`` the options
     that shrink them, for the error message."""
@@ -104,7 +107,7 @@ class Footprint:
 
 @dataclasses.dataclass(frozen=True)
 class Work:
-    """What the progress bar counts: ``total`` units named ``unit`` (default: the runs), reached
+    """What the progress bar counts: ``total`` units named ``unit`` (default: ``total = n`` runs), reached
     when the compiled program's ticks sum to ``ticks_per_run`` per computed run (padding included),
     and ``flops`` for the time estimate that decides whether a bar is shown."""
 
