@@ -28,14 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import validation as _v
-from .modes import _nonneg
-from .perturbation import _widths
+from ..networks import end_to_end
+from ..result_types import PretrainResult
+from ..tasks import Dataset, Task
+from ._args import _nonneg, _widths
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from numpy.typing import ArrayLike
-    from ..tasks import Dataset, Task
-    from ..result_types import PretrainResult
+    from ..networks import DeepLinear
 
 
 __all__ = ["sharpness", "sharpness_from_spectrum", "stability_edge", "PastEdgeWarning"]
@@ -47,8 +48,6 @@ class PastEdgeWarning(UserWarning):
 
 
 def _objective(task):
-    from ..tasks import Dataset, Task
-
     if not isinstance(task, (Task, Dataset)):
         raise TypeError(f"task must be a linoverfit Task or Dataset, got {type(task).__name__}")
     return task
@@ -56,8 +55,6 @@ def _objective(task):
 
 def _flat_loss(task, shapes):
     """Loss of a flat parameter vector."""
-    from ..networks import end_to_end
-
     sizes = [int(np.prod(s)) for s in shapes]
     cuts = np.cumsum(sizes)[:-1].tolist()
 
@@ -69,8 +66,6 @@ def _flat_loss(task, shapes):
 
 
 def _as_float64(task):
-    from ..tasks import Task
-
     if isinstance(task, Task):
         return Task(jnp.asarray(task.teacher, jnp.float64), jnp.asarray(task.input_cov, jnp.float64), task.noise)
     return type(task)(x=jnp.asarray(task.x, jnp.float64), y=jnp.asarray(task.y, jnp.float64))
@@ -154,8 +149,6 @@ def sharpness(weights: Sequence[ArrayLike] | PretrainResult, task: Task | Datase
       >>> round(float(lo.theory.sharpness(W, task)), 10)  # L sigma_1^(2 - 2/L) = 2
       2.0
     """
-    from ..result_types import PretrainResult
-
     if isinstance(weights, PretrainResult):
         if weights.weights is None:
             raise ValueError("weights is a PretrainResult without weights (keep_weights=False)")
@@ -213,8 +206,6 @@ def stability_edge(weights: Sequence[ArrayLike] | PretrainResult, task: Task | D
 def _input_variances(task, d_in):
     """Variances of the inputs along the teacher's right singular vectors ``(d_in,)``, or an error if
     the covariance is not diagonal in that basis."""
-    from ..tasks import Task
-
     if not isinstance(task, Task):
         sigma = _nonneg(task, "task")
         if sigma.ndim != 1 or sigma.size == 0:
@@ -265,15 +256,13 @@ def sharpness_from_spectrum(s: ArrayLike, task: Task | ArrayLike, widths: DeepLi
 
     Examples:
       >>> import linoverfit as lo
-      >>> float(lo.theory.sharpness_from_spectrum([1.0, 0.5], [1.0, 0.5], widths=(2, 2, 2)))  # 2 sigma_1
+      >>> float(lo.theory.curvature.sharpness_from_spectrum([1.0, 0.5], [1.0, 0.5], widths=(2, 2, 2)))  # 2 sigma_1
       2.0
     """
     widths = _widths(widths)
     L = len(widths) - 1
     d_in, d_out = widths[0], widths[-1]
     if not isinstance(task, (np.ndarray, list, tuple, float, int)):
-        from ..tasks import Task
-
         if isinstance(task, Task) and (task.d_in, task.d_out) != (d_in, d_out):
             raise ValueError(f"task maps {task.d_in} -> {task.d_out} but widths are {widths}")
     sigma, lam = _input_variances(task, d_in)

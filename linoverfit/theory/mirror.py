@@ -17,7 +17,7 @@ Predictions by start (:func:`pretrain`, ``method="auto"`` picks the first that a
   :math:`P_0 = U\operatorname{diag}(s_0)V^\top` with the teacher's singular vectors, to
   :math:`\sqrt\epsilon`), and an input covariance sharing the teacher's right singular vectors.
   Every layer carries :math:`a_i = s_i^{1/L}` on mode :math:`i`, iterated by the exact scalar GD
-  map of :func:`~linoverfit.theory.mode_trajectory` (``lr=``), and the layers are
+  map of :func:`~linoverfit.theory.modes.mode_trajectory` (``lr=``), and the layers are
   :math:`W_l(t) = W_l(0) + Q_l\operatorname{diag}(a(t) - a(0))Q_{l-1}^\top` with :math:`Q_0 = V`,
   :math:`Q_L = U` and the start's own hidden vectors :math:`Q_l = W_lQ_{l-1}\operatorname{diag}(a(0))^{-1}`.
   Exact (round-off).
@@ -28,33 +28,37 @@ Predictions by start (:func:`pretrain`, ``method="auto"`` picks the first that a
 * ``"flow"``: any start; the gradient flow of the start's own layers (jitted DOP853), the
   continuous-time limit. Differs from GD by :math:`O(\eta)`; ``exact`` is False.
 
-:func:`finetune` is :func:`~linoverfit.theory.predict_finetune` on the run's own layers (exact GD
+:func:`finetune` is :func:`~linoverfit.theory.forgetting.predict_finetune` on the run's own layers (exact GD
 for at most 10 000 steps by default), :func:`gaussian` the exact expectation
-:func:`~linoverfit.theory.perturbation_sensitivity` (``stderr`` zero, ``samples`` 0).
+:func:`~linoverfit.theory.perturbation.perturbation_sensitivity` (``stderr`` zero, ``samples`` 0).
 """
 
 from __future__ import annotations
 
-import functools
+from typing import TYPE_CHECKING
+
 import warnings
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 # the result classes and the simulation's own rules, by module (one line to retarget)
-from .. import objective as _obj
 from .. import result_types as _rt
 from .. import validation as _v
 from ..networks import DeepLinear
 from ..tasks import Dataset, Task
 # helpers of the theory modules (one block: paths are fixed here when those modules move)
 from ..pretraining import DIVERGENCE_FACTOR
-from .flow import AUTO_EXACT_STEPS, _layer_flow_rhs, _loss, predict_finetune
-from .integrate import dop853
+from ._gd import AUTO_EXACT_STEPS, _gd_layers
+from ._layer_flow import _flow_layers
+from .forgetting import _loss, predict_finetune
 from .modes import input_variance, mode_trajectory
 from .perturbation import perturbation_sensitivity
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from numpy.typing import ArrayLike
 
 __all__ = ["pretrain", "finetune", "gaussian", "PRETRAIN_METHODS"]
 
@@ -130,68 +134,10 @@ def _modes_layers(Ws, task, Q, s0, lr, wd, t):
                  for l, w in enumerate(Ws))
 
 
-@partial(jax.jit, static_argnames=("identity",))
-def _gd_core(W0, task, eta, wd, segs, *, identity):
-    """Exact GD with weight decay, ``W <- W - eta (dL/dW + wd W)``, from every start ``W0`` ``(S, ...)``;
-    the layers after each segment of ``segs`` steps, ``(S, C, ...)``."""
-    task = _obj.prepared(task)
-
-    def one(W):
-        def step(i, W):
-            _, g = _obj.value_and_grad(task, W, None, i, None, identity)
-            return tuple(w - eta * (gw + wd * w) for w, gw in zip(W, g))
-
-        def segment(W, n):
-            W = jax.lax.fori_loop(jnp.zeros((), n.dtype), n, step, W)
-            return W, W
-
-        return jax.lax.scan(segment, W, segs)[1]
-
-    return jax.vmap(one)(W0)
-
-
-def _gd_layers(Ws, task, lr, wd, steps):
-    with jax.enable_x64(True):
-        f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
-        t64 = jax.tree.map(f64, task)
-        identity = bool(np.array_equal(np.asarray(task.input_cov), np.eye(task.d_in)))
-        segs = jnp.asarray(np.diff(steps, prepend=0), jnp.int64)
-        out = _gd_core(tuple(f64(w) for w in Ws), t64, f64(lr), f64(wd), segs, identity=identity)
-        return tuple(np.asarray(w) for w in out)
-
-
-@functools.lru_cache(maxsize=None)
-def _decayed_rhs(shapes, has_cov):
-    """The layer gradient flow of ``L + wd/2 sum ||W_l||^2`` as ``f(t, y, (A, cov, wd))``."""
-    base = _layer_flow_rhs(shapes, has_cov)
-    return lambda t, y, args: base(t, y, args[:2]) - args[2] * y
-
-
-@partial(jax.jit, static_argnames=("fun",))
-def _flow_core(fun, y0, times, A, cov, wd, rtol, atol):
-    return jax.vmap(lambda y: dop853(fun, y, times, (A, cov, wd), rtol, atol))(y0)
-
-
-def _flow_layers(Ws, task, wd, times, rtol, atol):
-    shapes = tuple(tuple(w.shape[1:]) for w in Ws)
-    A = np.asarray(task.teacher, np.float64)
-    cov = np.asarray(task.input_cov, np.float64)
-    has_cov = not np.array_equal(cov, np.eye(cov.shape[0]))
-    with jax.enable_x64(True):
-        y0 = jnp.concatenate([jnp.asarray(w.reshape(w.shape[0], -1)) for w in Ws], axis=1)
-        Y, _, ok = _flow_core(_decayed_rhs(shapes, has_cov), y0, jnp.asarray(times), jnp.asarray(A),
-                              jnp.asarray(0.5 * (cov + cov.T)) if has_cov else None, jnp.asarray(wd), rtol, atol)
-        if not bool(np.all(ok)):  # pragma: no cover - smooth flow; failure means a bad tolerance
-            raise RuntimeError("layer flow: step cap reached (tolerance too tight for the horizon?)")
-        Y = np.asarray(Y)
-    cuts = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
-    return tuple(p.reshape(p.shape[:2] + s) for p, s in zip(np.split(Y, cuts, axis=-1), shapes))
-
-
-def pretrain(net: DeepLinear, W0, task: Task, *, lr: float, checkpoints, weight_decay: float = 0.0,
-             method: str = "auto", keep_weights: bool = True,
-             divergence_factor: float = DIVERGENCE_FACTOR,
-             rtol: float = 1e-10, atol: float = 1e-12):
+def pretrain(net: DeepLinear, W0: Sequence[ArrayLike], task: Task, *, lr: float,
+             checkpoints: Sequence[int] | ArrayLike, weight_decay: float = 0.0, method: str = "auto",
+             keep_weights: bool = True, divergence_factor: float = DIVERGENCE_FACTOR,
+             rtol: float = 1e-10, atol: float = 1e-12) -> _rt.PretrainResult:
     r"""Predicted ``lo.pretrain(net, W0, task, lr=, checkpoints=, weight_decay=)``: the same
     :class:`~linoverfit.PretrainResult` (``loss`` ``(C[, S])``, ``weights`` ``(C[, S], n_l, n_{l-1})``,
     ``steps``, ``t``), without simulating where the start allows.
@@ -274,13 +220,14 @@ def pretrain(net: DeepLinear, W0, task: Task, *, lr: float, checkpoints, weight_
 # ----------------------------------------------------------------------------- fine-tuning
 
 
-def finetune(net: DeepLinear, run, task: Task, *, lr, steps: int, l2: float = 0.0, record_every: int | None = None,
-             return_weights: bool = False, pretrain_task=None,
-             divergence_factor: float = DIVERGENCE_FACTOR, gd_order="auto", method: str = "auto"):
+def finetune(net: DeepLinear, run: _rt.PretrainResult, task: Task, *, lr: float | Sequence[float] | ArrayLike,
+             steps: int, l2: float = 0.0, record_every: int | None = None, return_weights: bool = False,
+             pretrain_task: Task | Dataset | None = None, divergence_factor: float = DIVERGENCE_FACTOR,
+             gd_order: int | str = "auto", method: str = "auto") -> _rt.FinetuneResult:
     r"""Predicted ``lo.finetune(net, run, task, lr=, steps=, record_every=)``: the same
     :class:`~linoverfit.FinetuneResult` (``pretrain_loss_before/after``, ``finetune_loss_before/after``
     ``(C, R[, S])``, ``diverged``, ``diverged_step``, loss trajectories with ``record_every``), from
-    :func:`~linoverfit.theory.predict_finetune` on the run's own layers (``run`` simulated or predicted).
+    :func:`~linoverfit.theory.forgetting.predict_finetune` on the run's own layers (``run`` simulated or predicted).
 
     With the defaults (``gd_order="auto"``) GD is iterated exactly on the run's own layers when
     ``steps <= 10 000`` (``result.exact`` True, round-off), else (for rates with
@@ -311,7 +258,7 @@ def finetune(net: DeepLinear, run, task: Task, *, lr, steps: int, l2: float = 0.
         raise ValueError("l2 must be 0: the pull toward the checkpoint is not predicted; simulate it with lo.finetune(l2=)")
     if return_weights:
         raise ValueError("return_weights=True is not predicted (the prediction gives end-to-end maps: "
-                         "lo.theory.predict_finetune(run, task, return_maps=True))")
+                         "lo.theory.forgetting.predict_finetune(run, task, return_maps=True))")
     lrs = _v.positive_vector(lr, "lr")
     steps = _v.positive_int(steps, "steps")
     factor = _v.positive_scalar(divergence_factor, "divergence_factor")
@@ -357,10 +304,12 @@ def finetune(net: DeepLinear, run, task: Task, *, lr, steps: int, l2: float = 0.
 # ----------------------------------------------------------------------------- Gaussian perturbation
 
 
-def gaussian(net: DeepLinear, run, task=None, gamma=(0.01,), samples: int | None = None, key=None):
+def gaussian(net: DeepLinear, run: _rt.PretrainResult, task: Task | None = None,
+             gamma: float | Sequence[float] | ArrayLike = (0.01,), samples: int | None = None,
+             key: jax.Array | int | None = None) -> _rt.SensitivityResult:
     r"""Predicted ``lo.sensitivity.gaussian(net, run, task, gamma=)``: the same
     :class:`~linoverfit.sensitivity.SensitivityResult` with axes ``(C, G[, S])``, holding the exact
-    expectation :math:`\mathbb E[L(W + \gamma E)]` (:func:`~linoverfit.theory.perturbation_sensitivity`,
+    expectation :math:`\mathbb E[L(W + \gamma E)]` (:func:`~linoverfit.theory.perturbation.perturbation_sensitivity`,
     ``docs/theory.md`` section 2) at every checkpoint of ``run`` (simulated or predicted).
 
     Exact for any weights, depth and input covariance; for a Dataset the sensitivity uses its

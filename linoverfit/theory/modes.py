@@ -21,52 +21,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numbers
-from functools import partial
+import warnings
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from scipy.integrate import solve_ivp
+from scipy.optimize import brentq
 
 from .. import validation as _v
+from ..tasks import Task
+from ._args import _depth, _lr, _nonneg, _weight_decay, _widths
+from ._mode_solvers import _closed_modes, _deep_trajectory, _gd_trajectory
+from .curvature import check_edge
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from numpy.typing import ArrayLike
     from ..networks import DeepLinear
-    from ..tasks import Task
 
 
 __all__ = ["mode_trajectory", "mode_velocity", "mode_asymptote", "input_variance", "gaussian_init_s0"]
-
-
-def _depth(depth, name: str = "depth") -> int:
-    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= 1, got {depth!r}")
-    if depth < 1:
-        raise ValueError(f"{name} must be >= 1, got {depth}")
-    return int(depth)
-
-
-def _nonneg(x, name: str) -> np.ndarray:
-    """``x`` as a float64 array of finite values >= 0, or a ValueError naming ``name``."""
-    arr = np.asarray(x)
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise TypeError(f"{name} must be real numbers, got {x!r}")
-    arr = arr.astype(np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite")
-    if np.any(arr < 0):
-        raise ValueError(f"{name} must be >= 0, got {arr[arr < 0].ravel()[:3]}")
-    return arr
-
-
-def _weight_decay(weight_decay) -> float:
-    arr = _nonneg(weight_decay, "weight_decay")
-    if arr.ndim != 0:
-        raise ValueError(f"weight_decay must be a scalar, got shape {arr.shape}")
-    return float(arr)
 
 
 def _layer_field(a, sigma, L, lam, kappa=1.0):
@@ -96,19 +68,7 @@ def _input_var(input_var, sigma) -> np.ndarray:
     except ValueError:
         raise ValueError(f"input_var must be a scalar or one input variance per singular value (shape "
                          f"{np.shape(sigma)} of sigma), got shape {kappa.shape}: kappa_i = v_i^T Sigma v_i belongs "
-                         "to mode i (lo.theory.input_variance(task) gives them in the order of task.spectrum)") from None
-
-
-def _lr(lr):
-    if lr is None:
-        return None
-    arr = np.asarray(lr)
-    if arr.ndim != 0 or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise TypeError(f"lr must be None (gradient flow) or a real scalar > 0, got {lr!r}")
-    val = float(arr)
-    if not (np.isfinite(val) and val > 0):
-        raise ValueError(f"lr must be > 0 (or None for gradient flow), got {lr!r}")
-    return val
+                         "to mode i (lo.theory.modes.input_variance(task) gives them in the order of task.spectrum)") from None
 
 
 def mode_velocity(s: ArrayLike, sigma: ArrayLike, depth: int = 2, weight_decay: float = 0.0, *,
@@ -142,9 +102,9 @@ def mode_velocity(s: ArrayLike, sigma: ArrayLike, depth: int = 2, weight_decay: 
 
     Examples:
       >>> import linoverfit as lo
-      >>> float(lo.theory.mode_velocity(0.5, 1.0, depth=2))   # 2 s (sigma - s)
+      >>> float(lo.theory.modes.mode_velocity(0.5, 1.0, depth=2))   # 2 s (sigma - s)
       0.5
-      >>> float(lo.theory.mode_velocity(0.5, 1.0, depth=2, input_var=3.0))   # 2 kappa s (sigma - s)
+      >>> float(lo.theory.modes.mode_velocity(0.5, 1.0, depth=2, input_var=3.0))   # 2 kappa s (sigma - s)
       1.5
     """
     L = _depth(depth)
@@ -177,8 +137,6 @@ def mode_asymptote(sigma: ArrayLike, s0: ArrayLike, depth: int = 2, weight_decay
     ``sigma`` and ``s0`` broadcast (``input_var`` broadcasts to ``sigma``); returns their broadcast
     shape. ``s0 = 0`` stays at 0 (for depth 1, where 0 is not a fixed point, the depth-1 limit is returned).
     """
-    from scipy.optimize import brentq
-
     L = _depth(depth)
     sigma = _nonneg(sigma, "sigma")
     kappa = _input_var(input_var, sigma)
@@ -238,7 +196,7 @@ def mode_trajectory(sigma: ArrayLike, t: ArrayLike, s0: ArrayLike, depth: int = 
     :math:`s_k = s_\infty + (s_0 - s_\infty)(1 - \eta(\kappa+\lambda))^k`). Between steps (``t / lr`` not
     an integer) the last step is taken for its fraction. A learning rate at or past the stability
     edge :math:`2/(\lambda_{max} + \lambda)` of the aligned net at its learnt minimum warns
-    (:class:`PastEdgeWarning`); :math:`\lambda_{max} = \max_{p,q}\kappa_q\sum_{l=1}^L\sigma_p^{2(L-l)/L}\sigma_q^{2(l-1)/L}`,
+    (:class:`~linoverfit.theory.curvature.PastEdgeWarning`); :math:`\lambda_{max} = \max_{p,q}\kappa_q\sum_{l=1}^L\sigma_p^{2(L-l)/L}\sigma_q^{2(l-1)/L}`,
     :math:`L\sigma_1^{2-2/L}` for :math:`\kappa = 1`. With :math:`\kappa \ne 1` it can lie below each mode map's
     own edge :math:`2/(L\kappa_i\sigma_i^{2-2/L} + \lambda)`: the map (exact in exact arithmetic) still
     converges there, but directions that mix modes grow from round-off, so a simulation does not.
@@ -269,7 +227,7 @@ def mode_trajectory(sigma: ArrayLike, t: ArrayLike, s0: ArrayLike, depth: int = 
 
     Examples:
       >>> import numpy as np, linoverfit as lo
-      >>> s = lo.theory.mode_trajectory([1.0, 0.5], t=[0.0, 5.0, 50.0], s0=1e-3)
+      >>> s = lo.theory.modes.mode_trajectory([1.0, 0.5], t=[0.0, 5.0, 50.0], s0=1e-3)
       >>> s.shape
       (3, 2)
       >>> print(np.round(s, 4))
@@ -277,7 +235,7 @@ def mode_trajectory(sigma: ArrayLike, t: ArrayLike, s0: ArrayLike, depth: int = 
        [0.9566 0.1146]
        [1.     0.5   ]]
       >>> # input variance 2 along mode 1: the same sigmoid in twice the time
-      >>> bool(np.allclose(lo.theory.mode_trajectory(1.0, [2.5], 1e-3, input_var=2.0), s[1, 0]))
+      >>> bool(np.allclose(lo.theory.modes.mode_trajectory(1.0, [2.5], 1e-3, input_var=2.0), s[1, 0]))
       True
     """
     L = _depth(depth)
@@ -298,45 +256,7 @@ def mode_trajectory(sigma: ArrayLike, t: ArrayLike, s0: ArrayLike, depth: int = 
     return _deep_trajectory(sigma, t, s0, L, lam, rtol, kappa)
 
 
-def _closed_modes(sigma, s0, kappa, lam, L, tt):
-    """Depth 1 and 2 flow in closed form at times ``tt`` (broadcast against ``sigma``, ``s0``, ``kappa``)."""
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        if L == 1:  # ds/dt = kappa sigma - (kappa + lam) s
-            rate = kappa + lam
-            s_inf = np.where(rate > 0, kappa * sigma / np.where(rate > 0, rate, 1.0), s0)
-            return s_inf + (s0 - s_inf) * np.exp(-rate * tt)
-        # logistic ds/dt = 2 s (r - kappa s), r = kappa sigma - lam
-        x = 2.0 * (kappa * sigma - lam) * tt
-        # (1 - e^{-x}) / x, equal to 1 at x = 0; overflow for r < 0 gives inf, i.e. s -> 0
-        phi = np.where(x == 0, 1.0, -np.expm1(-x) / np.where(x == 0, 1.0, x))
-        return np.where(s0 > 0, s0 / (np.exp(-x) + s0 * 2.0 * kappa * tt * phi), 0.0)
-
-
-def _log_mode_ode(sig, kap, L, lam, t_end, rtol):
-    r"""The ODE for :math:`x = \log s` of modes ``sig`` (input variances ``kap``) and how to solve it up to
-    ``t_end``: ``(rhs, method, tol, kwargs)`` for ``solve_ivp``. Learnt modes relax at rate
-    ~ L kappa sigma^(2-2/L); over horizons of many relaxation times an explicit scheme is
-    stability-limited (stiff), so LSODA with the Jacobian takes over there, with a tighter tolerance
-    to match DOP853's accuracy (both ~1e-10 relative at rtol 1e-11, measured; atol on log s is a
-    relative tolerance on s)."""
-    e = 1.0 - 2.0 / L
-
-    def rhs(_, x):  # d log s / dt = L kappa s^{1-2/L} (sigma - s) - L lam
-        return L * kap * np.exp(e * x) * (sig - np.exp(x)) - L * lam
-
-    def jac(_, x):
-        s = np.exp(x)
-        return np.diag(L * kap * np.exp(e * x) * (e * (sig - s) - s))
-
-    stiffness = t_end * L * (float(np.max(kap * sig ** (2.0 - 2.0 / L))) + lam)
-    if stiffness < 2e4:
-        return rhs, "DOP853", rtol, {}
-    return rhs, "LSODA", max(rtol * 1e-2, 1e-14), {"jac": jac}
-
-
 def _warn_past_edge(eta, sigma, L, lam, kappa=None):
-    from .curvature import check_edge
-
     top = _aligned_sharpness(sigma, L, kappa)
     if top + lam > 0:
         check_edge(eta, 2.0 / (top + lam), "mode_trajectory", stacklevel=4)
@@ -357,77 +277,6 @@ def _aligned_sharpness(sigma, L, kappa=None) -> float:
     # (p, q): sum_l a_p^(2(L-l)) a_q^(2(l-1)), 0^0 = 1 (an empty product of layers)
     terms = np.power(a[:, None, None], 2.0 * (L - ls)) * np.power(a[None, :, None], 2.0 * (ls - 1))
     return float(np.max(kap[None, :] * terms.sum(-1)))
-
-
-def _gd_trajectory(sigma, t, s0, L, lam, eta, kappa=None):
-    """Exact GD on the per-layer values of aligned balanced modes; ``t.shape + sigma.shape``."""
-    kappa = np.ones(sigma.shape) if kappa is None else np.broadcast_to(np.asarray(kappa, np.float64), sigma.shape)
-    n_float = t / eta
-    n = np.round(n_float)
-    near = np.abs(n_float - n) <= 1e-9 * np.maximum(1.0, n_float)
-    n = np.where(near, n, np.floor(n_float))
-    frac = np.where(near, 0.0, n_float - n)
-    tt = (n.reshape(t.shape + (1,) * sigma.ndim), frac.reshape(t.shape + (1,) * sigma.ndim))
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        if L == 1:
-            rate = kappa + lam
-            s_inf = np.where(rate > 0, kappa * sigma / np.where(rate > 0, rate, 1.0), s0)
-            step = 1.0 - eta * rate
-            return s_inf + (s0 - s_inf) * step ** tt[0] * (1.0 - eta * rate * tt[1])
-    order, inverse = np.unique(n.ravel(), return_inverse=True)
-    seg = np.diff(np.concatenate([[0], order])).astype(np.int64)
-    K = 1 << max(int(np.ceil(np.log2(max(seg.size, 1)))), 0)  # pad: one compilation per power of 2
-    seg = np.concatenate([seg, np.zeros(K - seg.size, np.int64)])
-    a0 = s0.ravel() ** (1.0 / L)
-    with jax.enable_x64(True):
-        a = np.asarray(_iterate_modes(jnp.asarray(a0), jnp.asarray(sigma.ravel(), jnp.float64),
-                                      jnp.asarray(kappa.ravel(), jnp.float64), float(lam), float(eta),
-                                      jnp.asarray(seg), L))[: order.size]
-    a = a[inverse].reshape(t.shape + sigma.shape)
-    with np.errstate(over="ignore", invalid="ignore"):
-        f = kappa * np.power(a, L - 1) * (sigma - a**L) - lam * a
-        a = a + tt[1] * eta * f  # the fraction of the next step
-        return np.where(s0 > 0, a**L, 0.0)
-
-
-@partial(jax.jit, static_argnames=("L",))
-def _iterate_modes(a0, sig, kap, lam, eta, seg, L):
-    def step(_, a):
-        return a + eta * (kap * a ** (L - 1) * (sig - a**L) - lam * a)
-
-    def segment(a, n):
-        a = jax.lax.fori_loop(jnp.zeros((), n.dtype), n, step, a)
-        return a, a
-
-    return jax.lax.scan(segment, a0, seg)[1]
-
-
-def _deep_trajectory(sigma, t, s0, L, lam, rtol, kappa=None):
-    """Depth >= 3: closed form where sigma = lam = 0, the log-space ODE elsewhere (``kappa``: input variance)."""
-    kappa = np.ones(sigma.shape) if kappa is None else np.broadcast_to(kappa, sigma.shape)
-    out = np.zeros(t.shape + sigma.shape)
-    flat_sig, flat_s0, flat_kap = sigma.ravel(), s0.ravel(), kappa.ravel()
-    flat_out = out.reshape(t.size, flat_sig.size)
-    p = 2.0 - 2.0 / L
-    closed = (flat_s0 > 0) & (flat_sig == 0) & (lam == 0)
-    if np.any(closed):
-        tc = t.reshape(-1, 1)
-        flat_out[:, closed] = (flat_s0[closed] ** -p + 2.0 * (L - 1) * flat_kap[closed] * tc) ** (-1.0 / p)
-    ode = (flat_s0 > 0) & ~closed
-    if np.any(ode) and t.size:
-        sig, kap, x0 = flat_sig[ode], flat_kap[ode], np.log(flat_s0[ode])
-        order = np.unique(t.ravel())  # sorted, deduplicated evaluation times
-        if order[-1] == 0:
-            xs = np.broadcast_to(x0[:, None], (x0.size, order.size))
-        else:
-            rhs, method, tol, kw = _log_mode_ode(sig, kap, L, lam, order[-1], rtol)
-            sol = solve_ivp(rhs, (0.0, order[-1]), x0, method=method, t_eval=order, rtol=tol, atol=tol, **kw)
-            if not sol.success:  # pragma: no cover - the ODE is smooth and bounded
-                raise RuntimeError(f"mode ODE failed: {sol.message}")
-            xs = sol.y
-        pos = np.searchsorted(order, t.ravel())
-        flat_out[:, ode] = np.exp(xs[:, pos].T)
-    return flat_out.reshape(out.shape)
 
 
 def input_variance(task: Task) -> np.ndarray:
@@ -453,11 +302,9 @@ def input_variance(task: Task) -> np.ndarray:
     Examples:
       >>> import jax, linoverfit as lo
       >>> task = lo.tasks.power_law(3, 3, key=jax.random.key(0), input_var=[2.0, 1.0, 0.5])
-      >>> print(lo.theory.input_variance(task).round(6))
+      >>> print(lo.theory.modes.input_variance(task).round(6))
       [2.  1.  0.5]
     """
-    from ..tasks import Task
-
     if not isinstance(task, Task):
         raise TypeError(f"task must be a linoverfit Task, got {type(task).__name__}")
     cov = np.asarray(task.input_cov, np.float64)
@@ -473,85 +320,6 @@ def input_variance(task: Task) -> np.ndarray:
                          "(lo.tasks.from_spectrum / power_law), or use lo.theory.expected_perturbed_loss / "
                          "predict_finetune on simulated weights for any other covariance")
     return kappa
-
-
-def _mode_solution(sigma, s0, L, lam, t_end, rtol=1e-11, kappa=None):
-    """``s(t)`` of every mode as a function, from ONE solve up to ``t_end`` (dense output; the turning
-    point evaluates it hundreds of times). ``kappa``: per-mode input variance (None: 1), which scales
-    the mode's gradient: ``ds/dt = L kappa s^(2-2/L) (sigma - s) - L lam s``. Returns ``fn(t) -> (T, M)``."""
-    sigma = np.asarray(sigma, np.float64)
-    s0 = np.broadcast_to(np.asarray(s0, np.float64), sigma.shape)
-    kappa = np.ones(sigma.shape) if kappa is None else np.broadcast_to(np.asarray(kappa, np.float64), sigma.shape)
-    if L <= 2:
-        return lambda t: _closed_modes(sigma, s0, kappa, lam, L, np.asarray(t, np.float64)[..., None])
-    live = s0 > 0
-    sig, kap, x0 = sigma[live], kappa[live], np.log(s0[live])
-    if x0.size == 0 or t_end <= 0:
-        return lambda t: np.where(live, s0, 0.0) * np.ones(np.shape(t) + (1,))
-    y0 = s0[live] / np.where(sig > 0, sig, 1.0)
-    if lam == 0 and np.all(sig > 0) and np.all(kap > 0) and np.all(y0 < 1):
-        return _universal_modes(sigma, s0, kappa, live, L, t_end, rtol)
-    rhs, method, tol, kw = _log_mode_ode(sig, kap, L, lam, t_end, rtol)
-    sol = solve_ivp(rhs, (0.0, float(t_end)), x0, method=method, dense_output=True, rtol=tol, atol=tol, **kw)
-    if not sol.success:  # pragma: no cover - the ODE is smooth and bounded
-        raise RuntimeError(f"mode ODE failed: {sol.message}")
-
-    def dense(t):
-        t = np.asarray(t, np.float64)
-        out = np.zeros(t.shape + sigma.shape)
-        xs = sol.sol(np.clip(t.ravel(), 0.0, t_end))  # (M_live, T)
-        out.reshape(t.size, -1)[:, live.ravel()] = np.exp(xs.T)
-        return out
-
-    return dense
-
-
-def _universal_modes(sigma, s0, kappa, live, L, t_end, rtol):
-    r"""Without weight decay every mode is one universal curve: with :math:`y = s/\sigma` and
-    :math:`\tau = \kappa\sigma^{2-2/L}t`, :math:`\mathrm dy/\mathrm d\tau = L y^{2-2/L}(1 - y)` for all modes.
-    Solve it once (dense, from the smallest start) and shift each mode in :math:`\tau` to its start."""
-    sig, kap = sigma[live], kappa[live]
-    y0 = s0[live] / sig
-    rate = kap * sig ** (2.0 - 2.0 / L)  # tau per unit t
-    e = 1.0 - 2.0 / L
-    z0 = float(np.log(np.min(y0)))
-
-    def rhs(_, z):  # z = log y
-        return L * np.exp(e * z) * (1.0 - np.exp(z))
-
-    def jac(_, z):
-        z = float(z[0])
-        y = np.exp(z)
-        return np.array([[L * np.exp(e * z) * (e * (1.0 - y) - y)]])
-
-    # time for the smallest start to pass every other start, then the longest horizon after that
-    lo_ = np.log(y0)
-    grow = (y0 ** (-(1.0 - 2.0 / L)) - np.min(y0) ** (-(1.0 - 2.0 / L))) / (-(L - 2.0))  # early-phase estimate
-    tau_end = float(np.max(np.abs(grow)) * 2.0 + np.max(rate) * t_end + 1.0)
-    sol = solve_ivp(rhs, (0.0, tau_end), [z0], method="LSODA", jac=jac, dense_output=True,
-                    rtol=max(rtol * 1e-2, 1e-14), atol=max(rtol * 1e-2, 1e-14))
-    if not sol.success:  # pragma: no cover - the ODE is smooth and bounded
-        raise RuntimeError(f"mode ODE failed: {sol.message}")
-    # each mode's shift: the tau at which the universal curve reaches its start (monotone: bisection)
-    a, b = np.zeros(y0.size), np.full(y0.size, tau_end)
-    for _ in range(200):
-        mid = 0.5 * (a + b)
-        below = sol.sol(mid)[0] < lo_
-        a, b = np.where(below, mid, a), np.where(below, b, mid)
-        if np.all(b - a <= 4 * np.finfo(float).eps * np.maximum(b, 1.0)):
-            break
-    shift = 0.5 * (a + b)
-    if np.any(shift + rate * t_end > tau_end):  # pragma: no cover - the horizon estimate is generous
-        raise RuntimeError("universal mode curve: horizon too short")
-
-    def dense(t):
-        t = np.asarray(t, np.float64)
-        out = np.zeros(t.shape + sigma.shape)
-        tau = shift[None, :] + rate[None, :] * np.clip(t.ravel(), 0.0, t_end)[:, None]
-        out.reshape(t.size, -1)[:, live.ravel()] = sig * np.exp(sol.sol(tau.ravel())[0].reshape(tau.shape))
-        return out
-
-    return dense
 
 
 class UnderivedWarning(UserWarning):
@@ -588,17 +356,13 @@ def gaussian_init_s0(scale: float, widths: DeepLinear | Sequence[int], modes: in
       modes: number of modes :math:`k` (default ``min(widths)``).
 
     Returns ``(k,)`` initial values, for the ``s0`` argument of :func:`mode_trajectory` and
-    :func:`~linoverfit.theory.turning_point`.
+    :func:`~linoverfit.theory.turning.turning_point`.
 
     Examples:
       >>> import linoverfit as lo
-      >>> lo.theory.gaussian_init_s0(0.1, (4, 4, 4))
+      >>> lo.theory.modes.gaussian_init_s0(0.1, (4, 4, 4))
       array([0.02 , 0.015, 0.01 , 0.005])
     """
-    import warnings
-
-    from .perturbation import _widths
-
     widths = _widths(widths)
     if len(widths) < 3:
         raise ValueError(f"widths must describe a network of depth >= 2 (d_in, h, ..., d_out), got {widths}")

@@ -29,12 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import validation as _v
+from ..tasks import Task
+from ._args import _gamma, _widths
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from numpy.typing import ArrayLike
     from ..networks import DeepLinear
-    from ..tasks import Task
 
 
 __all__ = [
@@ -43,24 +44,6 @@ __all__ = [
     "expected_perturbed_loss",
     "sensitivity_from_spectrum",
 ]
-
-
-def _widths(widths, name: str = "widths") -> tuple[int, ...]:
-    """Layer widths ``(d_in, h_1, ..., d_out)`` from a tuple or a :class:`~linoverfit.DeepLinear`."""
-    return _v.layer_widths(getattr(widths, "widths", widths), name)
-
-
-def _gamma(gamma):
-    """``gamma`` as an array (any shape, values >= 0); checked unless traced."""
-    if gamma is None:
-        raise TypeError("gamma is required (the perturbation scale, a scalar or an array)")
-    if not _v.is_traced(gamma):
-        arr = np.asarray(gamma)
-        if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-            raise TypeError(f"gamma must be real numbers, got {gamma!r}")
-        if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-            raise ValueError(f"gamma must be finite and >= 0, got {arr.ravel()[:3]}")
-    return jnp.asarray(gamma)
 
 
 def _check_weights(weights):
@@ -120,7 +103,7 @@ def perturbation_coefficients(weights: Sequence[ArrayLike], input_cov: ArrayLike
     Examples:
       >>> import jax.numpy as jnp, linoverfit as lo
       >>> W = (jnp.ones((3, 2)), jnp.ones((1, 3)))     # d_in=2, h=3, d_out=1
-      >>> lo.theory.perturbation_coefficients(W)       # [(2*3 + 1*6)/2, 2*3*1/2]
+      >>> lo.theory.perturbation.perturbation_coefficients(W)       # [(2*3 + 1*6)/2, 2*3*1/2]
       Array([6., 3.], dtype=float32)
     """
     weights = _check_weights(weights)
@@ -190,8 +173,6 @@ def expected_perturbed_loss(weights: Sequence[ArrayLike], teacher: Task | ArrayL
       >>> print(f.round(6))
       [0.     0.1004]
     """
-    from ..tasks import Task
-
     if isinstance(teacher, Task):
         if input_cov is not None:
             raise ValueError("input_cov must be None when teacher is a Task (the task's covariance is used)")
@@ -310,7 +291,7 @@ def sensitivity_from_spectrum(s: ArrayLike, gamma: ArrayLike, widths: DeepLinear
 
     Args:
       s: learnt spectrum :math:`s_i \ge 0`, shape ``(..., M)`` with ``M <= min(widths)``
-        (e.g. the output of :func:`mode_trajectory`, ``(T, M)``).
+        (e.g. the output of :func:`~linoverfit.theory.modes.mode_trajectory`, ``(T, M)``).
       gamma: :math:`\gamma \ge 0`, scalar or shape ``G``.
       widths: ``(d_in, h_1, ..., d_out)`` or a :class:`~linoverfit.DeepLinear`.
 
@@ -319,7 +300,7 @@ def sensitivity_from_spectrum(s: ArrayLike, gamma: ArrayLike, widths: DeepLinear
     Examples:
       >>> import linoverfit as lo
       >>> # gamma^2/2 (2 + 2)(1 + 0.5) + gamma^4/2 (2 * 2 * 2)
-      >>> round(float(lo.theory.sensitivity_from_spectrum([1.0, 0.5], 0.1, widths=(2, 2, 2))), 6)
+      >>> round(float(lo.theory.perturbation.sensitivity_from_spectrum([1.0, 0.5], 0.1, widths=(2, 2, 2))), 6)
       0.0304
     """
     widths = _widths(widths)

@@ -1,34 +1,32 @@
-r"""Predicted U-curves over pre-training time and their minimiser, the turning point :math:`T^*`.
+r"""The turning point :math:`T^*` of a predicted U-curve, and the per-mode thresholds.
 
-Balanced aligned gradient flow (or GD, ``pretrain_lr=``) with :math:`\Sigma = I` or :math:`\Sigma v_i = \kappa_i v_i`
-(``docs/theory.md``, sections 1.8, 3): the spectrum
-:math:`s_i(t)` follows :func:`~linoverfit.theory.mode_trajectory`, and
-
-* under Gaussian perturbation the expected pre-training loss is
-  :math:`f(t) = \tfrac12\sum_i(\sigma_i - s_i(t))^2 + S(s(t);\gamma)` (+ the unlearnable part and
-  label noise), with :math:`S` from :func:`~linoverfit.theory.sensitivity_from_spectrum`;
-* under fine-tuning for flow time :math:`\tau = \eta\cdot\text{steps}` it is the pre-training loss of
-  the end-to-end flow (:func:`~linoverfit.theory.end_to_end_flow`) started at
-  :math:`P(t) = U\operatorname{diag}(s(t))V^\top`.
-
-Learning mode :math:`i` lowers the fit term by about :math:`\sigma_i^2/2` and raises the cost of the
-perturbation; :func:`turning_point` returns the minimiser of :math:`f` and, per mode, whether
-learning it pays.
+The curves are those of :mod:`~linoverfit.theory.curves` (balanced aligned gradient flow or GD,
+``docs/theory.md`` section 3): the expected pre-training loss after Gaussian perturbation,
+:math:`f(t) = \tfrac12\sum_i(\sigma_i - s_i(t))^2 + S(s(t);\gamma)`, or after fine-tuning from
+:math:`P(t) = U\operatorname{diag}(s(t))V^\top`. Learning mode :math:`i` lowers the fit term by about
+:math:`\sigma_i^2/2` and raises the cost of the perturbation; :func:`turning_point` returns the
+minimiser of :math:`f` and, per mode, whether learning it pays; :func:`perturbation_threshold` the
+smallest singular value worth learning. (The turning point of a *result*, measured or predicted, is
+:func:`~linoverfit.theory.ucurve.turning_point`, ``lo.turning_point``.)
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
+from .. import deprecation as _deprecation
 from .. import validation as _v
 from ..results import Result, result
-from .flow import FinetunePrediction, predict_finetune
-from .modes import _lr, _mode_solution, _nonneg, _weight_decay, input_variance, mode_asymptote, mode_trajectory, mode_velocity
-from .perturbation import _gamma, _spectrum_sensitivity, _widths
+from ._args import _lr, _nonneg, _weight_decay, _widths
+from ._mode_solvers import _mode_solution
+from .curves import _aligned_maps, _curve_and_slope, _horizon, _input_variance, _learnable, _s0, _spectrum
+from .curves import finetune_curve as _finetune_curve
+from .forgetting import predict_finetune
+from .modes import mode_asymptote, mode_trajectory
+from .perturbation import _spectrum_sensitivity
 from .ucurve import u_curve
 
 if TYPE_CHECKING:
@@ -38,222 +36,7 @@ if TYPE_CHECKING:
     from ..tasks import Task
 
 
-__all__ = [
-    "perturbed_loss_curve",
-    "finetune_curve",
-    "perturbation_threshold",
-    "turning_point",
-    "TurningPoint",
-]
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-def _spectrum(task, widths):
-    """(sigma descending, noise) from a Task or from singular values; checks widths. A Task's input
-    covariance is checked by :func:`_input_variance`."""
-    from ..tasks import Task
-
-    d_in, d_out = widths[0], widths[-1]
-    if isinstance(task, Task):
-        if (task.d_in, task.d_out) != (d_in, d_out):
-            raise ValueError(f"task maps {task.d_in} -> {task.d_out} but widths are {widths}")
-        return np.sort(np.asarray(task.spectrum, np.float64))[::-1], float(task.noise)
-    sigma = _nonneg(task, "task")
-    if sigma.ndim != 1 or sigma.size == 0:
-        raise ValueError(f"task must be a Task or a 1-D array of teacher singular values, got shape {sigma.shape}")
-    if sigma.size > min(d_in, d_out):
-        raise ValueError(f"task has {sigma.size} singular values but min(d_in, d_out) = {min(d_in, d_out)}")
-    return np.sort(sigma)[::-1], 0.0
-
-
-def _input_variance(task, widths):
-    r"""Per-mode input variances :math:`\kappa_i = v_i^\top\Sigma v_i` of the ``min(widths)`` carried modes,
-    of all teacher modes, and :math:`\operatorname{tr}\Sigma`; ``None`` for :math:`\Sigma = I` or singular values.
-
-    The mode dynamics close only when every right singular vector of the teacher is an eigenvector
-    of :math:`\Sigma` (Saxe et al. 2014); any other covariance raises a ValueError naming that condition."""
-    from ..tasks import Task
-
-    if not isinstance(task, Task):
-        return None
-    cov = np.asarray(task.input_cov, np.float64)
-    if np.allclose(cov, np.eye(cov.shape[0]), rtol=0, atol=1e-10):
-        return None
-    kappa_all = input_variance(task)  # raises the ValueError naming the condition
-    k = min(widths)
-    kappa = np.ones(k)
-    n = min(k, kappa_all.size)
-    kappa[:n] = kappa_all[:n]
-    return kappa, kappa_all, float(np.trace(cov))
-
-
-def _learnable(sigma, widths):
-    """(sigma of the min(widths) modes the network carries, zero-padded; sum of sigma^2 it cannot learn)."""
-    k = min(widths)
-    sig = np.zeros(k)
-    n = min(k, sigma.size)
-    sig[:n] = sigma[:n]
-    return sig, float(np.sum(sigma[n:] ** 2))
-
-
-def _s0(s0, k):
-    """Initial mode values: a scalar, or one per mode ``(k,)``; all > 0."""
-    arr = _nonneg(s0, "s0")
-    if arr.ndim > 1 or (arr.ndim == 1 and arr.size != k):
-        raise ValueError(f"s0 must be a scalar or have one entry per mode ({k},), got shape {arr.shape}")
-    if np.any(arr <= 0):
-        raise ValueError("s0 must be > 0 (the initial mode value, scale**depth for an aligned init)")
-    return arr
-
-
-def _horizon(sig, s0, L, lam):
-    """A time by which every mode that will be learnt is learnt (generous), for default grids."""
-    s_inf = mode_asymptote(sig, s0, L, lam)
-    live = s_inf > s0
-    if L == 1 or not np.any(live):
-        return 10.0 / (1.0 + lam) if L == 1 else 10.0
-    r, start = s_inf[live], np.broadcast_to(s0, sig.shape)[live]
-    if L == 2:
-        half = np.log(np.maximum(r / start - 1.0, 1.0)) / (2.0 * r)
-    else:  # integral of ds / (L sigma s^(2-2/L) / 2) from s0 upwards (the slow start dominates)
-        half = 2.0 / ((L - 2) * r * start ** ((L - 2) / L))
-    # then within 1% of the asymptote after ~ log(100) / (L r^(2-2/L)) more
-    return float(1.5 * np.max(half + 5.0 / (L * r ** (2.0 - 2.0 / L))))
-
-
-# ----------------------------------------------------------------------------- curves
-
-
-def perturbed_loss_curve(task: Task | ArrayLike, t: ArrayLike, gamma: ArrayLike, *, widths: DeepLinear | Sequence[int],
-                         s0: ArrayLike, weight_decay: float = 0.0, pretrain_lr: float | None = None) -> np.ndarray:
-    r"""Predicted expected pre-training loss after Gaussian perturbation, over pre-training time.
-
-    .. math:: f(t) = \tfrac12\sum_{i\le k}(\sigma_i - s_i(t))^2 + \tfrac12\sum_{i>k}\sigma_i^2
-              + \tfrac12\sigma_\varepsilon^2 d_{out} + S\big(s(t);\gamma\big),
-
-    :math:`s_i(t)` from :func:`mode_trajectory` (balanced aligned init, :math:`\Sigma = I`),
-    :math:`k = \min(\text{widths})` the modes the network carries and :math:`S` the exact
-    sensitivity of balanced aligned weights (:func:`sensitivity_from_spectrum`). For a Task whose
-    input covariance :math:`\Sigma` shares the teacher's right singular vectors,
-    :math:`\Sigma v_i = \kappa_i v_i`, each mode follows (1.3) at rate :math:`\kappa_i`, the fit terms carry
-    the weights :math:`\kappa_i` and :math:`S` sees :math:`\Sigma` on its input side (``docs/theory.md`` 3.5);
-    any other covariance raises a ValueError.
-
-    Args:
-      task: a :class:`~linoverfit.Task` (identity input covariance, or one sharing the teacher's right
-        singular vectors), or the teacher's singular values ``(r,)`` (then :math:`\Sigma = I`).
-      t: pre-training times :math:`t = \eta\cdot\text{steps} \ge 0`, shape ``T``.
-      gamma: :math:`\gamma \ge 0`, scalar or shape ``G``.
-      widths: ``(d_in, h_1, ..., d_out)`` or a :class:`~linoverfit.DeepLinear` (depth is ``len - 1``).
-      s0: initial mode value (``scale**depth`` for ``net.init(scheme="aligned", scale=scale)``), or
-        one per carried mode ``(k,)`` (e.g. :func:`gaussian_init_s0` for a small Gaussian init).
-      weight_decay: :math:`\lambda` on every layer during pre-training.
-      pretrain_lr: ``None`` (pre-training by gradient flow) or the pre-training learning rate
-        :math:`\eta`: then :math:`s(t)` is GD's, exactly (:func:`mode_trajectory` with ``lr=``; the
-        per-mode map :math:`a \mapsto a + \eta(\kappa_i a^{L-1}(\sigma_i - a^L) - \lambda a)`).
-
-    Returns shape ``t.shape + G``; :math:`\gamma = 0` gives the plain pre-training loss.
-
-    Examples:
-      >>> import numpy as np, linoverfit as lo
-      >>> f = lo.theory.perturbed_loss_curve(1 / np.arange(1, 9), np.geomspace(1, 1e4, 50), 0.1,
-      ...                                    widths=(8, 8, 8), s0=1e-6)
-      >>> f.shape, int(np.argmin(f)) not in (0, 49)    # a U-curve: interior minimum
-      ((50,), True)
-    """
-    widths = _widths(widths)
-    L = len(widths) - 1
-    gamma = np.asarray(_gamma(gamma))
-    sigma, noise = _spectrum(task, widths)
-    sig, rest = _learnable(sigma, widths)
-    var = _input_variance(task, widths)
-    if var is None:
-        kappa, rest_k, iv = 1.0, rest, None
-    else:
-        kappa, kap_all, tr = var
-        rest_k, iv = float(np.sum(kap_all[sig.size:] * sigma[sig.size:] ** 2)), (kappa, tr)
-    s = mode_trajectory(sig, t, _s0(s0, sig.size), L, weight_decay, lr=pretrain_lr,
-                        input_var=None if var is None else kappa)
-    fit = 0.5 * np.sum(kappa * (sig - s) ** 2, axis=-1) + 0.5 * rest_k + 0.5 * noise * widths[-1]
-    S = _spectrum_sensitivity(s, gamma, widths, input_var=iv)[0]
-    return fit.reshape(fit.shape + (1,) * np.ndim(gamma)) + S
-
-
-def _curve_and_slope(sig, rest, noise, t, gamma, widths, s0, lam, modes=None, input_var=None):
-    """f(t) and df/dt for scalar gamma (perturbation), arrays of shape t.shape; ``modes``: a dense
-    solution ``t -> s`` (:func:`~linoverfit.theory.modes._mode_solution`) to evaluate instead of re-solving."""
-    L = len(widths) - 1
-    s = mode_trajectory(sig, t, s0, L, lam) if modes is None else modes(t)
-    # each mode learns at its own input variance: ds/dt = L kappa s^(2-2/L) (sigma - s) - L lam s
-    kappa = 1.0 if input_var is None else input_var[0]
-    sdot = mode_velocity(s, sig, L, lam, input_var=None if input_var is None else kappa)
-    S, dS = _spectrum_sensitivity(s, gamma, widths, sdot=sdot, input_var=input_var)
-    f = 0.5 * np.sum(kappa * (sig - s) ** 2, axis=-1) + 0.5 * rest + 0.5 * noise * widths[-1] + S
-    df = np.sum(kappa * (s - sig) * sdot, axis=-1) + dS
-    return f, df
-
-
-def _aligned_maps(task, widths, s):
-    """Maps U_k diag(s) V_k^T of a balanced aligned net, ``s`` ``(..., k)``."""
-    U, _, Vt = (np.asarray(x, np.float64) for x in task.svd())
-    k = s.shape[-1]
-    return np.einsum("ik,...k,kj->...ij", U[:, :k], s, Vt[:k])
-
-
-def finetune_curve(task: Task, finetune: Task, t: ArrayLike, *, widths: DeepLinear | Sequence[int], s0: ArrayLike,
-                   lr: ArrayLike, steps: int, weight_decay: float = 0.0,
-                   pretrain_lr: float | None = None, gd_order: int | str = "auto", return_maps: bool = False,
-                   method: str = "auto", rtol: float = 1e-10) -> FinetunePrediction:
-    r"""Predicted fine-tuning outcome from every pre-training time ``t`` (balanced aligned init).
-
-    Pre-training gives :math:`P(t) = U\operatorname{diag}(s(t))V^\top` (:func:`mode_trajectory`; with
-    :math:`\Sigma v_i = \kappa_i v_i` each mode at its own input variance, ``docs/theory.md`` 1.8);
-    fine-tuning on ``finetune`` for :math:`\tau = \eta\cdot\text{steps}` is the end-to-end flow
-    from it (:func:`predict_finetune`). ``pretrain_loss_after`` over ``t`` is the fine-tuning
-    U-curve.
-
-    Args:
-      task: pre-training :class:`~linoverfit.Task` (its singular vectors matter): identity input
-        covariance or one sharing the teacher's right singular vectors; any other raises a ValueError.
-      finetune: fine-tuning :class:`~linoverfit.Task` (any PSD covariance).
-      t: pre-training times, shape ``(C,)``.
-      widths, s0, weight_decay: the pre-training network and init, as in :func:`perturbed_loss_curve`.
-      lr: fine-tuning learning rate(s) ``(R,)``; steps: fine-tuning steps.
-      pretrain_lr: ``None`` (pre-training by gradient flow) or the pre-training learning rate: then
-        :math:`s(t)` is GD's, exactly (:func:`mode_trajectory` with ``lr=``).
-      gd_order: how fine-tuning at each ``lr`` is predicted (:func:`predict_finetune`; default
-        ``"auto"``: GD, not the flow).
-      method, rtol: how the flow is integrated (:func:`end_to_end_flow`).
-
-    Returns a :class:`FinetunePrediction` with ``t`` and losses ``(C, R)``.
-    """
-    from ..tasks import Task
-
-    widths = _widths(widths)
-    if not isinstance(task, Task):
-        raise TypeError("task must be a Task for fine-tuning predictions (the singular vectors matter)")
-    sigma, _ = _spectrum(task, widths)
-    sig, _ = _learnable(sigma, widths)
-    t = _nonneg(t, "t")
-    if t.ndim != 1:
-        raise ValueError(f"t must be 1-D (the checkpoint axis), got shape {t.shape}")
-    var = _input_variance(task, widths)
-    L = len(widths) - 1
-    if pretrain_lr is None and L >= 3 and t.size:
-        # the dense mode solve turning_point uses (one universal curve without weight decay): same s(t)
-        s = _mode_solution(sig, _s0(s0, sig.size), L, _weight_decay(weight_decay), float(np.max(t)),
-                           kappa=None if var is None else var[0])(t)
-    else:
-        s = mode_trajectory(sig, t, _s0(s0, sig.size), L, weight_decay, lr=pretrain_lr,
-                            input_var=None if var is None else var[0])
-    pred = predict_finetune(_aligned_maps(task, widths, s), finetune, lr, steps, depth=len(widths) - 1,
-                            pretrain_task=task, return_maps=return_maps, gd_order=gd_order, method=method, rtol=rtol)
-    return FinetunePrediction(**{**pred.__dict__, "t": t})
-
-
-# ----------------------------------------------------------------------------- thresholds
+__all__ = ["perturbation_threshold", "turning_point", "TurningPoint"]
 
 
 def perturbation_threshold(gamma: ArrayLike, widths: DeepLinear | Sequence[int]) -> np.ndarray:
@@ -282,7 +65,7 @@ def perturbation_threshold(gamma: ArrayLike, widths: DeepLinear | Sequence[int])
 
     Examples:
       >>> import linoverfit as lo
-      >>> round(float(lo.theory.perturbation_threshold(0.1, widths=(64, 64, 64))), 10)   # 0.01 * 128
+      >>> round(float(lo.theory.turning.perturbation_threshold(0.1, widths=(64, 64, 64))), 10)   # 0.01 * 128
       1.28
     """
     widths = _widths(widths)
@@ -321,9 +104,6 @@ def perturbation_threshold(gamma: ArrayLike, widths: DeepLinear | Sequence[int])
         raise ValueError(f"perturbation_threshold: gamma={big:g} gives a threshold gamma**{L} x {np.exp(log_u):.4g} "
                          f"beyond float64; gamma must be below {np.exp((np.log(np.finfo(float).max) - log_u) / L):.3g}")
     return out
-
-
-# ----------------------------------------------------------------------------- turning point
 
 
 @result
@@ -430,7 +210,7 @@ def turning_point(task: Task | ArrayLike, gamma: float | None = None, *, widths:
                   pretrain_lr: float | None = None, gd_order: int | str = "auto") -> TurningPoint:
     r"""Predicted turning point :math:`T^* = \arg\min_t f(t)` of the perturbation or fine-tuning U-curve.
 
-    Perturbation (``gamma=``): :math:`f` is :func:`perturbed_loss_curve`; its derivative is exact,
+    Perturbation (``gamma=``): :math:`f` is :func:`~linoverfit.theory.curves.perturbed_loss_curve`; its derivative is exact,
 
     .. math:: f'(t) = \sum_i \big(s_i - \sigma_i + \partial S/\partial s_i\big)\,\dot s_i,
 
@@ -442,7 +222,7 @@ def turning_point(task: Task | ArrayLike, gamma: float | None = None, *, widths:
     raises a ValueError.
 
     Fine-tuning (``finetune=, lr=, steps=``): :math:`f(t)` is the pre-training loss after fine-tuning
-    from :math:`P(t)` (:func:`finetune_curve`, one flow solve for the whole grid); the grid minimum
+    from :math:`P(t)` (:func:`~linoverfit.theory.curves.finetune_curve`, one flow solve for the whole grid); the grid minimum
     is refined by bounded Brent minimisation (``scipy.optimize.minimize_scalar``).
 
     Args:
@@ -453,7 +233,7 @@ def turning_point(task: Task | ArrayLike, gamma: float | None = None, *, widths:
         weight_decay: pre-training :math:`\lambda`.
       finetune: fine-tuning :class:`~linoverfit.Task`; lr: its learning rate (scalar); steps: its steps.
       pretrain_lr, gd_order: GD instead of gradient flow in pre-training (``pretrain_lr``, default
-        flow) and fine-tuning (``gd_order``, default ``"auto"``: GD), as in :func:`finetune_curve`.
+        flow) and fine-tuning (``gd_order``, default ``"auto"``: GD), as in :func:`~linoverfit.theory.curves.finetune_curve`.
         For perturbation with ``pretrain_lr`` the curve is read on the exact GD spectra and the lowest
         grid minima are refined over every GD step of their bracket, so :math:`T^*` is the minimising
         multiple of ``pretrain_lr`` (bounded Brent on the step-interpolated curve where a bracket spans
@@ -467,7 +247,7 @@ def turning_point(task: Task | ArrayLike, gamma: float | None = None, *, widths:
 
     Examples:
       >>> import numpy as np, linoverfit as lo
-      >>> tp = lo.theory.turning_point(1 / np.arange(1, 9), gamma=0.1, widths=(8, 8, 8), s0=1e-6)
+      >>> tp = lo.theory.turning.turning_point(1 / np.arange(1, 9), gamma=0.1, widths=(8, 8, 8), s0=1e-6)
       >>> # threshold gamma^2 (d_in + d_out) = 0.16: modes 1/1 .. 1/6 are worth learning, 1/7 and 1/8 not
       >>> tp.is_turning_point, int(tp.worth.sum()), round(tp.threshold, 12)
       (True, 6, 0.16)
@@ -559,7 +339,7 @@ def turning_point(task: Task | ArrayLike, gamma: float | None = None, *, widths:
     steps = _v.positive_int(steps, "steps")
 
     def curve(ts):
-        pred = finetune_curve(task, finetune, ts, widths=widths, s0=s0, lr=lr, steps=steps, weight_decay=lam,
+        pred = _finetune_curve(task, finetune, ts, widths=widths, s0=s0, lr=lr, steps=steps, weight_decay=lam,
                               pretrain_lr=pretrain_lr, gd_order=gd_order)
         return pred.pretrain_loss_after[:, 0]
 
@@ -578,3 +358,12 @@ def turning_point(task: Task | ArrayLike, gamma: float | None = None, *, widths:
                              gd_order=gd_order).pretrain_loss_after[:, 0]
     return TurningPoint("finetune", t_star, loss, bool(interior), float("nan"), np.diff(after), np.diff(after) < 0, t, f,
                         **_judged(t, f, t_star, loss, depth))
+
+
+# moved to linoverfit.theory.curves in 0.2.0
+for _old in ("perturbed_loss_curve", "finetune_curve"):
+    _deprecation.deprecate(f"{__name__}.{_old}", f"linoverfit.theory.curves.{_old}")
+
+
+def __getattr__(name: str):
+    return _deprecation.lookup(__name__, name)

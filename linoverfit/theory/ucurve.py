@@ -10,7 +10,7 @@ stated relative depth :math:`\delta` (default 1%):
 
 A curve whose interior minimum is shallower than :math:`\delta` (flat within round-off, Monte Carlo
 noise or an ODE tolerance) is *not* a U-curve: its argmin is not a property of the model. The
-measured curves of the figures and the predicted curves of :func:`~linoverfit.theory.turning_point`
+measured curves of the figures and the predicted curves of :func:`~linoverfit.theory.turning.turning_point`
 go through this one function, so "U-curve" means the same thing for both.
 """
 
@@ -25,6 +25,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
+    from ..result_types import FinetuneResult, SensitivityResult
+    from .forgetting import FinetunePrediction
 
 
 __all__ = ["UCurve", "u_curve", "TurningPoints", "turning_point"]
@@ -248,7 +250,7 @@ class TurningPoints:
 DEFAULT_QUANTITY = {"lr": "pretrain_loss_after", "gamma": "perturbed_loss"}
 
 
-def turning_point(result, *, min_rise: float = 0.01, quantity: str | None = None) -> TurningPoints:
+def turning_point(result: FinetuneResult | SensitivityResult | FinetunePrediction, *, min_rise: float = 0.01, quantity: str | None = None) -> TurningPoints:
     r"""Turning point of each U-curve over pre-training time in a result, measured or predicted alike.
 
     One definition (:func:`u_curve`) for simulated and predicted results: a fine-tuning result
