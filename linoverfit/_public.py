@@ -7,12 +7,12 @@ import inspect
 import pkgutil
 from types import ModuleType
 
+import linoverfit
+
 
 def public_modules(exclude: tuple[str, ...] = ()) -> list[str]:
     """Every importable module of the package whose dotted name has no ``_``-prefixed part, sorted,
     minus those starting with a prefix in ``exclude``."""
-    import linoverfit
-
     names = ["linoverfit"]
     for info in pkgutil.walk_packages(linoverfit.__path__, prefix="linoverfit."):
         if any(part.startswith("_") for part in info.name.split(".")) or info.name.startswith(exclude or ("\0",)):

@@ -21,6 +21,9 @@ different figures into one folder keep every entry. ``--out`` is checked before 
 computed (exit 2 when it is a file, under a file, or not writable), and a ``summary.json`` that is
 not a JSON object is reported (exit 2), never replaced. Ctrl-C stops the run at once with exit
 status 130; the files of the figures already written stay as they are.
+
+Size: one command and the process control it needs (child processes, Ctrl-C, the locked summary
+merge); each piece is short and they share one control flow, so they stay together.
 """
 
 from __future__ import annotations
@@ -38,7 +41,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+import linoverfit
+
+from . import __version__
 from .files import atomic_write, locked, remove_stale_temporaries
+from .parallel import _cores
 
 __all__ = ["main", "parse_only", "run_figures", "ToleranceError"]
 
@@ -121,8 +128,6 @@ _TIME_LINE = re.compile(r"^(F\d+) \S+\s+([\d.]+) s  -> ", re.M)
 
 def default_jobs() -> int:
     """Processes ``linoverfit figures`` uses by default: one per usable core, at most 4."""
-    from .parallel import _cores
-
     return max(1, min(4, _cores()))
 
 
@@ -155,8 +160,6 @@ def _split(numbers: list[str], jobs: int, quick: bool) -> list[list[str]]:
 def _spawn(group: list[str], out: Path, quick: bool, seed: int):
     """``linoverfit figures --only <group>`` in a child process on the same package, its output piped."""
     import subprocess
-
-    import linoverfit
 
     env = dict(os.environ, LINOVERFIT_PROGRESS="0")
     root = str(Path(linoverfit.__file__).resolve().parent.parent)  # this very package, installed or not
@@ -383,8 +386,6 @@ def _interruptible(fn, out, **kw):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(
         prog="linoverfit",
         description="Catastrophic overtraining in deep linear networks: regenerate the paper figures.",

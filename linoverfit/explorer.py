@@ -5,10 +5,10 @@ the spectrum decay :math:`\alpha` of the teacher (:math:`\sigma_i = i^{-\alpha}`
 :math:`L`; the plot shows, over pre-training time :math:`t = \eta_{pre}\cdot\text{steps}`,
 
 * perturbation mode: the predicted pre-training loss after Gaussian noise,
-  :func:`linoverfit.theory.perturbed_loss_curve`, and its minimiser :math:`T^*`
-  (:func:`linoverfit.theory.turning_point`);
+  :func:`linoverfit.theory.curves.perturbed_loss_curve`, and its minimiser :math:`T^*`
+  (:func:`linoverfit.theory.turning.turning_point`);
 * fine-tuning mode: the predicted pre-training loss after fine-tuning for ``ft_steps`` steps,
-  :func:`linoverfit.theory.finetune_curve`, and its minimum on the grid;
+  :func:`linoverfit.theory.curves.finetune_curve`, and its minimum on the grid;
 
 next to the plain pre-training loss. Closed forms only, so a slider move redraws at once. The
 *simulate* button runs the real thing for the current setting (:func:`linoverfit.pretrain` from an
@@ -26,7 +26,16 @@ import io
 import math
 from typing import TYPE_CHECKING
 
+import jax
 import numpy as np
+
+from . import checkpoints as _checkpoints
+from . import theory
+from .finetuning import finetune
+from .networks import DeepLinear
+from .pretraining import pretrain
+from .sensitivity import gaussian
+from .tasks import power_law, shifted
 
 if TYPE_CHECKING:
     import ipywidgets
@@ -50,10 +59,6 @@ def _require_widgets():
 
 
 def _task(width: int, alpha: float, seed: int):
-    import jax
-
-    from .tasks import power_law
-
     return power_law(width, width, alpha=alpha, key=jax.random.key(seed))
 
 
@@ -64,7 +69,7 @@ def _learnt_spectrum(sigma, s0, depth, grid_only=False):
     r"""Grid ``t`` ``(N,)`` from ``1e-4 t_max`` to ``t_max`` and the learnt spectrum ``s`` ``(N, M)`` on it.
 
     ``t_max`` is twice the time at which every mode is within 1% of its limit
-    (:func:`~linoverfit.theory.mode_asymptote`). Depth >= 3 solves the mode ODE at ``rtol=1e-8``
+    (:func:`~linoverfit.theory.modes.mode_asymptote`). Depth >= 3 solves the mode ODE at ``rtol=1e-8``
     (plotting accuracy, 4x faster than the default). With ``grid_only`` (``s`` is then ``None``) at
     depth >= 3 and :math:`s_0 \le \sigma_{min}/100` only the smallest mode is solved: every mode then
     starts far below its limit, its escape time :math:`\propto \sigma^{-1}s_0^{-(1-2/L)}` dominates, and
@@ -72,12 +77,10 @@ def _learnt_spectrum(sigma, s0, depth, grid_only=False):
     tenth of the cost. (A mode with :math:`\sigma` near or below :math:`s_0` converges at once or decays,
     and another mode is the last: then every mode is solved.)
     """
-    from . import theory
-
     if grid_only and depth >= 3 and s0 <= 0.01 * float(np.min(sigma)):
         sigma = sigma[np.argmin(sigma)][None]
-    s = theory.mode_trajectory(sigma, _T_ALL, s0, depth, rtol=1e-8)
-    limit = theory.mode_asymptote(sigma, s0, depth)
+    s = theory.modes.mode_trajectory(sigma, _T_ALL, s0, depth, rtol=1e-8)
+    limit = theory.modes.mode_asymptote(sigma, s0, depth)
     done = np.all(np.abs(s - limit) <= 0.01 * np.maximum(limit, s0), axis=1)
     t_max = 2.0 * _T_ALL[int(np.argmax(done)) if done.any() else -1]
     keep = (_T_ALL >= 1e-4 * t_max) & (_T_ALL <= t_max)
@@ -94,16 +97,16 @@ def closed_form_curves(mode: str = "perturbation", *, gamma: float = 0.05, lr: f
     (``net.init(scheme="aligned", scale=s0 ** (1 / depth))``).
 
     * ``mode="perturbation"``: ``curve`` is :math:`\mathbb E[L(W(t) + \gamma E)]`, i.e.
-      :func:`~linoverfit.theory.perturbed_loss_curve`, computed as
-      :math:`\tfrac12\sum_i(\sigma_i - s_i)^2` + :func:`~linoverfit.theory.sensitivity_from_spectrum`
+      :func:`~linoverfit.theory.curves.perturbed_loss_curve`, computed as
+      :math:`\tfrac12\sum_i(\sigma_i - s_i)^2` + :func:`~linoverfit.theory.perturbation.sensitivity_from_spectrum`
       on one mode solve; ``t_star`` its minimiser: depth <= 2 from
-      :func:`~linoverfit.theory.turning_point` (exact root of :math:`f'`), depth >= 3 the minimum on
+      :func:`~linoverfit.theory.turning.turning_point` (exact root of :math:`f'`), depth >= 3 the minimum on
       the grid (60 points per decade; the exact root finder is slow there).
-      ``threshold`` is :math:`\sigma^*` of :func:`~linoverfit.theory.perturbation_threshold`
+      ``threshold`` is :math:`\sigma^*` of :func:`~linoverfit.theory.turning.perturbation_threshold`
       (depth 2: :math:`\gamma^2(d_{in}+d_{out})`) and ``worth`` the number of modes above it.
     * ``mode="finetune"``: ``curve`` is the pre-training loss after fine-tuning for
       :math:`\tau = \eta\cdot\text{ft\_steps}` on an additive shift of size ``shift``
-      (:func:`~linoverfit.theory.finetune_curve`); ``t_star`` its minimum on the grid.
+      (:func:`~linoverfit.theory.curves.finetune_curve`); ``t_star`` its minimum on the grid.
 
     The time grid runs from :math:`10^{-4} t_{max}` to :math:`t_{max}`, twice the time every mode
     needs to get within 1% of its limit (fine-tuning: ``points``, default 24, log-spaced points).
@@ -119,8 +122,6 @@ def closed_form_curves(mode: str = "perturbation", *, gamma: float = 0.05, lr: f
       >>> a["curve"].shape == a["t"].shape, bool(b["t_star"] < a["t_star"])   # larger gamma: earlier T*
       (True, True)
     """
-    from . import theory
-
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     depth = int(depth)
@@ -136,19 +137,19 @@ def closed_form_curves(mode: str = "perturbation", *, gamma: float = 0.05, lr: f
     if mode == "perturbation":
         # perturbed_loss_curve, composed from its public parts so one mode solve serves the whole grid
         loss = 0.5 * np.sum((sigma - s) ** 2, axis=-1)
-        curve = loss + theory.sensitivity_from_spectrum(s, gamma, widths)
+        curve = loss + theory.perturbation.sensitivity_from_spectrum(s, gamma, widths)
         i = int(np.argmin(curve))
         t_star, interior = float(t[i]), 0 < i < t.size - 1
         if depth <= 2:
-            tp = theory.turning_point(sigma, gamma=gamma, widths=widths, s0=s0, t_max=t[-1])
+            tp = theory.turning.turning_point(sigma, gamma=gamma, widths=widths, s0=s0, t_max=t[-1])
             t_star, interior = tp.t_star, bool(tp.interior and tp.t_star > t[0])
-        threshold = float(theory.perturbation_threshold(gamma, widths))
+        threshold = float(theory.turning.perturbation_threshold(gamma, widths))
         out.update(threshold=threshold, worth=int(np.sum(sigma > threshold)))
     else:
         t = np.geomspace(t[0], t[-1], points or 24)
         task = _task(width, alpha, seed)
         ft = _finetune_task(task, shift, seed)
-        pred = theory.finetune_curve(task, ft, t, widths=widths, s0=s0, lr=lr, steps=int(ft_steps))
+        pred = theory.curves.finetune_curve(task, ft, t, widths=widths, s0=s0, lr=lr, steps=int(ft_steps))
         curve = np.asarray(pred.pretrain_loss_after[:, 0])
         loss = np.asarray(pred.pretrain_loss_before)
         i = int(np.argmin(curve))
@@ -158,10 +159,6 @@ def closed_form_curves(mode: str = "perturbation", *, gamma: float = 0.05, lr: f
 
 
 def _finetune_task(task, shift, seed):
-    import jax
-
-    from .tasks import shifted
-
     return shifted(task, kind="additive", size=shift, key=jax.random.key(seed + 1))
 
 
@@ -177,21 +174,13 @@ def simulate(curves: dict, *, pretrain_lr: float = _PRETRAIN_LR, checkpoints: in
     predicts), ``t_min`` (the measured minimiser) and ``truncated`` (True when the step cap cut the
     run short of the grid).
     """
-    import jax
-
-    from . import checkpoints as ck
-    from .networks import DeepLinear
-    from .sensitivity import gaussian
-    from .finetuning import finetune
-    from .pretraining import pretrain
-
     st = curves["settings"]
     task = _task(st["width"], st["alpha"], st["seed"])
     net = DeepLinear((st["width"],) * (st["depth"] + 1))
     W0 = net.init(jax.random.key(st["seed"] + 2), scale=st["s0"] ** (1.0 / st["depth"]), scheme="aligned", task=task)
     want = int(math.ceil(curves["t"][-1] / pretrain_lr))
     total = min(max(want, checkpoints), _MAX_SIM_STEPS)
-    run = pretrain(net, W0, task, lr=pretrain_lr, checkpoints=ck.log_checkpoints(total, checkpoints))
+    run = pretrain(net, W0, task, lr=pretrain_lr, checkpoints=_checkpoints.log_checkpoints(total, checkpoints))
     if st["mode"] == "perturbation":
         res = gaussian(net, run, gamma=(st["gamma"],), samples=samples, key=jax.random.key(st["seed"] + 3))
         value = np.asarray(res.perturbed_loss[:, 0])

@@ -40,6 +40,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import progress as _progress
+from .validation import positive_int
 
 __all__ = ["use_cpu_devices", "resolve_devices", "sweep_mesh", "sweep", "sweep_map", "assemble", "Plan", "gather",
            "pool", "AXIS", "CPU_THREADS"]
@@ -198,8 +199,6 @@ class Plan:
 
     def __init__(self, devices: Any, n: int, chunk: int | None = None, per_device_chunk: bool = False) -> None:
         if chunk is not None:
-            from .validation import positive_int
-
             chunk = positive_int(chunk, "chunk")
         self.n = int(n)
         mesh = sweep_mesh(devices, self.n)

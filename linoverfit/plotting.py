@@ -47,6 +47,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from .files import atomic_write
+
 __all__ = [
     "RC",
     "COLUMN_WIDTH",
@@ -173,8 +175,6 @@ def save(fig: Figure, path: str | Path, **kw: Any) -> Path:
     Written atomically (:func:`linoverfit.files.atomic_write`): an interrupted save leaves the
     previous file intact.
     """
-    from .files import atomic_write
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = kw.pop("format", None) or (path.suffix[1:].lower() or "png")

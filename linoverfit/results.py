@@ -17,6 +17,7 @@ with each other) and raises :class:`ResultFileError` naming the file and what is
 from __future__ import annotations
 
 import dataclasses
+import os
 import zipfile
 import zlib
 from pathlib import Path
@@ -27,6 +28,7 @@ import jax
 import numpy as np
 
 from .files import atomic_write
+from .tasks import Dataset, Task
 
 __all__ = ["Result", "ResultFileError", "result", "static"]
 
@@ -119,8 +121,6 @@ _SEP = "."
 
 
 def _encode(name: str, value, out: dict) -> None:
-    from .tasks import Dataset, Task
-
     if value is None:
         out[f"{name}{_SEP}none"] = np.zeros(())
     elif isinstance(value, (bool, int, float, str)):
@@ -140,8 +140,6 @@ def _encode(name: str, value, out: dict) -> None:
 
 
 def _decode(name: str, data) -> object:
-    from .tasks import Dataset, Task
-
     keys = [k for k in data if k.split(_SEP, 1)[0] == name]
     if not keys:
         raise ValueError(f"field {name!r} is missing")
@@ -217,8 +215,6 @@ class Result:
             ds.pretrain_loss_after.sel(lr=0.01).plot(x="t", xscale="log")
             ds.to_dataframe()
         """
-        from .tasks import Dataset, Task
-
         xr = _xarray()
         coords = {k: (d, np.asarray(v)) for k, (d, v) in self._coords().items() if v is not None}
         seeds = self._seeds()

@@ -142,7 +142,7 @@ def _default_footprint(fn, runs, shared, n) -> Footprint:
 
 
 def check_footprint(footprint: Footprint, n: int, layout: Layout, default_chunk: int | None = 4) -> _par.Plan:
-    """Refuse (:class:`~linoverfit.MemoryBudgetError`) a sweep of ``n`` runs whose estimated peak
+    """Refuse (:class:`~linoverfit.errors.MemoryBudgetError`) a sweep of ``n`` runs whose estimated peak
     bytes exceed what is available: ``shared + per_run x (runs in flight) + 3 n per_output``, the runs
     in flight being a chunk per part per device. Returns the sweep's :class:`~linoverfit.parallel.Plan`."""
     chunk = layout.chunk if layout.chunk is not None else default_chunk
@@ -190,7 +190,7 @@ def sweep(fn: Callable, runs: Any, shared: Any = None, *, layout: Layout | None 
       layout: :class:`Layout` (devices, chunk, progress); default ``Layout()``.
       work: what the progress bar counts (default: runs; see :class:`Work`).
       footprint: the memory estimate (default: from the shapes of ``runs``, ``shared`` and
-        ``fn``'s outputs); a sweep that would not fit raises :class:`~linoverfit.MemoryBudgetError`.
+        ``fn``'s outputs); a sweep that would not fit raises :class:`~linoverfit.errors.MemoryBudgetError`.
       default_chunk: runs per vmap when ``layout.chunk`` is ``None`` (``None``: all of a part's runs).
       tick: advance the bar by one per finished run (``False`` when ``fn`` ticks itself, via
         :func:`linoverfit.progress.tick_blocks`).

@@ -10,6 +10,9 @@ A linear predictor :math:`P` (the end-to-end map of a network) has population lo
 and on a finite sample :math:`\{(x_n, y_n)\}_{n=1}^N` the loss is
 :math:`\tfrac1{2N}\sum_n \lVert P x_n - y_n\rVert^2` (:class:`Dataset`).
 Both are pytrees, so changing their *values* never recompiles a training run.
+
+Size: the two task types and every constructor of the ``lo.tasks`` namespace (teachers by spectrum,
+shifted fine-tuning tasks, mixtures), which users meet as one module; each function is short.
 """
 
 from __future__ import annotations
@@ -236,7 +239,7 @@ def from_spectrum(singular_values: ArrayLike, d_in: int, d_out: int, key: jax.Ar
     .. math:: \Sigma = V\operatorname{diag}(\kappa)V^\top + (I - VV^\top),
 
     (variance :math:`\kappa_i` along :math:`v_i`, 1 off the teacher's row space): the anisotropic case
-    the mode theory covers (``lo.theory.input_variance``, ``docs/theory.md`` section 1.8). Give
+    the mode theory covers (``lo.theory.modes.input_variance``, ``docs/theory.md`` section 1.8). Give
     ``input_cov`` or ``input_var``, not both.
 
     Examples:

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write
+from ..theory.ucurve import u_curve
+
 __all__ = [
     "resolve_config",
     "Stages",
@@ -111,8 +114,6 @@ def turning(t, y, depth: float = DEPTH):
 
     Returns the :class:`~linoverfit.theory.UCurve`, or ``None`` when fewer than one finite point is left.
     """
-    from ..theory import u_curve
-
     t = np.asarray(t, float)
     y = np.asarray(y, float)
     ok = np.isfinite(y)
@@ -211,8 +212,6 @@ def figure_paths(out_dir, number: str, name: str):
 def save_data(path, **arrays) -> Path:
     """Write the plotted data as one ``.npz`` (values converted with ``np.asarray``; ``None`` skipped),
     atomically (:func:`linoverfit.files.atomic_write`)."""
-    from ..files import atomic_write
-
     path = Path(path)
     with atomic_write(path) as fh:
         np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items() if v is not None})

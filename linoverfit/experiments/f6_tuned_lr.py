@@ -19,12 +19,15 @@ a few percent of degradation):
 
 Left: the pre-training loss after fine-tuning at the tuned lr, in units of each curve's minimum,
 with a fixed lr for reference; middle: the tuned lr; right: matched fine-tuning loss across fixed
-lrs. Lines: the same selection applied to ``lo.theory.finetune_curve``, which predicts gradient
+lrs. Lines: the same selection applied to ``lo.theory.curves.finetune_curve``, which predicts gradient
 descent at each learning rate and step count (not only the flow); compared with the simulation
 where both selected lrs lie below GD's stability edge.
 Every curve is judged by ``lo.theory.u_curve`` (an interior minimum and a rise of at least 1%).
 
 Run: ``python experiments/F6_tuned_lr.py [--quick] [--out DIR] [--set targets="(0.01,)"]``.
+
+Size: one figure whose four criteria are read off one vmapped fine-tuning call, simulation then
+theory then the three panels, top to bottom like the other figure scripts.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ QUICK = dict(width=16, steps=8192, checkpoints=20, ft_steps=150, lrs_per_decade=
 # ----------------------------------------------------------------------------- end of config
 
 #: Where theory and simulation are compared.
-THEORY_NOTE = ("lo.theory.finetune_curve predicts gradient descent at each (lr, steps) (exact GD on the "
+THEORY_NOTE = ("lo.theory.curves.finetune_curve predicts gradient descent at each (lr, steps) (exact GD on the "
                "balanced factors, pre-training modes by GD at its lr); past GD's stability edge the runs "
                "are chaotic and float32 vs float64 round-off decides, so the selections are compared where "
                "both selected lrs lie below the edge at the fine-tuning solution")
@@ -290,10 +293,10 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         sel[("matched_finetune_loss", f"lr={lrs[r]:.3g}")] = dict(lr=np.where(np.isfinite(y), lrs[r], np.nan),
                                                                    y=y, step=st)
 
-    # ---- theory: lo.theory.finetune_curve (GD at the real lr and steps) on the whole grid at every budget
+    # ---- theory: lo.theory.curves.finetune_curve (GD at the real lr and steps) on the whole grid at every budget
     t_th = t[:: cfg["theory_every"]]
     every = cfg["theory_every"]
-    edge = 2.0 / lo.theory.sharpness_from_spectrum(sig_ft, ft, net)  # GD's stability edge at the solution A'
+    edge = 2.0 / lo.theory.curvature.sharpness_from_spectrum(sig_ft, ft, net)  # GD's stability edge at the solution A'
     th = {}  # budget -> (pre (C_th, R), fin (C_th, R)); NaN where the predicted run diverges or is not predicted
     used = sorted(set(budgets) | set(sum_budgets) | {S})
     with stages(f"predict {len(t_th)} checkpoints x {len(lrs)} lrs at {len(used)} budgets"):
@@ -303,11 +306,11 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
                 warnings.simplefilter("ignore", lo.theory.PastEdgeWarning)
                 warnings.simplefilter("ignore", RuntimeWarning)  # overflow of the predicted runs past the edge
                 try:
-                    pred = lo.theory.finetune_curve(task, ft, t_th, widths=net, s0=cfg["init_scale"] ** 2, lr=lrs,
+                    pred = lo.theory.curves.finetune_curve(task, ft, t_th, widths=net, s0=cfg["init_scale"] ** 2, lr=lrs,
                                                     steps=b, pretrain_lr=cfg["lr"], rtol=cfg["theory_rtol"])
                 except np.linalg.LinAlgError:  # a predicted run diverged to inf within the budget: stop short of it
                     th_r = lrs <= 1.1 * edge
-                    pred = lo.theory.finetune_curve(task, ft, t_th, widths=net, s0=cfg["init_scale"] ** 2,
+                    pred = lo.theory.curves.finetune_curve(task, ft, t_th, widths=net, s0=cfg["init_scale"] ** 2,
                                                     lr=lrs[th_r], steps=b, pretrain_lr=cfg["lr"],
                                                     rtol=cfg["theory_rtol"])
             g_pre, g_fin = np.full((len(t_th), len(lrs)), np.nan), np.full((len(t_th), len(lrs)), np.nan)
@@ -443,7 +446,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
                 extra.append((f"{int(diverged.sum())} runs beyond the stability edge diverged (excluded)",
                               Line2D([], [], color="none")))
             lp.legend(dx, colors=colors,
-                      theory_label="theory: same selection on lo.theory.finetune_curve\n(GD at each lr; (c) the flow gives 1)",
+                      theory_label="theory: same selection on lo.theory.curves.finetune_curve\n(GD at each lr; (c) the flow gives 1)",
                       sim_label=f"simulation: {len(lrs)} lrs in one lo.finetune call", extra=extra,
                       loc="center", fontsize=6)
             lp.save(fig, png)
