@@ -9,12 +9,12 @@ compilation is excluded on both sides):
 
 * fine-tuning sweep of W1 (48 checkpoints x 3 lrs x 1000 steps, widths 64, one seed) from a
   Gaussian-init pre-training run, depth 2 and depth 3: ``lo.finetune`` against
-  ``lo.theory.predict_finetune`` from the run's own layers as gradient flow (``gd_order=0``), with
+  ``lo.theory.forgetting.predict_finetune`` from the run's own layers as gradient flow (``gd_order=0``), with
   its default (``gd_order="auto"``: GD itself), and at depth 2 in closed form from the own layers
   (``method="closed"``, lambda-balanced) and from the balanced factors of the maps alone; each
   theory row also prints its largest relative error in the losses after fine-tuning against the
   simulation;
-* ``lo.theory.turning_point`` (perturbation, 64 modes) at depths 2, 3 and 4 (its simulation would
+* ``lo.theory.turning.turning_point`` (perturbation, 64 modes) at depths 2, 3 and 4 (its simulation would
   need ``T* / lr`` pre-training steps: printed, not run);
 * the explorer's fine-tuning redraw (``linoverfit.explorer.closed_form_curves(mode="finetune")``).
 
@@ -90,20 +90,20 @@ def main(argv=None):
             row(f"depth {depth}: predict_finetune, {name}", seconds, sim,
                 None if simulated is None else _error(out["out"], simulated))
 
-        theory_row("own layers, gradient flow", lambda: lo.theory.predict_finetune(run, ft, lr=lrs, steps=steps, gd_order=0))
-        theory_row("own layers, gd_order='auto' (default)", lambda: lo.theory.predict_finetune(run, ft, lr=lrs, steps=steps))
+        theory_row("own layers, gradient flow", lambda: lo.theory.forgetting.predict_finetune(run, ft, lr=lrs, steps=steps, gd_order=0))
+        theory_row("own layers, gd_order='auto' (default)", lambda: lo.theory.forgetting.predict_finetune(run, ft, lr=lrs, steps=steps))
         if depth == 2:
             P = np.asarray(run.end_to_end)
-            theory_row("own layers, closed form (lambda-balanced)", lambda: lo.theory.predict_finetune(
+            theory_row("own layers, closed form (lambda-balanced)", lambda: lo.theory.forgetting.predict_finetune(
                 run, ft, lr=lrs, steps=steps, gd_order=0, method="closed"))
-            theory_row("balanced maps, closed form", lambda: lo.theory.predict_finetune(
+            theory_row("balanced maps, closed form", lambda: lo.theory.forgetting.predict_finetune(
                 P, ft, lr=lrs, steps=steps, depth=2, pretrain_task=task, gd_order=0, method="closed"))
 
     d = 64
     sigma = 1.0 / np.arange(1, d + 1)
     for depth, s0 in ((2, 1e-6), (3, 1e-9), (4, 1e-12)):
         box = {}
-        seconds = _best(lambda: lo.theory.turning_point(sigma, gamma=0.03, widths=(d,) * (depth + 1), s0=s0),
+        seconds = _best(lambda: lo.theory.turning.turning_point(sigma, gamma=0.03, widths=(d,) * (depth + 1), s0=s0),
                         args.repeat, box)
         row(f"depth {depth}: turning_point, 64 modes (sim: {box['out'].t_star / 0.05:.3g} steps at lr 0.05, not run)", seconds)
 

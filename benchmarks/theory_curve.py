@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     python -m benchmarks.theory_curve [--repeat 50] [--json out.json]
 
-Times :func:`linoverfit.theory.perturbed_loss_curve` (depth 2 is closed form; the target is < 10 ms)
+Times :func:`linoverfit.theory.curves.perturbed_loss_curve` (depth 2 is closed form; the target is < 10 ms)
 and, for reference, depth 3 (the mode ODE through scipy), the turning point and the exact
 perturbed loss on 48 checkpoints of the W1 shape. Prints the best and the median of ``--repeat``
 cached calls in milliseconds.
@@ -47,11 +47,11 @@ def main(argv=None):
     teacher = rng.normal(size=(d, d))
 
     cases = {
-        "U-curve depth 2 (1000 t x 64 modes, 2 gammas)": lambda: lo.theory.perturbed_loss_curve(
+        "U-curve depth 2 (1000 t x 64 modes, 2 gammas)": lambda: lo.theory.curves.perturbed_loss_curve(
             sigma, t, np.array([0.01, 0.03]), widths=(d, d, d), s0=s0),
-        "U-curve depth 3 (1000 t x 64 modes, ODE)": lambda: lo.theory.perturbed_loss_curve(
+        "U-curve depth 3 (1000 t x 64 modes, ODE)": lambda: lo.theory.curves.perturbed_loss_curve(
             sigma, t, 0.01, widths=(d, d, d, d), s0=1e-9),  # scale 1e-3, depth 3
-        "turning point depth 2 (4096-point grid + brentq)": lambda: lo.theory.turning_point(
+        "turning point depth 2 (4096-point grid + brentq)": lambda: lo.theory.turning.turning_point(
             sigma, gamma=0.03, widths=(d, d, d), s0=s0),
         "exact E[L(W + gamma E)] on 48 checkpoints 64x64x64": lambda: np.asarray(
             lo.theory.expected_perturbed_loss(weights, teacher, None, np.array([0.01, 0.03]))),

@@ -215,10 +215,10 @@ def _table(task, ft, net, W0, run, data):
         ("chunk=0 finetune", lambda: lo.finetune(net, run, ft, lr=0.1, steps=2, chunk=0), ValueError, "chunk"),
         ("chunk=1.5 sensitivity", lambda: lo.sensitivity.gaussian(net, run, samples=4, key=0, chunk=1.5), TypeError,
          "chunk"),
-        ("gaussian_init_s0 modes=2.5", lambda: lo.theory.gaussian_init_s0(0.1, (4, 4, 4), modes=2.5), TypeError, "modes"),
-        ("perturbed_loss_curve gamma<0", lambda: lo.theory.perturbed_loss_curve(
+        ("gaussian_init_s0 modes=2.5", lambda: lo.theory.modes.gaussian_init_s0(0.1, (4, 4, 4), modes=2.5), TypeError, "modes"),
+        ("perturbed_loss_curve gamma<0", lambda: lo.theory.curves.perturbed_loss_curve(
             task, np.geomspace(1, 100, 5), -0.1, widths=(4, 4, 4), s0=1e-4), ValueError, "gamma"),
-        ("perturbation_threshold overflow", lambda: lo.theory.perturbation_threshold(1e100, (4, 4, 4, 4, 4)),
+        ("perturbation_threshold overflow", lambda: lo.theory.turning.perturbation_threshold(1e100, (4, 4, 4, 4, 4)),
          ValueError, "gamma"),
         ("minibatch SGD without key", lambda: lo.pretrain(net, W0, data, lr=0.1, checkpoints=[2], batch_size=4),
          TypeError, "key is required for minibatch SGD"),
@@ -241,12 +241,12 @@ def test_perturbation_threshold_scales_exactly_for_every_gamma():
     # sigma = gamma^L u); tiny gamma used to loop forever, huge gamma to give a solver NaN
     for widths in ((4, 4, 4, 4), (5, 7, 3, 6, 2)):
         L = len(widths) - 1
-        one = float(lo.theory.perturbation_threshold(1.0, widths))
+        one = float(lo.theory.turning.perturbation_threshold(1.0, widths))
         g = np.array([1e-60, 1e-50, 1e-3, 0.3, 1e50])
-        got = lo.theory.perturbation_threshold(g, widths)
+        got = lo.theory.turning.perturbation_threshold(g, widths)
         np.testing.assert_allclose(got, g**L * one, rtol=1e-12)
     # the depth-2 closed form gamma^2 (d_in + d_out) is the same law
-    np.testing.assert_allclose(lo.theory.perturbation_threshold(1e-80, (3, 5, 4)), 1e-160 * 7, rtol=1e-14)
+    np.testing.assert_allclose(lo.theory.turning.perturbation_threshold(1e-80, (3, 5, 4)), 1e-160 * 7, rtol=1e-14)
 
 
 # ----------------------------------------------------------------------------- memory

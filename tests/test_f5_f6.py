@@ -106,7 +106,7 @@ def assert_f6(f6: dict) -> None:
     assert not crit["target_loss"]["survives"], crit["target_loss"]
     assert all(c["ok"] for c in f6["checks"]), f6["checks"]
     if not f6["quick"]:
-        # the prediction of GD (lo.theory.finetune_curve) agrees with the simulated selection within 2%
+        # the prediction of GD (lo.theory.curves.finetune_curve) agrees with the simulated selection within 2%
         # where both selected lrs lie below the stability edge (past it GD is chaotic)
         for name in ("target_loss", "best_finetune_loss", "best_sum"):
             for sub, r in crit[name]["settings"].items():

@@ -75,7 +75,7 @@ def test_constant_and_cosine_schedules_agree_in_t_and_match_theory():
     assert np.max(np.abs(f_cos_at / f_const[inside] - 1)) < 0.01
     s0 = 0.1**2
     for run, f in ((const, f_const), (cos, f_cos)):
-        pred = lo.theory.perturbed_loss_curve(task, run.t, gamma, widths=net, s0=s0)
+        pred = lo.theory.curves.perturbed_loss_curve(task, run.t, gamma, widths=net, s0=s0)
         assert np.max(np.abs(f / pred - 1)) < 0.01
 
 
@@ -130,7 +130,7 @@ def test_momentum_follows_the_flow_in_rescaled_time():
     beta, lr = 0.5, 0.005
     run = lo.pretrain(net, W0, task, lr=lr, checkpoints=lo.log_checkpoints(12000, 30, first=50),
                       optimizer=lo.optimizers.Momentum(beta))
-    pred = lo.theory.perturbed_loss_curve(task, run.t / (1 - beta), 0.03, widths=net, s0=0.01)
+    pred = lo.theory.curves.perturbed_loss_curve(task, run.t / (1 - beta), 0.03, widths=net, s0=0.01)
     assert np.max(np.abs(_perturbed(run, task, 0.03) / pred - 1)) < 0.04
 
 

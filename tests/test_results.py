@@ -22,8 +22,8 @@ def results():
     ftr = lo.finetune(net, run, ft, lr=(0.01, 0.03, 0.1), steps=20, record_every=10, return_weights=True)
     sens = lo.sensitivity.gaussian(net, run, gamma=(0.01, 0.03), samples=8, key=jax.random.key(3))
     single = lo.pretrain(net, net.init(jax.random.key(2), scale=1e-3), task, lr=0.05, checkpoints=[10, 300, 1500])
-    pred = lo.theory.predict_finetune(single, ft, lr=(0.01, 0.03), steps=20, return_maps=True)
-    tp = lo.theory.turning_point(task, 0.03, widths=net, s0=1e-3)
+    pred = lo.theory.forgetting.predict_finetune(single, ft, lr=(0.01, 0.03), steps=20, return_maps=True)
+    tp = lo.theory.turning.turning_point(task, 0.03, widths=net, s0=1e-3)
     return {"run": run, "ftr": ftr, "sens": sens, "pred": pred, "tp": tp}
 
 

@@ -10,17 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import linoverfit as lo
-from linoverfit.theory import (
-    expected_perturbed_loss,
-    finetune_curve,
-    input_variance,
-    mode_asymptote,
-    mode_trajectory,
-    mode_velocity,
-    perturbed_loss_curve,
-    predict_finetune,
-    turning_point,
-)
+from linoverfit.theory import expected_perturbed_loss
+from linoverfit.theory.curves import finetune_curve, perturbed_loss_curve
+from linoverfit.theory.forgetting import predict_finetune
+from linoverfit.theory.modes import input_variance, mode_asymptote, mode_trajectory, mode_velocity
+from linoverfit.theory.turning import turning_point
 
 D, GAMMA, LR = 8, 0.0968, 0.01  # GAMMA as in test_theory_turning: a clear U-curve with T* ~ 14
 KAPPA = np.geomspace(2.0, 0.5, D)  # the input variance falls along the spectrum: the mode order is kept
@@ -164,7 +158,7 @@ def test_the_edge_is_the_networks_not_only_each_mode_maps(depth):
     kappa = np.geomspace(0.5, 4.0, D)  # a large input variance under a small singular value: modes mix
     task, widths = _task(kappa), (D,) * (depth + 1)
     sig = np.asarray(task.spectrum)
-    edge = 2.0 / float(lo.theory.sharpness_from_spectrum(sig, task, widths))
+    edge = 2.0 / float(lo.theory.curvature.sharpness_from_spectrum(sig, task, widths))
     assert edge < 0.5 * np.min(2.0 / (depth * kappa * sig ** (2.0 - 2.0 / depth)))  # the mode maps' edges
     with pytest.warns(lo.theory.PastEdgeWarning, match="stability edge"):
         mode_trajectory(sig, [1.0], 1e-2, depth, lr=1.01 * edge, input_var=kappa)

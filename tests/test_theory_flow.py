@@ -11,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import linoverfit as lo
-from linoverfit.theory import end_to_end_flow, end_to_end_velocity, first_order_forgetting, predict_finetune, turning_point
+from linoverfit.theory.flow import end_to_end_flow, end_to_end_velocity
+from linoverfit.theory.forgetting import first_order_forgetting, predict_finetune
+from linoverfit.theory.turning import turning_point
 
 
 def _balanced(rng, widths, spectrum):
@@ -178,7 +180,7 @@ def test_predict_finetune_layout_with_seeds():
     assert pred.pretrain_loss_before.shape == (3, 2) and pred.forgetting.shape == (3, 2, 2)
     # (checkpoint, lr, seed): the modified GD flow of that checkpoint's own layers, alone
     W = [np.asarray(w)[1, 1][None] for w in run.weights]
-    one = lo.theory.flow._integrate_gd(np.asarray(run.end_to_end)[1, 1][None], np.asarray(ft.teacher), None, 2,
+    one = lo.theory._gd._integrate_gd(np.asarray(run.end_to_end)[1, 1][None], np.asarray(ft.teacher), None, 2,
                                        np.array([1.0]), 1e-10, 1e-12, 2e-3, 2, W)[0, 0]
     np.testing.assert_allclose(pred.end_to_end[1, 1, 1], one, rtol=1e-9)
     # GD pre-training left the balanced init slightly imbalanced (O(lr^2) per step): the balanced flow of
@@ -341,7 +343,7 @@ ft = lo.tasks.shifted(task, "subspace", 0.5, key=jax.random.key(1))   # a non-id
 net = lo.DeepLinear((6, 6, 6))
 run = lo.pretrain(net, net.init(jax.random.key(2), scale=0.1, scheme="gaussian"), task, lr=0.05,
                   checkpoints=[0, 100, 400])
-p = lo.theory.predict_finetune(run, ft, lr=(0.01, 0.05), steps=200)
+p = lo.theory.forgetting.predict_finetune(run, ft, lr=(0.01, 0.05), steps=200)
 sim = lo.finetune(net, run, ft, lr=(0.01, 0.05), steps=200)
 scale = float(np.max(np.asarray(sim.finetune_loss_before)))  # the size of the problem's losses
 err = max(float(np.max(np.abs(getattr(p, n) - np.asarray(getattr(sim, n))))) / scale

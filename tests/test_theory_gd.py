@@ -9,8 +9,10 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import linoverfit as lo
-from linoverfit.theory import PastEdgeWarning, mode_trajectory, mode_velocity, predict_finetune
-from linoverfit.theory.flow import _gn_sharpness
+from linoverfit.theory import PastEdgeWarning
+from linoverfit.theory.forgetting import predict_finetune
+from linoverfit.theory.modes import mode_trajectory, mode_velocity
+from linoverfit.theory.forgetting import _gn_sharpness
 
 D = 8
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import linoverfit as lo
-from linoverfit.theory import gaussian_init_s0, mode_asymptote, mode_trajectory, mode_velocity
+from linoverfit.theory.modes import gaussian_init_s0, mode_asymptote, mode_trajectory, mode_velocity
 
 
 def _simulated_modes(depth, d, scale, lr, t_end, weight_decay=0.0, n=48):

@@ -11,12 +11,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import linoverfit as lo
-from linoverfit.theory import (
-    expected_perturbed_loss,
-    perturbation_coefficients,
-    perturbation_sensitivity,
-    sensitivity_from_spectrum,
-)
+from linoverfit.theory import expected_perturbed_loss
+from linoverfit.theory.perturbation import perturbation_coefficients, perturbation_sensitivity, sensitivity_from_spectrum
 
 
 def _segment_norm(W, a, b, cov):

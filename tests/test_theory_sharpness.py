@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import linoverfit as lo
-from linoverfit.theory import PastEdgeWarning, sharpness, sharpness_from_spectrum, stability_edge
+from linoverfit.theory import PastEdgeWarning, sharpness, stability_edge
+from linoverfit.theory.curvature import sharpness_from_spectrum
 
 
 def _dense_top(W, task):
@@ -150,7 +151,7 @@ def test_a_prediction_that_diverges_is_marked_not_raised():
     task = lo.tasks.power_law(8, 8, key=jax.random.key(0))
     ft = lo.tasks.shifted(task, kind="additive", size=0.1, key=jax.random.key(1))
     with pytest.warns(PastEdgeWarning, match="stability edge"):
-        pred = lo.theory.predict_finetune(np.asarray(task.teacher), ft, lr=(0.01, 5.0), steps=200, depth=2,
+        pred = lo.theory.forgetting.predict_finetune(np.asarray(task.teacher), ft, lr=(0.01, 5.0), steps=200, depth=2,
                                           pretrain_task=task)
     assert pred.past_edge.tolist() == [False, True]
     after = np.asarray(pred.pretrain_loss_after)

@@ -6,14 +6,11 @@ import numpy as np
 import pytest
 
 import linoverfit as lo
-from linoverfit.theory import (
-    expected_perturbed_loss,
-    gaussian_init_s0,
-    perturbation_threshold,
-    perturbed_loss_curve,
-    sensitivity_from_spectrum,
-    turning_point,
-)
+from linoverfit.theory import expected_perturbed_loss
+from linoverfit.theory.curves import perturbed_loss_curve
+from linoverfit.theory.modes import gaussian_init_s0
+from linoverfit.theory.perturbation import sensitivity_from_spectrum
+from linoverfit.theory.turning import perturbation_threshold, turning_point
 
 D = 8
 # threshold gamma^2 (d_in + d_out) = 0.15 falls between sigma_6 = 1/6 and sigma_7 = 1/7: modes 7 and 8
@@ -134,7 +131,7 @@ def test_curve_shapes_and_gamma_zero_is_the_training_loss():
     t = np.array([0.0, 5.0, 50.0, 500.0])
     f = perturbed_loss_curve(task, t, np.array([0.0, 0.01, 0.1]), widths=(D, D, D), s0=1e-6)
     assert f.shape == (4, 3)
-    s = lo.theory.mode_trajectory(np.asarray(task.spectrum), t, 1e-6, 2)
+    s = lo.theory.modes.mode_trajectory(np.asarray(task.spectrum), t, 1e-6, 2)
     np.testing.assert_allclose(f[:, 0], 0.5 * np.sum((np.asarray(task.spectrum) - s) ** 2, -1) + 0.5 * 0.2 * D, rtol=1e-13)
     assert np.all(np.diff(f, axis=1) > 0)  # more noise, more loss
     # a spectrum is accepted in place of a Task
@@ -201,7 +198,7 @@ def _anisotropic_task(kappa):
 def test_anisotropic_inputs_sharing_the_right_singular_vectors(widths):
     """Issue 10, acceptance 5: each mode learns at its own input variance kappa_i; curve, modes and T* match
     GD from an aligned init as tightly as for Sigma = I; any other covariance is refused by name."""
-    from linoverfit.theory.modes import _mode_solution
+    from linoverfit.theory._mode_solvers import _mode_solution
 
     kappa = np.geomspace(2.0, 0.5, D)  # the input variance falls along the spectrum: mode order is kept
     task = _anisotropic_task(kappa)
@@ -251,9 +248,9 @@ def test_gaussian_init_s0_at_depth_3_warns_with_its_measured_error():
     task = lo.tasks.power_law(d, d, alpha=1.0, key=jax.random.key(0))
     net = lo.DeepLinear((d,) * 4)
     with pytest.warns(lo.theory.UnderivedWarning, match="not derived"):
-        s0 = lo.theory.gaussian_init_s0(eps, net)
+        s0 = lo.theory.modes.gaussian_init_s0(eps, net)
     np.testing.assert_allclose(s0, (0.5 * eps**2 * (d - np.arange(d))) ** 1.5, rtol=1e-15)
-    T = lo.theory.turning_point(task, gamma=gamma, widths=net, s0=s0, grid=1024).t_star
+    T = lo.theory.turning.turning_point(task, gamma=gamma, widths=net, s0=s0, grid=1024).t_star
     steps = int(np.ceil(4 * T / lr))
     ck = lo.log_checkpoints(steps, 160, first=max(1, steps // 2000))
     errors = []
@@ -272,4 +269,4 @@ def test_gaussian_init_s0_depth_2_does_not_warn():
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        lo.theory.gaussian_init_s0(0.01, (8, 8, 8))
+        lo.theory.modes.gaussian_init_s0(0.01, (8, 8, 8))

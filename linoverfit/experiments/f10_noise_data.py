@@ -6,7 +6,7 @@ online=True)``), so "samples seen" = batch x steps plays the role of tokens. Mar
 expected loss after Gaussian weight perturbation (``lo.theory.expected_perturbed_loss`` on the SGD
 weights, noise-free task), mean over seeds, for several batch sizes (fixed lr and label noise) and
 label-noise levels (fixed batch). Lines: the gradient-flow theory of full-batch GD
-(``lo.theory.perturbed_loss_curve``). Last panel: anisotropic inputs, Sigma = V diag(lambda) V^T
+(``lo.theory.curves.perturbed_loss_curve``). Last panel: anisotropic inputs, Sigma = V diag(lambda) V^T
 sharing the teacher's right singular vectors with a spread of variances; there each mode follows
 the isotropic logistic in its own time lambda_i t (``docs/theory.md``), drawn as the line.
 Turning points and degradation by ``lo.theory.u_curve``.
@@ -104,9 +104,9 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
 
     with stages("theory"):
         t_th = np.geomspace(t[0], t[-1], 200)
-        th = np.asarray(lo.theory.perturbed_loss_curve(task, t_th, gamma, widths=net, s0=s0), float)
+        th = np.asarray(lo.theory.curves.perturbed_loss_curve(task, t_th, gamma, widths=net, s0=s0), float)
         th_u = lo.theory.u_curve(t_th, th)
-        th_a = np.asarray(lo.theory.perturbed_loss_curve(atask, t_th, gamma, widths=net, s0=s0), float)  # docs/theory.md 1.8, 3.5
+        th_a = np.asarray(lo.theory.curves.perturbed_loss_curve(atask, t_th, gamma, widths=net, s0=s0), float)  # docs/theory.md 1.8, 3.5
         th_au = lo.theory.u_curve(t_th, th_a)
         gd_a_gap = float(np.max(np.abs(np.interp(np.log(t), np.log(t_th), th_a) / ay - 1)))
         data.update(t_theory=t_th, perturbed_loss_theory=th, anisotropic_perturbed_loss_theory=th_a)

@@ -6,7 +6,7 @@ init aligned with it, by full-batch GD; every checkpoint is then fine-tuned on t
 for a fixed budget (``lo.finetune``). Markers: the loss on the ORIGINAL pre-training task after
 fine-tuning, against pre-training time (U-curves) and against the original-task loss before
 fine-tuning (matched pre-training performance). Lines: gradient-flow theory for the mixture
-teacher (``lo.theory.finetune_curve`` with the fine-tuned maps scored on the original task).
+teacher (``lo.theory.curves.finetune_curve`` with the fine-tuned maps scored on the original task).
 Turning points and degradation by ``lo.theory.u_curve``.
 
 Run: ``python experiments/F11_early_exposure.py [--quick] [--out DIR] [--set rhos="(0.0, 0.2)"]``.
@@ -74,7 +74,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
             before = np.asarray(fr.pretrain_loss_before, float)
             after = np.asarray(fr.pretrain_loss_after, float)[:, 0]
             ft_after = np.asarray(fr.finetune_loss_after, float)[:, 0]
-            pred = lo.theory.finetune_curve(mix, ft, t_th, widths=net, s0=s0, lr=cfg["ft_lr"], steps=cfg["ft_steps"],
+            pred = lo.theory.curves.finetune_curve(mix, ft, t_th, widths=net, s0=s0, lr=cfg["ft_lr"], steps=cfg["ft_steps"],
                                             return_maps=True)
             th_after = np.asarray(task.loss(np.asarray(pred.end_to_end)[:, 0]), float)
             u, th_u = lo.theory.u_curve(t, after), lo.theory.u_curve(t_th, th_after)

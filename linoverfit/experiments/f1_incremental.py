@@ -2,7 +2,7 @@
 
 Deep linear networks (depth 2 and 3) are pre-trained by gradient descent from a small
 *balanced, teacher-aligned* initialisation, for which the closed form
-``lo.theory.mode_trajectory`` (Saxe et al. 2014) is exact under gradient flow. Markers: singular
+``lo.theory.modes.mode_trajectory`` (Saxe et al. 2014) is exact under gradient flow. Markers: singular
 values of the simulated ``P`` at log-spaced checkpoints; lines: the closed form. Right panel:
 the pre-training loss, which drops in plateaus, one per learnt mode.
 
@@ -64,8 +64,8 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
             sv = np.linalg.svd(np.asarray(run_.end_to_end, np.float64), compute_uv=False)
         s0 = scale**depth
         t_dense = np.geomspace(run_.t[0], run_.t[-1], 400)
-        th_dense = lo.theory.mode_trajectory(sigma, t_dense, s0, depth=depth)
-        th_ck = lo.theory.mode_trajectory(sigma, run_.t, s0, depth=depth)
+        th_dense = lo.theory.modes.mode_trajectory(sigma, t_dense, s0, depth=depth)
+        th_ck = lo.theory.modes.mode_trajectory(sigma, run_.t, s0, depth=depth)
         loss_dense = 0.5 * np.sum((sigma - th_dense) ** 2, axis=-1)
         err = np.max(np.abs(sv[:, :M] - th_ck[:, :M]), axis=0) / sigma[:M]
         # learning time of each mode: when it reaches half its singular value, read off the

@@ -3,10 +3,10 @@
 Workload W1 (depth 2, widths 64, teacher sigma_i = 1/i, small Gaussian init, 4 seeds). At every
 checkpoint the sensitivity S(W, gamma) = E[L(W + gamma E)] - L(W) is estimated by Monte Carlo
 (``lo.sensitivity.gaussian``, markers with standard errors) and computed exactly on the same
-weights (``lo.theory.perturbation_sensitivity``, lines). Right: the same network from a balanced,
+weights (``lo.theory.perturbation.perturbation_sensitivity``, lines). Right: the same network from a balanced,
 teacher-aligned init, where S is a closed form of the learnt spectrum alone,
 S = gamma^2/2 (d_in + d_out) sum_i s_i(t) + gamma^4/2 d_in h d_out
-(``lo.theory.sensitivity_from_spectrum`` of ``lo.theory.mode_trajectory``): no simulation needed.
+(``lo.theory.perturbation.sensitivity_from_spectrum`` of ``lo.theory.modes.mode_trajectory``): no simulation needed.
 
 Run: ``python experiments/F2_sensitivity.py [--quick] [--out DIR] [--set samples=1024]``.
 """
@@ -63,7 +63,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         # numbers), so their errors are correlated; the mean of the per-seed errors bounds it
         mc_se = se.mean(-1)
     with stages("exact sensitivity"):
-        exact = np.asarray(lo.theory.perturbation_sensitivity(run_.weights, gammas), float)  # (C, S, G)
+        exact = np.asarray(lo.theory.perturbation.perturbation_sensitivity(run_.weights, gammas), float)  # (C, S, G)
         exact_mean = exact.mean(1)
     with stages("aligned init: simulation and closed form"):
         W0a = net.init(k_init, scale=cfg["init_scale"], scheme="aligned", task=task)
@@ -72,10 +72,10 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         mc_a, se_a = np.asarray(sens_a.sensitivity, float), np.asarray(sens_a.stderr, float)  # (C, G)
         sigma = np.asarray(task.spectrum, float)
         t_dense = np.geomspace(run_.t[0], run_.t[-1], 300)
-        s_dense = lo.theory.mode_trajectory(sigma, t_dense, cfg["init_scale"] ** 2, depth=2)
-        spec = lo.theory.sensitivity_from_spectrum(s_dense, gammas, widths=net)  # (T, G)
-        spec_ck = lo.theory.sensitivity_from_spectrum(
-            lo.theory.mode_trajectory(sigma, run_.t, cfg["init_scale"] ** 2, depth=2), gammas, widths=net)
+        s_dense = lo.theory.modes.mode_trajectory(sigma, t_dense, cfg["init_scale"] ** 2, depth=2)
+        spec = lo.theory.perturbation.sensitivity_from_spectrum(s_dense, gammas, widths=net)  # (T, G)
+        spec_ck = lo.theory.perturbation.sensitivity_from_spectrum(
+            lo.theory.modes.mode_trajectory(sigma, run_.t, cfg["init_scale"] ** 2, depth=2), gammas, widths=net)
 
     z = (mc_mean - exact_mean) / mc_se
     summary = {"gammas": gammas, "samples": cfg["samples"], "seeds": cfg["seeds"], "per_gamma": {}}

@@ -3,17 +3,17 @@
 Workload W1 (depth 2, widths 64, sigma_i = 1/i, lr 0.05). At every checkpoint of a GD run the
 expected pre-training loss after perturbing every layer, E[L(W + gamma E)], is computed exactly on
 the simulated weights by ``lo.theory.expected_perturbed_loss`` (markers; F2 checks this expectation
-against Monte Carlo), and predicted without simulation by ``lo.theory.perturbed_loss_curve``
+against Monte Carlo), and predicted without simulation by ``lo.theory.curves.perturbed_loss_curve``
 (lines). It first falls (large modes are learnt), then rises (small modes add more sensitivity
 than they remove loss). Both curves are judged by the shared definition ``lo.theory.u_curve``
 (an interior minimum followed by a rise of at least 1%): the predicted T* is
-``lo.theory.turning_point`` (dotted), the measured one the refined minimum of the simulated curve
+``lo.theory.turning.turning_point`` (dotted), the measured one the refined minimum of the simulated curve
 (star). The measured curve is noise-free: Monte Carlo with 512 draws moved the argmin of the
 flat Gaussian-init, gamma = 0.05 curve by about 30% when the noise draws changed.
 
 (a) balanced, teacher-aligned init, where the theory is exact for gradient flow; (b) small
 Gaussian init (mean of seeds), predicted with the effective per-mode initial values
-``lo.theory.gaussian_init_s0`` (s0_i = c^2 (h - i + 1) / 2);
+``lo.theory.modes.gaussian_init_s0`` (s0_i = c^2 (h - i + 1) / 2);
 (c) predicted against measured T*.
 
 Run: ``python experiments/F3_perturbation.py [--quick] [--out DIR] [--set gammas="(0.03,)"]``.
@@ -65,7 +65,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     ck = lo.log_checkpoints(cfg["steps"], cfg["checkpoints"], first=cfg["first_step"])
     inits = {
         "aligned": dict(scheme="aligned", seeds=None, s0=cfg["init_scale"] ** 2),
-        "gaussian": dict(scheme="gaussian", seeds=cfg["gaussian_seeds"], s0=lo.theory.gaussian_init_s0(cfg["init_scale"], net)),
+        "gaussian": dict(scheme="gaussian", seeds=cfg["gaussian_seeds"], s0=lo.theory.modes.gaussian_init_s0(cfg["init_scale"], net)),
     }
 
     results, data = {}, {"gammas": gammas}
@@ -87,11 +87,11 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         pl = pl_all[:, runs[name]].mean(1)  # mean over seeds (one for the aligned init)
         base = loss_all[:, runs[name]].mean(-1)
         t_dense = np.geomspace(run_.t[0], run_.t[-1], 400)
-        theory_curve = lo.theory.perturbed_loss_curve(task, t_dense, gammas, widths=net, s0=init["s0"])
-        theory_at_ck = lo.theory.perturbed_loss_curve(task, run_.t, gammas, widths=net, s0=init["s0"])
+        theory_curve = lo.theory.curves.perturbed_loss_curve(task, t_dense, gammas, widths=net, s0=init["s0"])
+        theory_at_ck = lo.theory.curves.perturbed_loss_curve(task, run_.t, gammas, widths=net, s0=init["s0"])
         per_gamma = {}
         for g, gamma in enumerate(gammas):
-            tp = lo.theory.turning_point(task, gamma=float(gamma), widths=net, s0=init["s0"], depth=C.DEPTH)
+            tp = lo.theory.turning.turning_point(task, gamma=float(gamma), widths=net, s0=init["s0"], depth=C.DEPTH)
             m = C.turning(run_.t, pl[:, g])
             agree = C.t_star_agreement(run_.t, pl[:, g], theory_at_ck[:, g], tp.t_star, m, TOLERANCE[name])
             label = f"{name} init, gamma {gamma:g}"
@@ -181,7 +181,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
                 ("Gaussian init", Line2D([], [], marker="s", color="0.3", markerfacecolor="none", linestyle="none")),
                 (r"$\pm5\%$", Patch(color="0.75")), (r"$\pm20\%$", Patch(color="0.9"))])
             lp.legend(fig, colors={rf"$\gamma = {g:g}$": lp.gamma_color(g) for g in gammas},
-                      theory_label="theory: lo.theory.perturbed_loss_curve", sim_label="simulation: exact expectation on GD weights",
+                      theory_label="theory: lo.theory.curves.perturbed_loss_curve", sim_label="simulation: exact expectation on GD weights",
                       turning_point=True, measured_min=True, loc="outside lower center", ncol=4,
                       extra=[("(c) bar: t where the simulated loss\nis within 1% of its minimum",
                               Line2D([], [], color="0.3", marker="|", lw=0.8))])

@@ -4,7 +4,7 @@ Workload W1 (depth 2, widths 64, sigma_i = 1/i, lr 0.05, 32768 steps) from a bal
 teacher-aligned init (where the theory is exact for gradient flow) is pre-trained; every
 checkpoint is fine-tuned for a fixed number of GD steps on a shifted task at several learning
 rates, all in one vmapped ``lo.finetune`` call per shift. Markers: simulation; lines: the same
-quantities predicted without simulating any parameter by ``lo.theory.finetune_curve`` (mode
+quantities predicted without simulating any parameter by ``lo.theory.curves.finetune_curve`` (mode
 dynamics for pre-training, then the function-space flow for fine-tuning).
 
 Top row: the pre-training loss after fine-tuning, in units of its minimum. Which curves are
@@ -135,7 +135,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         with stages(f"{kind}: fine-tune {len(t)} checkpoints x {len(lrs)} lrs"):
             fr = lo.finetune(net, run_, ft, lr=lrs, steps=cfg["ft_steps"], key=k_ft)
         with stages(f"{kind}: function-space flow prediction"):
-            pred = lo.theory.finetune_curve(task, ft, t, widths=net, s0=cfg["init_scale"] ** 2, lr=lrs,
+            pred = lo.theory.curves.finetune_curve(task, ft, t, widths=net, s0=cfg["init_scale"] ** 2, lr=lrs,
                                             steps=cfg["ft_steps"], rtol=cfg["theory_rtol"])
         per_lr = _per_lr(t, run_.steps, fr, pred, lrs, tol, f"{kind} shift", checks)
         summary["shifts"][kind] = {"size": size, "rank": rank, "depth": 2, "per_lr": per_lr}
@@ -152,7 +152,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         run1 = lo.pretrain(net1, W1, task, lr=cfg["lr"], checkpoints=ck)
         fr1 = lo.finetune(net1, run1, ft1, lr=lrs, steps=cfg["control_ft_steps"], key=k_ft)
     with stages("depth-1 control: prediction"):
-        pred1 = lo.theory.finetune_curve(task, ft1, t, widths=net1, s0=cfg["init_scale"], lr=lrs,
+        pred1 = lo.theory.curves.finetune_curve(task, ft1, t, widths=net1, s0=cfg["init_scale"], lr=lrs,
                                          steps=cfg["control_ft_steps"], rtol=cfg["theory_rtol"])
     per_lr1 = _per_lr(t, run1.steps, fr1, pred1, lrs, tol, "depth-1 control", checks)
     summary["depth1_control"] = {"spectrum_factor": factor, "ft_steps": cfg["control_ft_steps"], "depth": 1,
@@ -258,7 +258,7 @@ def _plot(png, t, lrs, panels):
             extra.append((f"diverged fine-tuning run ({n_div_total}, not plotted)",
                           Line2D([], [], marker="x", color="k", linestyle="none")))
         lp.legend(fig, colors={rf"fine-tuning lr $\eta = {lr:g}$": lp.lr_color(lr) for lr in lrs},
-                  theory_label="theory: lo.theory.finetune_curve (mode dynamics, then fine-tuning)",
+                  theory_label="theory: lo.theory.curves.finetune_curve (mode dynamics, then fine-tuning)",
                   sim_label="simulation: GD fine-tuning from each checkpoint",
                   turning_point=True, measured_min=True, extra=extra, loc="outside lower center", ncol=3)
         lp.save(fig, png)

@@ -6,7 +6,7 @@ lr 0.02 for 500 steps, flow time 10 as F4's 0.01 x 1000). Top row: fine-tuning w
 once). No closed form is claimed: the pull acts on parameters and the function-space flow of
 ``lo.theory`` does not cover it, so this row is simulation only. Bottom row: weight decay lambda
 on every layer during pre-training (``lo.pretrain(weight_decay=)``), which the mode dynamics do
-cover (ds/dt = 2 s (sigma - lambda - s)): lines are ``lo.theory.finetune_curve(weight_decay=)``.
+cover (ds/dt = 2 s (sigma - lambda - s)): lines are ``lo.theory.curves.finetune_curve(weight_decay=)``.
 
 Strengths run from none to beyond the point where the degradation (last checkpoint over the
 minimum) falls below 1%. Columns: the U-curves; T* against the strength; the trade-off, i.e. the
@@ -132,7 +132,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         fr = lo.finetune(net, run_w, ft, lr=cfg["ft_lr"], steps=cfg["ft_steps"], key=k_ft)
         wd_pre.append(np.asarray(fr.pretrain_loss_after, float)[:, 0])
         wd_ft.append(np.asarray(fr.finetune_loss_after, float)[:, 0])
-        pred = lo.theory.finetune_curve(task, ft, t, widths=net, s0=s0, lr=cfg["ft_lr"], steps=cfg["ft_steps"],
+        pred = lo.theory.curves.finetune_curve(task, ft, t, widths=net, s0=s0, lr=cfg["ft_lr"], steps=cfg["ft_steps"],
                                         weight_decay=float(wd), rtol=cfg["theory_rtol"])
         wd_pre_th.append(pred.pretrain_loss_after[:, 0])
         wd_ft_th.append(pred.finetune_loss_after[:, 0])

@@ -2,12 +2,12 @@
 
 Depth 2, square widths, teacher sigma_i = i**-alpha, balanced teacher-aligned init (the theory is
 exact for gradient flow). (a) Heat map of the predicted turning point T* of the perturbed
-pre-training loss E[L(W + gamma E)] (``lo.theory.turning_point``, no simulation) over
+pre-training loss E[L(W + gamma E)] (``lo.theory.turning.turning_point``, no simulation) over
 (gamma, alpha); hatched: no turning point by the shared definition (``lo.theory.u_curve``: an interior
 minimum followed by a rise of at least 1%), because no mode is worth learning (the curve rises from
 t = 0), because T* lies beyond the pre-training horizon, or because the interior minimum is
 shallower than 1% (dotted hatching). The dashed line is where the smallest teacher mode reaches
-the depth-2 threshold gamma^2 (d_in + d_out) (``lo.theory.perturbation_threshold``): left of it every
+the depth-2 threshold gamma^2 (d_in + d_out) (``lo.theory.turning.perturbation_threshold``): left of it every
 mode is worth learning and the only minimum left is the shallow one of the final approach
 s_i -> sigma_i - gamma^2 (d_in + d_out)/2.
 Circles: T* measured in simulation, filled on the same colour scale (a point that agrees with
@@ -71,7 +71,7 @@ def _status(is_turning_point, at_start, at_end):
 
 def _predicted(task, gamma, net, s0, t_horizon, grid=None):
     """(T*, status) of the predicted curve up to ``t_horizon`` (statuses of :func:`_status`)."""
-    tp = lo.theory.turning_point(task, gamma=float(gamma), widths=net, s0=s0, grid=grid, t_max=t_horizon,
+    tp = lo.theory.turning.turning_point(task, gamma=float(gamma), widths=net, s0=s0, grid=grid, t_max=t_horizon,
                                  depth=C.DEPTH)
     return float(tp.t_star), _status(tp.is_turning_point, tp.t_star <= 0.0, tp.t_star >= t_horizon)
 
@@ -119,7 +119,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         W0 = net.init(k_init, scale=cfg["init_scale"], scheme="aligned", task=task)
         run_ = lo.pretrain(net, W0, task, lr=cfg["lr"], checkpoints=ck)
         pl = np.asarray(lo.theory.expected_perturbed_loss(run_.weights, task, gamma=sim_gammas), float)  # (C, G)
-        pl_th = lo.theory.perturbed_loss_curve(task, run_.t, sim_gammas, widths=net, s0=s0)
+        pl_th = lo.theory.curves.perturbed_loss_curve(task, run_.t, sim_gammas, widths=net, s0=s0)
         curves[float(alpha)] = pl
         for g, gamma in enumerate(sim_gammas):
             t_pred, st = _predicted(task, gamma, net, s0, t_horizon)
@@ -232,7 +232,7 @@ def _plot(png, gammas, alphas, t_map, status_map, boundary_gamma, g_dense, slice
         cb.set_label(r"turning point $T^*$ (time $t = \eta\cdot$steps)")
         hatched = [st for st in ("zero", "beyond", "shallow") if np.any(status_map == st)]
         lp.legend(fig, theory_label=None, sim_label=None, loc="outside lower center", ncol=3, extra=[x for x in [
-            ("(a) theory map: lo.theory.turning_point", Patch(facecolor=mesh.cmap(0.6), edgecolor="none")),
+            ("(a) theory map: lo.theory.turning.turning_point", Patch(facecolor=mesh.cmap(0.6), edgecolor="none")),
             ("(a) simulation (GD), same colour scale", Line2D([], [], marker="o", color="0.4", markeredgecolor="k",
                                                               linestyle="none")),
             ("no mode worth learning ($T^* = 0$)", Patch(facecolor="0.85", hatch="////", edgecolor="0.4"))
@@ -254,7 +254,7 @@ def _plot(png, gammas, alphas, t_map, status_map, boundary_gamma, g_dense, slice
                ylabel=r"turning point $T^*$ (time $t = \eta\cdot$steps)")
         bx.set_title(r"(b) slices at the simulated $\alpha$", loc="left")
         lp.legend(bx, colors={rf"$\alpha = {a:g}$": _alpha_color(i) for i, a in enumerate(sim_alphas)},
-                  theory_label=r"theory: lo.theory.turning_point", sim_label="simulation: argmin over GD checkpoints",
+                  theory_label=r"theory: lo.theory.turning.turning_point", sim_label="simulation: argmin over GD checkpoints",
                   loc="lower left", fontsize=6, ncol=2)
         bx.set_ylim(bottom=0.15 * np.nanmin(slices))  # room for the legend below the curves
         lp.save(fig, png)

@@ -6,20 +6,20 @@ flow); the init scale grows with depth so every mode is learnt within the horizo
 (a) Sensitivity S(T) = E[L(W + gamma E)] - L(W) of the GD weights, the expectation taken exactly
 (``lo.theory.expected_perturbed_loss``, markers; Monte Carlo, as in F2, cannot resolve the tiny
 early sensitivity of deep nets against the loss's own variance) against
-``lo.theory.sensitivity_from_spectrum`` of the closed-form spectrum (lines). Depth 1 is flat: the sensitivity of a single layer is
+``lo.theory.perturbation.sensitivity_from_spectrum`` of the closed-form spectrum (lines). Depth 1 is flat: the sensitivity of a single layer is
 gamma^2 d_in d_out / 2 whatever the weights. (b) The perturbed pre-training loss over time, in
 units of its measured minimum: the same exact expectation on the GD weights (markers) against
-``lo.theory.perturbed_loss_curve`` (lines); predicted T* dotted, measured minimum starred.
+``lo.theory.curves.perturbed_loss_curve`` (lines); predicted T* dotted, measured minimum starred.
 Turning points of measured and predicted curves are judged by the shared definition
 ``lo.theory.u_curve`` (an interior minimum followed by a rise of at least 1%): depth 1 has none (its
 curve ends on a plateau flat to float32 resolution). (c) Time at which each mode is half learnt against its singular
 value: depth >= 2 learns the modes one at a time, largest first (incremental learning), depth 1
 learns them all at once (every mode relaxes as exp(-t)).
 
-Predicted T*: ``lo.theory.turning_point`` at depth <= 2. At depth >= 3 it takes over a minute per
+Predicted T*: ``lo.theory.turning.turning_point`` at depth <= 2. At depth >= 3 it takes over a minute per
 call with its default 4096-point bracketing grid on this machine (the flat stretches of the
 curve give many spurious sign changes of the slope, each refined numerically), so there the
-theory T* is the minimum of ``lo.theory.perturbed_loss_curve`` on a dense log grid by ``u_curve``
+theory T* is the minimum of ``lo.theory.curves.perturbed_loss_curve`` on a dense log grid by ``u_curve``
 (the same estimator as the measured one, on ``theory_grid`` points; agrees with ``turning_point``
 to < 0.5 % at the default config).
 
@@ -104,16 +104,16 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
 
         # theory on a dense grid
         t_dense = np.geomspace(t[0], t[-1], int(cfg["theory_grid"]))
-        s_dense = lo.theory.mode_trajectory(sigma, t_dense, s0, depth=L)
-        S_th = np.asarray(lo.theory.sensitivity_from_spectrum(s_dense, gamma, widths=net), float)
-        pl_th = np.asarray(lo.theory.perturbed_loss_curve(task, t_dense, gamma, widths=net, s0=s0), float)
+        s_dense = lo.theory.modes.mode_trajectory(sigma, t_dense, s0, depth=L)
+        S_th = np.asarray(lo.theory.perturbation.sensitivity_from_spectrum(s_dense, gamma, widths=net), float)
+        pl_th = np.asarray(lo.theory.curves.perturbed_loss_curve(task, t_dense, gamma, widths=net, s0=s0), float)
         if L <= 2:
-            tp = lo.theory.turning_point(task, gamma=gamma, widths=net, s0=s0, t_max=float(t[-1]), depth=C.DEPTH)
+            tp = lo.theory.turning.turning_point(task, gamma=gamma, widths=net, s0=s0, t_max=float(t[-1]), depth=C.DEPTH)
             t_pred, pred_interior = float(tp.t_star), bool(tp.is_turning_point)
         else:  # turning_point is slow here (see the module docstring): u_curve of the dense predicted curve
             uth = C.turning(t_dense, pl_th)
             t_pred, pred_interior = uth.t_star, uth.is_turning_point
-        threshold = float(lo.theory.perturbation_threshold(gamma, widths=net))
+        threshold = float(lo.theory.turning.perturbation_threshold(gamma, widths=net))
         u = C.turning(t, pl)
         m = {"t": u.t_star, "index": u.index, "interior": u.is_turning_point, "u": u}
         th_half = _half_times(t_dense, s_dense, sigma)

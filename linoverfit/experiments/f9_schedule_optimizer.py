@@ -8,7 +8,7 @@ t = sum_k eta_k (``PretrainResult.t``). At every checkpoint: the sharpness (top 
 ``lo.theory.sharpness``), the exact expected loss after Gaussian weight perturbation
 (``lo.theory.expected_perturbed_loss`` on the trained weights) and the pre-training loss after
 fine-tuning on a shifted task (``lo.finetune``). Lines: gradient-flow theory
-(``lo.theory.perturbed_loss_curve``, ``finetune_curve``, ``sharpness_from_spectrum``), which in t
+(``lo.theory.curves.perturbed_loss_curve``, ``finetune_curve``, ``sharpness_from_spectrum``), which in t
 is the same for every schedule; for momentum it is drawn at t/(1 - beta). Turning points and
 degradation by ``lo.theory.u_curve``.
 
@@ -160,12 +160,12 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
 
     with stages("theory"):
         t_th = np.geomspace(res["GD constant"]["t"][0], res["GD constant"]["t"][-1], 200)
-        th_pert = np.asarray(lo.theory.perturbed_loss_curve(task, t_th, cfg["gamma"], widths=net, s0=s0), float)
-        th_ft = np.asarray(lo.theory.finetune_curve(task, ft, t_th, widths=net, s0=s0, lr=cfg["ft_lr"],
+        th_pert = np.asarray(lo.theory.curves.perturbed_loss_curve(task, t_th, cfg["gamma"], widths=net, s0=s0), float)
+        th_ft = np.asarray(lo.theory.curves.finetune_curve(task, ft, t_th, widths=net, s0=s0, lr=cfg["ft_lr"],
                                                     steps=cfg["ft_steps"]).pretrain_loss_after[:, 0], float)
         sig = np.sort(np.asarray(task.spectrum, float))[::-1]
-        s_t = lo.theory.mode_trajectory(sig, t_th, s0, depth=2)
-        th_sharp = np.asarray(lo.theory.sharpness_from_spectrum(s_t, task, net), float)
+        s_t = lo.theory.modes.mode_trajectory(sig, t_th, s0, depth=2)
+        th_sharp = np.asarray(lo.theory.curvature.sharpness_from_spectrum(s_t, task, net), float)
         th_pu, th_fu = lo.theory.u_curve(t_th, th_pert), lo.theory.u_curve(t_th, th_ft)
         data.update(t_theory=t_th, perturbed_loss_theory=th_pert, pretrain_loss_after_ft_theory=th_ft,
                     sharpness_theory=th_sharp)
@@ -194,7 +194,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     agree = {}
     for name in ("GD constant", "GD cosine", "GD WSD"):
         r = res[name]
-        flow = np.asarray(lo.theory.perturbed_loss_curve(task, r["t"], cfg["gamma"], widths=net, s0=s0), float)
+        flow = np.asarray(lo.theory.curves.perturbed_loss_curve(task, r["t"], cfg["gamma"], widths=net, s0=s0), float)
         agree[name] = float(np.max(np.abs(r["pert"] / flow - 1)))
     th_gap = agree.pop("GD constant")
     sgd_c, sgd_d = per["SGD constant"], per["SGD cosine"]
