@@ -5,15 +5,19 @@ derived in ``docs/theory.md`` and checked against simulation in ``tests/test_the
 
 At the top level, what a notebook needs most:
 
-* :func:`pretrain`, :func:`finetune`, :func:`gaussian`: the simulation's own calls (``lo.pretrain``,
+* :func:`~linoverfit.theory.mirror.pretrain`, :func:`~linoverfit.theory.mirror.finetune`,
+  :func:`~linoverfit.theory.mirror.gaussian`: the simulation's own calls (``lo.pretrain``,
   ``lo.finetune``, ``lo.sensitivity.gaussian``), predicted, returning the same result types
   (:mod:`~linoverfit.theory.mirror`).
-* :func:`expected_perturbed_loss`: the exact :math:`\mathbb E[L(W + \gamma E)]` of any weights.
-* :func:`sharpness`, :func:`stability_edge`: the top Hessian eigenvalue of the loss and
-  :math:`2/\lambda_{max}`, for any weights.
-* :func:`u_curve`, :class:`UCurve`: the one definition of a U-curve and its turning point.
-* :class:`PastEdgeWarning`, :class:`UnderivedWarning`: a prediction asked for past the stability
-  edge, a closed form used outside the conditions it was derived under.
+* :func:`~linoverfit.theory.perturbation.expected_perturbed_loss`: the exact
+  :math:`\mathbb E[L(W + \gamma E)]` of any weights.
+* :func:`~linoverfit.theory.curvature.sharpness`, :func:`~linoverfit.theory.curvature.stability_edge`:
+  the top Hessian eigenvalue of the loss and :math:`2/\lambda_{max}`, for any weights.
+* :func:`~linoverfit.theory.ucurve.u_curve`, :class:`~linoverfit.theory.ucurve.UCurve`: the one
+  definition of a U-curve and its turning point.
+* :class:`~linoverfit.theory.curvature.PastEdgeWarning`, :class:`~linoverfit.theory.modes.UnderivedWarning`:
+  a prediction asked for past the stability edge, a closed form used outside the conditions it was
+  derived under.
 
 The spectrum-level closed forms live in the submodules:
 

@@ -113,7 +113,7 @@ def perturbed_loss_curve(task: Task | ArrayLike, t: ArrayLike, gamma: ArrayLike,
     .. math:: f(t) = \tfrac12\sum_{i\le k}(\sigma_i - s_i(t))^2 + \tfrac12\sum_{i>k}\sigma_i^2
               + \tfrac12\sigma_\varepsilon^2 d_{out} + S\big(s(t);\gamma\big),
 
-    :math:`s_i(t)` from :func:`mode_trajectory` (balanced aligned init, :math:`\Sigma = I`),
+    :math:`s_i(t)` from :func:`~linoverfit.theory.modes.mode_trajectory` (balanced aligned init, :math:`\Sigma = I`),
     :math:`k = \min(\text{widths})` the modes the network carries and :math:`S` the exact
     sensitivity of balanced aligned weights (:func:`~linoverfit.theory.perturbation.sensitivity_from_spectrum`). For a Task whose
     input covariance :math:`\Sigma` shares the teacher's right singular vectors,
@@ -131,14 +131,14 @@ def perturbed_loss_curve(task: Task | ArrayLike, t: ArrayLike, gamma: ArrayLike,
         one per carried mode ``(k,)`` (e.g. :func:`~linoverfit.theory.modes.gaussian_init_s0` for a small Gaussian init).
       weight_decay: :math:`\lambda` on every layer during pre-training.
       pretrain_lr: ``None`` (pre-training by gradient flow) or the pre-training learning rate
-        :math:`\eta`: then :math:`s(t)` is GD's, exactly (:func:`mode_trajectory` with ``lr=``; the
+        :math:`\eta`: then :math:`s(t)` is GD's, exactly (:func:`~linoverfit.theory.modes.mode_trajectory` with ``lr=``; the
         per-mode map :math:`a \mapsto a + \eta(\kappa_i a^{L-1}(\sigma_i - a^L) - \lambda a)`).
 
     Returns shape ``t.shape + G``; :math:`\gamma = 0` gives the plain pre-training loss.
 
     Examples:
       >>> import numpy as np, linoverfit as lo
-      >>> f = lo.theory.perturbed_loss_curve(1 / np.arange(1, 9), np.geomspace(1, 1e4, 50), 0.1,
+      >>> f = lo.theory.curves.perturbed_loss_curve(1 / np.arange(1, 9), np.geomspace(1, 1e4, 50), 0.1,
       ...                                    widths=(8, 8, 8), s0=1e-6)
       >>> f.shape, int(np.argmin(f)) not in (0, 49)    # a U-curve: interior minimum
       ((50,), True)
@@ -188,10 +188,10 @@ def finetune_curve(task: Task, finetune: Task, t: ArrayLike, *, widths: DeepLine
                    method: str = "auto", rtol: float = 1e-10) -> FinetunePrediction:
     r"""Predicted fine-tuning outcome from every pre-training time ``t`` (balanced aligned init).
 
-    Pre-training gives :math:`P(t) = U\operatorname{diag}(s(t))V^\top` (:func:`mode_trajectory`; with
+    Pre-training gives :math:`P(t) = U\operatorname{diag}(s(t))V^\top` (:func:`~linoverfit.theory.modes.mode_trajectory`; with
     :math:`\Sigma v_i = \kappa_i v_i` each mode at its own input variance, ``docs/theory.md`` 1.8);
     fine-tuning on ``finetune`` for :math:`\tau = \eta\cdot\text{steps}` is the end-to-end flow
-    from it (:func:`predict_finetune`). ``pretrain_loss_after`` over ``t`` is the fine-tuning
+    from it (:func:`~linoverfit.theory.forgetting.predict_finetune`). ``pretrain_loss_after`` over ``t`` is the fine-tuning
     U-curve.
 
     Args:
@@ -202,12 +202,12 @@ def finetune_curve(task: Task, finetune: Task, t: ArrayLike, *, widths: DeepLine
       widths, s0, weight_decay: the pre-training network and init, as in :func:`perturbed_loss_curve`.
       lr: fine-tuning learning rate(s) ``(R,)``; steps: fine-tuning steps.
       pretrain_lr: ``None`` (pre-training by gradient flow) or the pre-training learning rate: then
-        :math:`s(t)` is GD's, exactly (:func:`mode_trajectory` with ``lr=``).
-      gd_order: how fine-tuning at each ``lr`` is predicted (:func:`predict_finetune`; default
+        :math:`s(t)` is GD's, exactly (:func:`~linoverfit.theory.modes.mode_trajectory` with ``lr=``).
+      gd_order: how fine-tuning at each ``lr`` is predicted (:func:`~linoverfit.theory.forgetting.predict_finetune`; default
         ``"auto"``: GD, not the flow).
       method, rtol: how the flow is integrated (:func:`~linoverfit.theory.flow.end_to_end_flow`).
 
-    Returns a :class:`FinetunePrediction` with ``t`` and losses ``(C, R)``.
+    Returns a :class:`~linoverfit.theory.forgetting.FinetunePrediction` with ``t`` and losses ``(C, R)``.
     """
     widths = _widths(widths)
     if not isinstance(task, Task):

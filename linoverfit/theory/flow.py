@@ -1,4 +1,4 @@
-r"""Function-space gradient flow of balanced deep linear networks, and fine-tuning predicted with it.
+r"""Function-space gradient flow of balanced deep linear networks.
 
 If the layers are balanced, :math:`W_{l+1}^\top W_{l+1} = W_l W_l^\top` (preserved by gradient flow),
 the end-to-end map :math:`P = W_L\cdots W_1` follows a closed ODE (Arora, Cohen & Hazan 2018;
@@ -10,7 +10,9 @@ the end-to-end map :math:`P = W_L\cdots W_1` follows a closed ODE (Arora, Cohen 
 With the full SVD :math:`P = U\operatorname{diag}(s)V^\top` (zeros padded) this is
 :math:`\dot P = -U\big[(U^\top \nabla L\, V)\odot K\big]V^\top`,
 :math:`K_{ab} = \sum_j s_a^{2(L-j)/L} s_b^{2(j-1)/L}` (with :math:`0^0 = 1`), e.g. :math:`K_{ab} = s_a + s_b`
-at depth 2. Integrating it from each checkpoint's :math:`P` predicts fine-tuning without parameters.
+at depth 2. Integrating it from each checkpoint's :math:`P` predicts fine-tuning without parameters
+(:mod:`~linoverfit.theory.forgetting`). The old paths ``linoverfit.theory.flow.predict_finetune``,
+``first_order_forgetting`` and ``FinetunePrediction`` work until 0.3.0 with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations

@@ -274,7 +274,7 @@ def first_order_forgetting(start: PretrainResult | ArrayLike, finetune_task: Tas
       >>> import numpy as np, linoverfit as lo
       >>> pre, ft = lo.Task(teacher=np.eye(2)), lo.Task(teacher=np.diag([1.0, 0.0]))
       >>> # P0 = A: V = -(1 + 1) diag(0, 1), so F = tau^2/2 * 4
-      >>> lo.theory.first_order_forgetting(np.eye(2), ft, [0.1, 0.2], depth=2, pretrain_task=pre)
+      >>> lo.theory.forgetting.first_order_forgetting(np.eye(2), ft, [0.1, 0.2], depth=2, pretrain_task=pre)
       array([0.02, 0.08])
     """
     P0, L, pre_task, _ = _resolve_start(start, depth, pretrain_task)

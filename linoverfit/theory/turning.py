@@ -7,7 +7,9 @@ The curves are those of :mod:`~linoverfit.theory.curves` (balanced aligned gradi
 :math:`\sigma_i^2/2` and raises the cost of the perturbation; :func:`turning_point` returns the
 minimiser of :math:`f` and, per mode, whether learning it pays; :func:`perturbation_threshold` the
 smallest singular value worth learning. (The turning point of a *result*, measured or predicted, is
-:func:`~linoverfit.theory.ucurve.turning_point`, ``lo.turning_point``.)
+:func:`~linoverfit.theory.ucurve.turning_point`, ``lo.turning_point``.) The old paths
+``linoverfit.theory.turning.perturbed_loss_curve`` and ``finetune_curve`` work until 0.3.0 with a
+``DeprecationWarning``.
 """
 
 from __future__ import annotations
