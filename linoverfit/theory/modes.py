@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ..networks import DeepLinear
 
 
-__all__ = ["mode_trajectory", "mode_velocity", "mode_asymptote", "input_variance", "gaussian_init_s0"]
+__all__ = ["mode_trajectory", "mode_velocity", "mode_asymptote", "input_variance", "gaussian_init_s0", "UnderivedWarning"]
 
 
 def _layer_field(a, sigma, L, lam, kappa=1.0):
