@@ -57,7 +57,7 @@ class FinetuneRun:
 
     def __call__(self, run, shared):
         b, lr, key = run
-        W_start, ft_task, pre_task, l2, seg_len, factor, spec = shared
+        W_start, ft_task, pre_task, l2, seg_len, block, factor, spec = shared
         W_init = tuple(w[b] for w in W_start)
         tx = self.make_opt(lr) if spec is None else spec.transform(lr)
         limit = _obj.divergence_limit(ft_task, W_init, factor, self.identity)
@@ -92,7 +92,7 @@ class FinetuneRun:
         def segment(carry, _):
             W, state, bad_step, i0 = carry
             unroll = _loops.UNROLL if spec is None else _loops.SPEC_UNROLL
-            W, state, bad_step = _loops.fori(i0, seg_len, step, (W, state, bad_step), unroll=unroll)
+            W, state, bad_step = _loops.fori_ticking(i0, seg_len, step, (W, state, bad_step), block, unroll=unroll)
             P = end_to_end(W)
             ft_loss = _obj.loss(ft_task, P, self.identity)
             # the last update of the segment is checked here (the step loop checks each loss before an update)
@@ -224,14 +224,17 @@ def finetune(
     lrs_d = jnp.asarray(lrs, dtype)
     runs = (jnp.repeat(jnp.arange(B, dtype=jnp.int32), R), jnp.tile(lrs_d, B), jax.random.split(key, B * R))
     identity = _obj.identity_cov(task)
+    flops = _progress.step_flops(net.widths, rows(task, batch_size))
+    # ticks (progress and Ctrl-C) inside each run's step loop, sized for a default chunk of 4 runs
+    block = _progress.tick_block(steps, 4 * flops)
     shared = (W_start, _obj.prepared(task), pre_task, jnp.asarray(l2, dtype),
-              jnp.asarray(seg_len, _v.step_dtype()), jnp.asarray(divergence_factor, dtype),
+              jnp.asarray(seg_len, _v.step_dtype()), jnp.asarray(block, _v.step_dtype()),
+              jnp.asarray(divergence_factor, dtype),
               None if spec is None else jax.tree.map(lambda x: jnp.asarray(x, dtype), spec))
-    work = Work(desc="fine-tuning", unit="run",
-                flops=_progress.step_flops(net.widths, rows(task, batch_size)) * float(steps) * B * R)
+    work = Work(desc="fine-tuning", unit="run", ticks_per_run=steps, flops=flops * float(steps) * B * R)
     fn = FinetuneRun(make_opt=make_opt, batch_size=batch_size, n_records=n_records,
                      return_weights=bool(return_weights), identity=identity)
-    outs = sweep(fn, runs, shared, layout=layout, work=work, footprint=footprint, default_chunk=4)
+    outs = sweep(fn, runs, shared, layout=layout, work=work, footprint=footprint, default_chunk=4, tick=False)
     record_steps = seg_len * np.arange(1, n_records + 1)
     W_end, diverged, bad_step, pre_traj, ft_traj, (pre_before, ft_before) = jax.block_until_ready(
         _layout(outs, W_start, task, pre_task, record_steps, lead, R))

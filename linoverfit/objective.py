@@ -120,14 +120,14 @@ def value_and_grad(task, W, key=None, step=0, batch_size=None, identity=False, r
 
 
 def zero_map_loss(task):
-    """Loss of the zero predictor, :math:`L(0)` (a scalar of the task's dtype): the task's natural
+    r"""Loss of the zero predictor, :math:`L(0)` (a scalar of the task's dtype): the task's natural
     loss scale, e.g. :math:`\tfrac12\operatorname{tr}(W_* \Sigma W_*^\top)` for a teacher task."""
     dtype = task.x.dtype if isinstance(task, Dataset) else task.teacher.dtype
     return task.loss(jnp.zeros((task.d_out, task.d_in), dtype))
 
 
 def divergence_limit(task, W_start, factor, identity=False):
-    """The one divergence rule's threshold, a scalar:
+    r"""The one divergence rule's threshold, a scalar:
     :math:`\text{limit} = \text{factor}\cdot\max(L(W_{\text{start}}), L(0))`, i.e. ``factor``
     times the larger of the starting loss and the loss of the zero map (the task's natural scale).
     ``W_start`` is a tuple of layer weights (any leading batch axes are not allowed)."""
@@ -135,6 +135,6 @@ def divergence_limit(task, W_start, factor, identity=False):
 
 
 def diverging(value, limit):
-    """Boolean array of ``value``'s shape: :math:`\neg\text{isfinite}(L) \lor L > \text{limit}`, a
+    r"""Boolean array of ``value``'s shape: :math:`\neg\text{isfinite}(L) \lor L > \text{limit}`, a
     loss that is non-finite or above the divergence limit (see :func:`divergence_limit`)."""
     return ~jnp.isfinite(value) | (value > limit)

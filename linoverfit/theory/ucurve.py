@@ -26,6 +26,8 @@ import numpy as np
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
+    from ..result_types import FinetuneResult, SensitivityResult
+
 
 __all__ = ["UCurve", "u_curve", "TurningPoints", "turning_point"]
 
@@ -248,7 +250,7 @@ class TurningPoints:
 DEFAULT_QUANTITY = {"lr": "pretrain_loss_after", "gamma": "perturbed_loss"}
 
 
-def turning_point(result, *, min_rise: float = 0.01, quantity: str | None = None) -> TurningPoints:
+def turning_point(result: FinetuneResult | SensitivityResult, *, min_rise: float = 0.01, quantity: str | None = None) -> TurningPoints:
     r"""Turning point of each U-curve over pre-training time in a result, measured or predicted alike.
 
     One definition (:func:`u_curve`) for simulated and predicted results: a fine-tuning result
