@@ -365,7 +365,8 @@ def _mode_map(Ws, task, lrs, l2, on_map, record_steps, dtype):
     found = _aligned(Ws, A, L, dtype)
     if found is None:
         raise ValueError("method='modes' needs balanced starts whose end-to-end maps share the fine-tuning "
-                         "teacher's singular vectors (Springer's setting: lo.springer.setting); use method='gd' "
+                         "teacher's singular vectors (Springer's setting: lo.springer.setting; a repeated singular "
+                         "value of the teacher has no unique vectors and may fail this check); use method='gd' "
                          "(exact GD on the run's own layers, any start)")
     kappa = input_variance(task)  # raises unless Sigma shares the teacher's right singular vectors
     U, sigma, Vt = np.linalg.svd(A, full_matrices=False)
