@@ -29,7 +29,9 @@ Predictions by start (:func:`pretrain`, ``method="auto"`` picks the first that a
   continuous-time limit. Differs from GD by :math:`O(\eta)`; ``exact`` is False.
 
 :func:`finetune` is :func:`~linoverfit.theory.predict_finetune` on the run's own layers (exact GD
-for at most 10 000 steps by default), :func:`gaussian` the exact expectation
+for at most 10 000 steps by default); with a penalty toward the checkpoint (``l2``, ``l2_on="layers"``
+or Springer et al.'s ``l2_on="map"``) it iterates the penalised GD exactly (``method="gd"``, any
+start) or the per-mode map of balanced aligned starts (``method="modes"``). :func:`gaussian` is the exact expectation
 :func:`~linoverfit.theory.perturbation_sensitivity` (``stderr`` zero, ``samples`` 0).
 """
 
@@ -51,14 +53,19 @@ from ..networks import DeepLinear
 from ..tasks import Dataset, Task
 # helpers of the theory modules (one block: paths are fixed here when those modules move)
 from ..pretraining import DIVERGENCE_FACTOR
+from ..finetuning import check_l2_on, map_penalty
 from .flow import AUTO_EXACT_STEPS, _layer_flow_rhs, _loss, predict_finetune
 from .integrate import dop853
+from .curvature import check_edge
 from .modes import input_variance, mode_trajectory
 from .perturbation import perturbation_sensitivity
 
-__all__ = ["pretrain", "finetune", "gaussian", "PRETRAIN_METHODS"]
+__all__ = ["pretrain", "finetune", "gaussian", "PRETRAIN_METHODS", "FINETUNE_METHODS"]
 
 PRETRAIN_METHODS = ("auto", "modes", "gd", "flow")
+#: :func:`finetune`'s own methods (the penalised exact GD and the per-mode map); any other ``method``
+#: is :func:`~linoverfit.theory.predict_finetune`'s (unpenalised fine-tuning only).
+FINETUNE_METHODS = ("gd", "modes")
 
 
 # ----------------------------------------------------------------------------- checks
@@ -274,29 +281,190 @@ def pretrain(net: DeepLinear, W0, task: Task, *, lr: float, checkpoints, weight_
 # ----------------------------------------------------------------------------- fine-tuning
 
 
-def finetune(net: DeepLinear, run, task: Task, *, lr, steps: int, l2: float = 0.0, record_every: int | None = None,
-             return_weights: bool = False, pretrain_task=None,
+@partial(jax.jit, static_argnames=("identity", "on_map"))
+def _penalised_gd_core(W0, task, etas, l2, segs, *, identity, on_map):
+    r"""Exact GD on :math:`L_{ft} + R_\lambda` from every start ``W0`` ``(B, ...)`` at every rate ``etas``
+    ``(R,)``: :math:`W \leftarrow W - \eta(\nabla L_{ft} + \nabla R_\lambda)` with the simulation's
+    gradient (:func:`linoverfit.objective.value_and_grad`) and penalty (``lo.finetune``'s
+    :class:`~linoverfit.finetuning.FinetuneRun`: the layer pull, or :func:`~linoverfit.finetuning.map_penalty`
+    with ``on_map``). Returns the maps ``(B, R, K, m, n)`` and :math:`R_\lambda` ``(B, R, K)`` after each
+    segment of ``segs`` ``(K,)`` steps."""
+    task = _obj.prepared(task)
+
+    def one(W_init, eta):
+        P_init = W_init[0]
+        for w in W_init[1:]:
+            P_init = w @ P_init
+
+        def penalty(W):
+            if on_map:
+                return map_penalty(W, P_init, l2)
+            diff = tuple(w - w0 for w, w0 in zip(W, W_init))
+            return 0.5 * l2 * sum(jnp.sum(d * d) for d in diff), tuple(l2 * d for d in diff)
+
+        def step(i, W):
+            _, g = _obj.value_and_grad(task, W, None, i, None, identity)
+            _, gp = penalty(W)
+            return tuple(w - eta * (gw + p) for w, gw, p in zip(W, g, gp))
+
+        def segment(W, n):
+            W = jax.lax.fori_loop(jnp.zeros((), n.dtype), n, step, W)
+            P = W[0]
+            for w in W[1:]:
+                P = w @ P
+            return W, (P, penalty(W)[0])
+
+        return jax.lax.scan(segment, W_init, segs)[1]
+
+    return jax.vmap(lambda W: jax.vmap(lambda eta: one(W, eta))(etas))(W0)
+
+
+def _penalised_gd(Ws, task, lrs, l2, on_map, record_steps):
+    """:func:`_penalised_gd_core` in float64 on the layers ``Ws`` ``(B, n_l, n_{l-1})``: maps ``(B, R, K, m, n)``
+    and penalty values ``(B, R, K)`` as numpy."""
+    with jax.enable_x64(True):
+        f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
+        identity = bool(np.array_equal(np.asarray(task.input_cov), np.eye(task.d_in)))
+        segs = jnp.asarray(np.diff(record_steps, prepend=0), jnp.int64)
+        P, pen = _penalised_gd_core(tuple(f64(w) for w in Ws), jax.tree.map(f64, task), f64(lrs), f64(l2), segs,
+                                    identity=identity, on_map=on_map)
+        return np.asarray(P), np.asarray(pen)
+
+
+@partial(jax.jit, static_argnames=("L", "on_map"))
+def _mode_map_core(a0, sigma, kappa, etas, l2, segs, *, L, on_map):
+    r"""The per-mode GD map of penalised fine-tuning from balanced aligned starts, every mode value
+    :math:`a` ``(B, r)`` at every rate ``etas`` ``(R,)``:
+    :math:`a \leftarrow a + \eta\big(\kappa a^{L-1}(\sigma - a^L) - \rho(a)\big)` with
+    :math:`\rho = \lambda(a - a_0)` (layer pull) or :math:`\rho = 2\lambda a^{L-1}(a^L - a_0^L)` (map
+    penalty). Returns :math:`a` ``(B, R, K, r)`` after each segment of ``segs`` ``(K,)`` steps."""
+    def one(a_init, eta):
+        s_init = a_init ** L
+
+        def step(_, a):
+            aL1 = a ** (L - 1)
+            rho = 2 * l2 * aL1 * (a ** L - s_init) if on_map else l2 * (a - a_init)
+            return a + eta * (kappa * aL1 * (sigma - a ** L) - rho)
+
+        def segment(a, n):
+            a = jax.lax.fori_loop(jnp.zeros((), n.dtype), n, step, a)
+            return a, a
+
+        return jax.lax.scan(segment, a_init, segs)[1]
+
+    return jax.vmap(lambda a: jax.vmap(lambda eta: one(a, eta))(etas))(a0)
+
+
+def _mode_map(Ws, task, lrs, l2, on_map, record_steps, dtype):
+    r"""Fine-tuning of balanced aligned starts by the per-mode map (:func:`_mode_map_core`): maps
+    ``(B, R, K, m, n)`` :math:`P = P_0 + U\operatorname{diag}(a^L - a_0^L)V^\top` and penalty values
+    ``(B, R, K)`` (:math:`\tfrac{\lambda}{2}L\sum_i(a_i - a_{0,i})^2` or :math:`\lambda\sum_i(a_i^L - a_{0,i}^L)^2`).
+    Raises a ValueError unless every start is balanced and aligned with ``task``'s singular vectors."""
+    L = len(Ws)
+    A = np.asarray(task.teacher, np.float64)
+    found = _aligned(Ws, A, L, dtype)
+    if found is None:
+        raise ValueError("method='modes' needs balanced starts whose end-to-end maps share the fine-tuning "
+                         "teacher's singular vectors (Springer's setting: lo.springer.setting; a repeated singular "
+                         "value of the teacher has no unique vectors and may fail this check); use method='gd' "
+                         "(exact GD on the run's own layers, any start)")
+    kappa = input_variance(task)  # raises unless Sigma shares the teacher's right singular vectors
+    U, sigma, Vt = np.linalg.svd(A, full_matrices=False)
+    s0 = found[1]
+    with jax.enable_x64(True):
+        segs = jnp.asarray(np.diff(record_steps, prepend=0), jnp.int64)
+        a = np.asarray(_mode_map_core(jnp.asarray(s0 ** (1.0 / L)), jnp.asarray(sigma), jnp.asarray(kappa),
+                                      jnp.asarray(lrs, jnp.float64), jnp.asarray(l2, jnp.float64), segs,
+                                      L=L, on_map=on_map))
+    a0 = (s0 ** (1.0 / L))[:, None, None, :]
+    P0 = Ws[0]
+    for w in Ws[1:]:
+        P0 = w @ P0
+    P = P0[:, None, None] + (U * (a ** L - a0 ** L)[..., None, :]) @ Vt
+    pen = l2 * np.sum((a ** L - a0 ** L) ** 2, -1) if on_map else 0.5 * l2 * L * np.sum((a - a0) ** 2, -1)
+    return P, pen
+
+
+def _penalised_finetune(net, run, task, pre_task, lrs, steps, l2, l2_on, record_steps, factor, method, dtype):
+    """``lo.theory.finetune`` by ``method`` ``"gd"`` or ``"modes"``: ``(pre_traj, ft_traj, objective_traj)``
+    ``(C, R[, S], K)``, the losses before ``(C[, S])`` and ``past_edge`` ``(C, R[, S])``."""
+    weights = _f64(run.weights)
+    lead = weights[0].shape[:-2]
+    Ws = tuple(w.reshape((-1,) + w.shape[len(lead):]) for w in weights)
+    on_map = l2_on == "map"
+    if method == "modes":
+        P, pen = _mode_map(Ws, task, lrs, l2, on_map, record_steps, dtype)
+    else:
+        P, pen = _penalised_gd(Ws, task, lrs, l2, on_map, record_steps)
+    P0 = Ws[0]
+    for w in Ws[1:]:
+        P0 = w @ P0
+
+    def to_cr(x):  # (B, R, K, ...) -> (C, R[, S], K, ...)
+        x = x.reshape(lead + x.shape[1:])
+        return np.moveaxis(x, len(lead), 1) if len(lead) == 2 else x
+
+    pre, ft, pen = to_cr(_loss(pre_task, P)), to_cr(_loss(task, P)), to_cr(pen)
+    # the stability edge of the penalised objective: Gauss-Newton sharpness L s1^(2-2/L) (||Sigma|| + 2 lambda
+    # on the map) + lambda (layer pull), at the start and at the predicted end
+    L = len(Ws)
+    c = float(np.linalg.eigvalsh(np.asarray(task.input_cov, np.float64))[-1])
+    gn = lambda M: L * np.linalg.norm(np.where(np.isfinite(M), M, 0.0), ord=2, axis=(-2, -1)) ** (2.0 - 2.0 / L)  # noqa: E731
+    curv = lambda g: g * (c + (2 * l2 if on_map else 0.0)) + (0.0 if on_map else l2)  # noqa: E731
+    start = curv(gn(P0)).reshape(lead)
+    end = curv(to_cr(gn(P[:, :, -1])[..., None])[..., 0])
+    lam = np.maximum(np.expand_dims(start, 1), end)
+    with np.errstate(divide="ignore"):
+        edge = 2.0 / lam
+    r = lrs.reshape((1, -1) + (1,) * (len(lead) - 1))
+    past = check_edge(np.broadcast_to(r, edge.shape), edge, "lo.theory.finetune", stacklevel=4)
+    return pre, ft, ft + pen, _loss(pre_task, P0.reshape(lead + P0.shape[1:])), _loss(task, P0.reshape(lead + P0.shape[1:])), past
+
+
+def finetune(net: DeepLinear, run, task: Task, *, lr, steps: int, l2: float = 0.0, l2_on: str = "layers",
+             record_every: int | None = None, return_weights: bool = False, pretrain_task=None,
              divergence_factor: float = DIVERGENCE_FACTOR, gd_order="auto", method: str = "auto"):
-    r"""Predicted ``lo.finetune(net, run, task, lr=, steps=, record_every=)``: the same
+    r"""Predicted ``lo.finetune(net, run, task, lr=, steps=, l2=, l2_on=, record_every=)``: the same
     :class:`~linoverfit.FinetuneResult` (``pretrain_loss_before/after``, ``finetune_loss_before/after``
-    ``(C, R[, S])``, ``diverged``, ``diverged_step``, loss trajectories with ``record_every``), from
-    :func:`~linoverfit.theory.predict_finetune` on the run's own layers (``run`` simulated or predicted).
+    ``(C, R[, S])``, ``diverged``, ``diverged_step``, loss trajectories with ``record_every``), on the
+    run's own layers (``run`` simulated or predicted).
 
-    With the defaults (``gd_order="auto"``) GD is iterated exactly on the run's own layers when
-    ``steps <= 10 000`` (``result.exact`` True, round-off), else (for rates with
-    :math:`\eta\lambda \le 1/4`) its order-2 modified equation (error :math:`O(\eta^3)`, ``exact``
-    False); ``gd_order=0`` predicts gradient flow (error :math:`O(\eta)`). ``result.past_edge``
-    ``(C, R[, S])`` marks learning rates at or past the stability edge (they warn,
-    :class:`~linoverfit.theory.PastEdgeWarning`, and the prediction does not describe GD there).
+    ``method``:
 
-    Divergence follows the simulation's rule at the predicted points only: a run whose fine-tuning
-    loss at a record (or the end) is non-finite or above ``divergence_factor`` times
-    :math:`\max(L_{ft}(W^0), L_{ft}(0))` is marked in ``diverged``, ``diverged_step`` is that
-    record's step (the simulation gives the exact step), its losses from there on are NaN, and a
-    :class:`~linoverfit.DivergenceWarning` is raised. Trajectories cost one prediction per record.
+    * ``"auto"`` (default): without a penalty (``l2=0``), :func:`~linoverfit.theory.predict_finetune`
+      (below); with one, ``"gd"``.
+    * ``"gd"``: any start, any ``l2``/``l2_on``: the exact GD map of the penalised objective
+      :math:`L_{ft} + R_\lambda` iterated in float64 on the run's own layers, with the simulation's
+      gradient and penalty (:math:`R_\lambda = \tfrac{\lambda}{2}\sum_l\lVert W_l - W_l^0\rVert_F^2`
+      for ``l2_on="layers"``, :math:`\lambda\lVert\theta - \theta^0\rVert_F^2` on the end-to-end map
+      :math:`\theta = W_L\cdots W_1` for ``"map"``, Springer et al. 2025). Exact (round-off).
+    * ``"modes"``: starts that are balanced and whose maps share the fine-tuning teacher's singular
+      vectors (Springer's setting, :mod:`linoverfit.springer`), and an input covariance sharing its
+      right singular vectors. Every layer carries :math:`a_i` on mode :math:`i` and one GD step is the
+      scalar map :math:`a \leftarrow a + \eta\big(\kappa a^{L-1}(\sigma - a^L) - \rho(a)\big)`,
+      :math:`\rho = \lambda(a - a_0)` (layers) or :math:`2\lambda a^{L-1}(a^L - a_0^L)` (map); the
+      map is :math:`P = P_0 + U\operatorname{diag}(a^L - a_0^L)V^\top`. Exact (round-off). Its fixed
+      point under the map penalty is :math:`a^L = (\kappa\sigma + 2\lambda a_0^L)/(\kappa + 2\lambda)`
+      (the fine-tuned mode is pulled toward its checkpoint value).
+    * ``"layers"``, ``"function"``, ``"closed"``: :func:`~linoverfit.theory.predict_finetune`'s flow
+      methods, unpenalised only (a penalty raises a ValueError naming the methods that predict it).
 
-    Assumes plain fine-tuning: ``l2`` must be 0 (the pull toward the checkpoint is not predicted;
-    simulate it with ``lo.finetune(l2=)``) and ``return_weights`` False (the prediction gives maps).
+    Without a penalty the defaults (``method="auto"``, ``gd_order="auto"``) iterate GD exactly on the
+    run's own layers when ``steps <= 10 000`` (``result.exact`` True, round-off), else (for rates
+    with :math:`\eta\lambda \le 1/4`) its order-2 modified equation (error :math:`O(\eta^3)`,
+    ``exact`` False); ``gd_order=0`` predicts gradient flow (error :math:`O(\eta)`). ``"gd"`` and
+    ``"modes"`` are exact GD and take ``gd_order`` ``"auto"`` or ``"exact"`` only.
+    ``result.past_edge`` ``(C, R[, S])`` marks learning rates at or past the stability edge (they
+    warn, :class:`~linoverfit.theory.PastEdgeWarning`, and the prediction does not describe GD there).
+
+    Divergence follows the simulation's rule at the predicted points only: a run whose objective
+    (fine-tuning loss, plus the penalty when ``l2 > 0``, as in the simulation) at a record (or the
+    end) is non-finite or above ``divergence_factor`` times :math:`\max(L_{ft}(W^0), L_{ft}(0))` is
+    marked in ``diverged``, ``diverged_step`` is that record's step (the simulation gives the exact
+    step), its losses from there on are NaN, and a :class:`~linoverfit.DivergenceWarning` is raised.
+    The recorded fine-tuning losses are the task loss without the penalty, as in the simulation.
+
+    ``return_weights`` must be False (the prediction gives maps).
     """
     _net(net)
     if not isinstance(run, _rt.PretrainResult):
@@ -307,8 +475,8 @@ def finetune(net: DeepLinear, run, task: Task, *, lr, steps: int, l2: float = 0.
     pre_task = run.task if pretrain_task is None else net.check_task(pretrain_task, "pretrain_task")
     net.check_weights(run.weights, "run.weights")
     dtype = _v.working_dtype(run.weights, "run.weights")
-    if _v.positive_scalar(l2, "l2", allow_zero=True) != 0:
-        raise ValueError("l2 must be 0: the pull toward the checkpoint is not predicted; simulate it with lo.finetune(l2=)")
+    l2 = _v.positive_scalar(l2, "l2", allow_zero=True)
+    l2_on = check_l2_on(l2_on)
     if return_weights:
         raise ValueError("return_weights=True is not predicted (the prediction gives end-to-end maps: "
                          "lo.theory.predict_finetune(run, task, return_maps=True))")
@@ -322,32 +490,47 @@ def finetune(net: DeepLinear, run, task: Task, *, lr, steps: int, l2: float = 0.
         if steps % record_every:
             raise ValueError(f"record_every ({record_every}) must divide steps ({steps})")
         record_steps = record_every * np.arange(1, steps // record_every + 1)
-    preds = [predict_finetune(run, task, lrs, int(k), pretrain_task=pre_task, gd_order=gd_order, method=method)
-             for k in record_steps]
-    first = preds[0]
-    pre_traj = np.stack([p.pretrain_loss_after for p in preds], -1)  # (C, R[, S], K)
-    ft_traj = np.stack([p.finetune_loss_after for p in preds], -1)
+    if method == "auto" and l2 != 0:
+        method = "gd"
+    if l2 != 0 and method not in FINETUNE_METHODS:
+        raise ValueError(f"l2 > 0 (l2_on={l2_on!r}) is predicted by method='gd' (exact GD, any start) or "
+                         f"method='modes' (balanced starts aligned with the fine-tuning teacher); method={method!r} "
+                         "integrates unpenalised fine-tuning")
+    if method in FINETUNE_METHODS:
+        if gd_order not in ("auto", "exact"):
+            raise ValueError(f"method={method!r} iterates GD exactly: gd_order must be 'auto' or 'exact', got {gd_order!r}")
+        pre_traj, ft_traj, obj_traj, pre_before, ft_before, past = _penalised_finetune(
+            net, run, task, pre_task, lrs, steps, l2, l2_on, record_steps, factor, method, dtype)
+        order, exact, prediction = "exact", True, f"finetune(method={method!r}, l2_on={l2_on!r})"
+    else:
+        preds = [predict_finetune(run, task, lrs, int(k), pretrain_task=pre_task, gd_order=gd_order, method=method)
+                 for k in record_steps]
+        first = preds[0]
+        pre_traj = np.stack([p.pretrain_loss_after for p in preds], -1)  # (C, R[, S], K)
+        ft_traj = np.stack([p.finetune_loss_after for p in preds], -1)
+        obj_traj, pre_before, ft_before = ft_traj, first.pretrain_loss_before, first.finetune_loss_before
+        past = np.any([p.past_edge for p in preds], axis=0)
+        order = first.gd_order
+        exact = order != 0 and (order == "exact" or net.depth == 1 or (order == "auto" and steps <= AUTO_EXACT_STEPS))
+        prediction = f"predict_finetune(gd_order={order!r})"
     P0 = np.asarray(run.end_to_end, np.float64)
-    limit = factor * np.maximum(first.finetune_loss_before, _loss(task, np.zeros(P0.shape[-2:])))
-    bad = ~np.isfinite(ft_traj) | (ft_traj > np.expand_dims(np.expand_dims(limit, 1), -1))
+    limit = factor * np.maximum(ft_before, _loss(task, np.zeros(P0.shape[-2:])))
+    bad = ~np.isfinite(obj_traj) | (obj_traj > np.expand_dims(np.expand_dims(limit, 1), -1))
     diverged = bad.any(-1)
     bad_step = np.where(diverged, record_steps[np.argmax(bad, -1)], -1).astype(_v.step_dtype())
     invalid = diverged[..., None] & (record_steps >= bad_step[..., None])
     pre_traj, ft_traj = np.where(invalid, np.nan, pre_traj), np.where(invalid, np.nan, ft_traj)
-    order = first.gd_order
-    exact = order != 0 and (order == "exact" or net.depth == 1 or (order == "auto" and steps <= AUTO_EXACT_STEPS))
     c = lambda x: np.asarray(x, dtype)  # noqa: E731
     result = _rt.FinetuneResult(
-        steps=np.asarray(run.steps), lr=lrs, ft_steps=steps, l2=0.0, pretrain_lr=float(run.lr),
-        pretrain_loss_before=c(first.pretrain_loss_before), finetune_loss_before=c(first.finetune_loss_before),
+        steps=np.asarray(run.steps), lr=lrs, ft_steps=steps, l2=l2, l2_on=l2_on, pretrain_lr=float(run.lr),
+        pretrain_loss_before=c(pre_before), finetune_loss_before=c(ft_before),
         pretrain_loss_after=c(pre_traj[..., -1]), finetune_loss_after=c(ft_traj[..., -1]),
         diverged=diverged, diverged_step=bad_step,
         record_steps=None if record_every is None else record_steps,
         pretrain_loss_trajectory=None if record_every is None else c(pre_traj),
         finetune_loss_trajectory=None if record_every is None else c(ft_traj),
         weights=None, pretrain_t=None if run.times is None else np.asarray(run.t),
-        past_edge=np.any([p.past_edge for p in preds], axis=0),
-        prediction=f"predict_finetune(gd_order={order!r})", exact=bool(exact))
+        past_edge=past, prediction=prediction, exact=bool(exact))
     if diverged.any():
         warnings.warn(f"{int(diverged.sum())} predicted fine-tuning run(s) diverged; their after-losses are NaN and "
                       "marked in result.diverged; lower the learning rate.", _rt.DivergenceWarning, stacklevel=2)
