@@ -9,6 +9,7 @@ Quick map::
     lo.sensitivity    Monte Carlo sensitivity to Gaussian weight noise
     lo.theory         the same calls predicted in closed form (theory.pretrain/finetune/gaussian),
                       and the spectrum-level closed forms in its submodules
+    lo.springer       Springer et al.'s setting: shared singular vectors, exp(-T) I init, rank-i checkpoints
     lo.turning_point  the turning point of a measured or predicted result
     lo.sweep          the one seam from a single-run function to a laid-out sweep (lo.Layout)
     lo.optimizers     momentum, Adam, SAM, hyperparameters traced (no recompiles)
@@ -19,7 +20,7 @@ Quick map::
 from importlib import metadata as _metadata
 
 from . import deprecation as _deprecation
-from . import errors, optimizers, sensitivity, tasks
+from . import errors, optimizers, sensitivity, springer, tasks
 from .checkpoints import linear_checkpoints, log_checkpoints
 from .finetuning import finetune
 from .networks import DeepLinear
@@ -49,6 +50,7 @@ for _old, _new in {
 
 __all__ = [
     "tasks",
+    "springer",
     "theory",
     "sensitivity",
     "optimizers",

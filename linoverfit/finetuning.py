@@ -2,8 +2,17 @@ r"""Fine-tuning: one run (:class:`FinetuneRun`: one checkpoint, one learning rat
 checkpoint x seed x learning rate in one sweep (:func:`finetune`).
 
 From a checkpoint :math:`W^0` a run takes ``steps`` steps of the optimiser (plain GD by default) on
-:math:`L_{ft}(W) + \tfrac{\lambda}{2}\sum_l\lVert W_l - W_l^0\rVert_F^2` (``l2`` = :math:`\lambda`,
-an l2 pull toward the pre-trained weights) and records the pre-training and fine-tuning losses.
+:math:`L_{ft}(W) + R_\lambda(W)` and records the pre-training and fine-tuning losses. The penalty
+toward the checkpoint (``l2`` = :math:`\lambda`) is either
+
+* ``l2_on="layers"`` (default): the layer pull :math:`R_\lambda = \tfrac{\lambda}{2}\sum_l\lVert W_l - W_l^0\rVert_F^2`;
+* ``l2_on="map"``: Springer et al.'s (2025, arXiv:2503.19206) penalty on the end-to-end map
+  :math:`R_\lambda = \lambda\lVert\theta - \theta^0\rVert_F^2`, :math:`\theta = W_L\cdots W_1`
+  (no 1/2: the convention of the paper's restatement, Feng et al. 2026, arXiv:2605.12705 App. C),
+  whose layer gradient is :math:`2\lambda(\theta - \theta^0)` pulled back through the product.
+
+The recorded fine-tuning losses are the task loss :math:`L_{ft}` alone for both penalties; the
+divergence rule watches the objective :math:`L_{ft} + R_\lambda`.
 A run that diverges (:func:`linoverfit.objective.diverging`, the objective the run minimises) is
 frozen at its last finite weights.
 """
@@ -34,7 +43,30 @@ from .result_types import DivergenceWarning, FinetuneResult, PretrainResult
 from .sweeps import Footprint, Layout, Work, resolve_layout, sweep
 from .tasks import Dataset, Task
 
-__all__ = ["finetune", "FinetuneRun"]
+__all__ = ["finetune", "FinetuneRun", "L2_ON"]
+
+#: The penalties toward the checkpoint: the layer pull and Springer et al.'s end-to-end map penalty.
+L2_ON = ("layers", "map")
+
+
+def check_l2_on(l2_on) -> str:
+    r"""``l2_on`` validated: one of :data:`L2_ON` (``"layers"``: :math:`\tfrac{\lambda}{2}\sum_l\lVert W_l - W_l^0\rVert^2`,
+    ``"map"``: :math:`\lambda\lVert\theta - \theta^0\rVert^2`), else a ValueError naming the argument."""
+    if not isinstance(l2_on, str) or l2_on not in L2_ON:
+        raise ValueError(f"l2_on must be one of {L2_ON} (the l2 penalty on the layers or on the end-to-end map), "
+                         f"got {l2_on!r}")
+    return l2_on
+
+
+def map_penalty(W, P0, l2):
+    r"""Springer et al.'s penalty on the end-to-end map and its layer gradient:
+    :math:`\lambda\lVert\theta - \theta^0\rVert_F^2` with :math:`\theta = W_L\cdots W_1`, and
+    :math:`\partial/\partial W_l = (W_L\cdots W_{l+1})^\top 2\lambda(\theta - \theta^0)(W_{l-1}\cdots W_1)^\top`
+    (one ``jax.vjp`` of the product). ``W``: layers ``(n_l, n_{l-1})``; ``P0``: ``(d_out, d_in)``."""
+    P, pullback = jax.vjp(end_to_end, W)
+    D = P - P0
+    (g,) = pullback(2 * l2 * D)
+    return l2 * jnp.sum(D * D), g
 
 
 @dataclass(frozen=True)
@@ -47,6 +79,8 @@ class FinetuneRun:
     (held once, indexed by every run: memory does not grow with the number of learning rates),
     the prepared fine-tuning task, the pre-training task, :math:`\lambda`, steps per record, the
     divergence factor, and a traced :mod:`linoverfit.optimizers` spec (``None``: ``make_opt``).
+    ``on_map`` (static): the penalty is :math:`\lambda\lVert\theta - \theta^0\rVert_F^2` on the
+    end-to-end map (:func:`map_penalty`) instead of the layer pull.
     """
 
     make_opt: Callable | None
@@ -54,18 +88,26 @@ class FinetuneRun:
     n_records: int
     return_weights: bool
     identity: bool
+    on_map: bool = False
 
     def __call__(self, run, shared):
         b, lr, key = run
-        W_start, ft_task, pre_task, l2, seg_len, factor, spec = shared
+        W_start, ft_task, pre_task, l2, seg_len, block, factor, spec = shared
         W_init = tuple(w[b] for w in W_start)
         tx = self.make_opt(lr) if spec is None else spec.transform(lr)
         limit = _obj.divergence_limit(ft_task, W_init, factor, self.identity)
 
+        if self.on_map:
+            P_init = end_to_end(W_init)
+
         def pull(W, loss, g):
-            """l2 pull toward the checkpoint, + l2/2 sum ||W - W0||^2 (skipped at run time when l2 == 0)."""
+            """The penalty toward the checkpoint (skipped at run time when l2 == 0): + l2/2 sum ||W - W0||^2
+            (layers), or + l2 ||P - P0||^2 on the end-to-end map (``on_map``)."""
             def on(args):
                 loss, g = args
+                if self.on_map:
+                    value, gp = map_penalty(W, P_init, l2)
+                    return loss + value, tuple(gl + d for gl, d in zip(g, gp))
                 diff = tuple(w - w0 for w, w0 in zip(W, W_init))
                 return loss + 0.5 * l2 * sum(jnp.sum(d * d) for d in diff), tuple(gl + l2 * d for gl, d in zip(g, diff))
 
@@ -92,7 +134,7 @@ class FinetuneRun:
         def segment(carry, _):
             W, state, bad_step, i0 = carry
             unroll = _loops.UNROLL if spec is None else _loops.SPEC_UNROLL
-            W, state, bad_step = _loops.fori(i0, seg_len, step, (W, state, bad_step), unroll=unroll)
+            W, state, bad_step = _loops.fori_ticking(i0, seg_len, step, (W, state, bad_step), block, unroll=unroll)
             P = end_to_end(W)
             ft_loss = _obj.loss(ft_task, P, self.identity)
             # the last update of the segment is checked here (the step loop checks each loss before an update)
@@ -137,6 +179,7 @@ def finetune(
     steps: int = 1000,
     *,
     l2: float = 0.0,
+    l2_on: str = "layers",
     optimizer: Any = None,
     batch_size: int | None = None,
     key: jax.Array | int | None = None,
@@ -152,7 +195,9 @@ def finetune(
     r"""Fine-tune every checkpoint of ``run`` at every learning rate, in one compiled call.
 
     From each checkpoint :math:`W^0` it runs ``steps`` steps of
-    :math:`W \leftarrow W - \eta\,\nabla_W\big(L_{ft}(W) + \tfrac{\lambda}{2}\sum_l\lVert W_l - W_l^0\rVert_F^2\big)`
+    :math:`W \leftarrow W - \eta\,\nabla_W\big(L_{ft}(W) + R_\lambda(W)\big)` with
+    :math:`R_\lambda = \tfrac{\lambda}{2}\sum_l\lVert W_l - W_l^0\rVert_F^2` (``l2_on="layers"``) or
+    :math:`R_\lambda = \lambda\lVert W_L\cdots W_1 - \theta^0\rVert_F^2` (``l2_on="map"``, Springer et al. 2025)
     (or the ``optimizer``'s update of that gradient) and measures the pre-training loss
     :math:`L_{pre}` (``run.task`` unless ``pretrain_task`` is given) and the fine-tuning loss
     :math:`L_{ft}` before and after, so forgetting is :math:`L_{pre}(W_{ft}) - L_{pre}(W^0)`.
@@ -163,7 +208,12 @@ def finetune(
       task: the fine-tuning Task or Dataset.
       lr: one or more learning rates (all > 0), shape ``(R,)``.
       steps: fine-tuning steps (>= 1).
-      l2: :math:`\lambda \ge 0`, the l2 pull toward the pre-trained layers.
+      l2: :math:`\lambda \ge 0`, the strength of the penalty toward the checkpoint.
+      l2_on: ``"layers"`` (default): the layer pull :math:`\tfrac{\lambda}{2}\sum_l\lVert W_l - W_l^0\rVert_F^2`;
+        ``"map"``: Springer et al.'s (2025, arXiv:2503.19206) penalty on the end-to-end map
+        :math:`\lambda\lVert\theta - \theta^0\rVert_F^2`, :math:`\theta = W_L\cdots W_1` (no 1/2;
+        ``docs/theory.md``). Either is in the divergence rule's objective; the recorded
+        ``finetune_loss_*`` are the task loss :math:`L_{ft}` without it.
       optimizer: as in :func:`linoverfit.pretrain`: ``None`` (GD), a :mod:`linoverfit.optimizers`
         instance or name (momentum, Adam, SAM; hyperparameters traced), an optax transformation or
         a callable ``lr -> GradientTransformation``.
@@ -196,6 +246,7 @@ def finetune(
     steps = _v.positive_int(steps, "steps")
     _v.representable_steps(steps, "steps")
     l2 = _v.positive_scalar(l2, "l2", allow_zero=True)
+    l2_on = check_l2_on(l2_on)
     divergence_factor = _v.positive_scalar(divergence_factor, "divergence_factor")
     batch_size = check_batch_size(batch_size, task)
     if record_every is None:
@@ -224,14 +275,17 @@ def finetune(
     lrs_d = jnp.asarray(lrs, dtype)
     runs = (jnp.repeat(jnp.arange(B, dtype=jnp.int32), R), jnp.tile(lrs_d, B), jax.random.split(key, B * R))
     identity = _obj.identity_cov(task)
+    flops = _progress.step_flops(net.widths, rows(task, batch_size))
+    # ticks (progress and Ctrl-C) inside each run's step loop, sized for a default chunk of 4 runs
+    block = _progress.tick_block(steps, 4 * flops)
     shared = (W_start, _obj.prepared(task), pre_task, jnp.asarray(l2, dtype),
-              jnp.asarray(seg_len, _v.step_dtype()), jnp.asarray(divergence_factor, dtype),
+              jnp.asarray(seg_len, _v.step_dtype()), jnp.asarray(block, _v.step_dtype()),
+              jnp.asarray(divergence_factor, dtype),
               None if spec is None else jax.tree.map(lambda x: jnp.asarray(x, dtype), spec))
-    work = Work(desc="fine-tuning", unit="run",
-                flops=_progress.step_flops(net.widths, rows(task, batch_size)) * float(steps) * B * R)
+    work = Work(desc="fine-tuning", unit="run", ticks_per_run=steps, flops=flops * float(steps) * B * R)
     fn = FinetuneRun(make_opt=make_opt, batch_size=batch_size, n_records=n_records,
-                     return_weights=bool(return_weights), identity=identity)
-    outs = sweep(fn, runs, shared, layout=layout, work=work, footprint=footprint, default_chunk=4)
+                     return_weights=bool(return_weights), identity=identity, on_map=l2_on == "map")
+    outs = sweep(fn, runs, shared, layout=layout, work=work, footprint=footprint, default_chunk=4, tick=False)
     record_steps = seg_len * np.arange(1, n_records + 1)
     W_end, diverged, bad_step, pre_traj, ft_traj, (pre_before, ft_before) = jax.block_until_ready(
         _layout(outs, W_start, task, pre_task, record_steps, lead, R))
@@ -240,6 +294,7 @@ def finetune(
         lr=lrs,
         ft_steps=steps,
         l2=l2,
+        l2_on=l2_on,
         pretrain_lr=float(run.lr),
         pretrain_loss_before=pre_before,
         finetune_loss_before=ft_before,

@@ -60,7 +60,7 @@ class PretrainRun:
 
     def __call__(self, run, shared):
         W_init, key = run
-        task, lr, weight_decay, seg_lengths, factor, lr_scale, spec, root = shared
+        task, lr, weight_decay, seg_lengths, block, factor, lr_scale, spec, root = shared
         opt = self.make_opt(lr) if spec is None else spec.transform(lr)
         tx = optax.chain(optax.add_decayed_weights(weight_decay), opt)
         limit = _obj.divergence_limit(task, W_init, factor, self.identity)
@@ -80,14 +80,13 @@ class PretrainRun:
         def segment(carry, n):
             W, state, bad_step, i0 = carry
             unroll = _loops.UNROLL if spec is None else _loops.SPEC_UNROLL
-            W, state, bad_step = _loops.fori(i0, n, step, (W, state, bad_step), unroll=unroll)
+            # progress (and Ctrl-C) every `block` steps, inside the segment
+            W, state, bad_step = _loops.fori_ticking(i0, n, step, (W, state, bad_step), block, unroll=unroll)
             loss = _obj.loss(task, end_to_end(W), self.identity)
             # the last update of the segment is checked here (its loss is the checkpoint's)
             bad_step = jnp.where((bad_step < 0) & _obj.diverging(loss, limit), i0 + n, bad_step)
-            _progress.tick_blocks(i0, n, block, loss)  # reached a checkpoint: report whole blocks of steps
             return (W, state, bad_step, i0 + n), (W if self.keep_weights else None, loss)
 
-        block = jnp.maximum(1, jnp.sum(seg_lengths) // _progress.TICKS)  # progress: ~TICKS reports per run
         counter = seg_lengths.dtype
         init = (W_init, tx.init(W_init), jnp.asarray(-1, counter), jnp.asarray(0, counter))
         (_, _, bad_step, _), (Ws, losses) = jax.lax.scan(segment, init, seg_lengths)
@@ -264,7 +263,10 @@ def pretrain(
     identity = _obj.identity_cov(task)
     prepared = _obj.prepared(task)
     root = prepared.input_sqrt() if online and not identity else None  # Sigma^(1/2) for online samples
+    flops = _progress.step_flops(net.widths, rows(task, batch_size)) * n_seeds
+    block = _progress.tick_block(int(steps[-1]), flops)
     shared = (prepared, jnp.asarray(lr, dtype), jnp.asarray(weight_decay, dtype), jnp.asarray(seg),
+              jnp.asarray(block, seg.dtype),
               jnp.asarray(divergence_factor, dtype), None if per_step is None else jnp.asarray(per_step / lr, dtype),
               None if spec is None else jax.tree.map(lambda x: jnp.asarray(x, dtype), spec), root)
     P, isz = n_params(W0), np.dtype(dtype).itemsize
@@ -276,7 +278,7 @@ def pretrain(
         + (", weights kept" if keep_weights else ""),
         fix="pass keep_weights=False (losses only), fewer checkpoints, fewer seeds per call, or a smaller chunk")
     work = Work(desc="pre-training", unit="step", total=int(steps[-1]), ticks_per_run=int(steps[-1]),
-                flops=_progress.step_flops(net.widths, rows(task, batch_size)) * float(steps[-1]) * n_seeds)
+                flops=flops * float(steps[-1]))
     runs = (tuple(w if batched else w[None] for w in W0), keys)
     fn = PretrainRun(make_opt=make_opt, batch_size=batch_size, keep_weights=bool(keep_weights), identity=identity,
                      online=online)

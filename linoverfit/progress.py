@@ -17,6 +17,7 @@ concurrently from several Python threads would count each other's ticks: run suc
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from jax.typing import ArrayLike
 
 __all__ = ["AUTO_SECONDS", "FLOPS_PER_SECOND", "TICKS", "SweepCancelled", "estimate_seconds", "resolve", "bar",
-           "cancelled", "tick", "tick_blocks"]
+           "cancelled", "tick", "tick_blocks", "tick_block", "TICK_SECONDS"]
 
 #: ``progress=None`` shows a bar when the sweep is estimated to take longer than this (seconds).
 AUTO_SECONDS = 5.0
@@ -51,6 +52,16 @@ _CANCEL = threading.Event()  # set while an interrupted sweep waits for its comp
 
 class SweepCancelled(RuntimeError):
     """Raised inside a progress tick to abort the compiled work of an interrupted sweep."""
+
+
+class _QuietCancellation(logging.Filter):
+    """Drop JAX's "jax.debug.callback failed" traceback when the failure is our own cancellation."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], SweepCancelled))
+
+
+logging.getLogger("jax._src.debugging").addFilter(_QuietCancellation())
 
 
 @contextlib.contextmanager
@@ -85,6 +96,21 @@ def estimate_seconds(flops: float, devices: int = 1) -> float:
         except AttributeError:  # pragma: no cover - not Linux
             devices = os.cpu_count() or 1
     return float(flops) / (rate * max(1, int(devices)))
+
+
+#: Longest estimated stretch of compiled work between two ticks, in seconds: ticks are where an
+#: interrupted sweep stops (:func:`cancelled`), so this bounds the latency of Ctrl-C (the estimate
+#: assumes the conservative :data:`FLOPS_PER_SECOND`, so real stretches are shorter).
+TICK_SECONDS = 0.25
+
+
+def tick_block(steps: int, flops_per_step: float) -> int:
+    """Steps between two ticks of a loop of ``steps`` steps costing ``flops_per_step`` each:
+    ``block = max(1, min(steps // TICKS, TICK_SECONDS * rate / flops_per_step))``, so a loop reports
+    at least :data:`TICKS` times and at least every :data:`TICK_SECONDS` of estimated work."""
+    rate = FLOPS_PER_SECOND.get(jax.devices()[0].platform, FLOPS_PER_SECOND["gpu"])
+    by_time = int(TICK_SECONDS * rate / max(float(flops_per_step), 1.0))
+    return max(1, min(int(steps) // TICKS, by_time))
 
 
 def resolve(progress: bool | None, seconds: float) -> bool:

@@ -132,6 +132,8 @@ class FinetuneResult(Result):
     * ``record_steps`` ``(K,)`` and ``pretrain_loss_trajectory`` / ``finetune_loss_trajectory``
       ``(C, R[, S], K)`` when ``record_every`` was given, else ``None``.
     * ``weights``: tuple of ``(C, R[, S], n_l, n_{l-1})`` when ``return_weights=True``.
+    * ``l2`` and ``l2_on``: the penalty toward the checkpoint (``"layers"`` or ``"map"``, see
+      :func:`linoverfit.finetune`); the recorded fine-tuning losses exclude it.
     """
 
     steps: np.ndarray
@@ -153,6 +155,7 @@ class FinetuneResult(Result):
     past_edge: jax.Array | None = None  # lo.theory.finetune: lr at or past the stability edge, (C, R[, S])
     prediction: str | None = static(None)  # lo.theory.finetune: the prediction used; None when simulated
     exact: bool | None = static(None)  # lo.theory.finetune: exact for GD at these lrs (round-off)
+    l2_on: str = static("layers")  # the penalty l2 weighs: "layers" (layer pull) or "map" (end-to-end map)
 
     _dims = {
         **{k: ("checkpoint", "seed") for k in ("pretrain_loss_before", "finetune_loss_before")},

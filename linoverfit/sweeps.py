@@ -92,7 +92,8 @@ def resolve_layout(layout: Layout | None, devices: Any = None, chunk: int | None
 @dataclasses.dataclass(frozen=True)
 class Footprint:
     """Bytes of a sweep, for the memory check, which refuses
-    ``shared + per_run * in_flight + 3 * n * per_output`` above what is available: ``shared`` (held once), ``per_run`` (the working set
+    ``peak = shared + per_run * in_flight + 3 * n * per_output`` bytes above what is available:
+    ``shared`` (held once), ``per_run`` (the working set
     of a run in flight) and ``per_output`` (each run's outputs, counted three times: the parts'
     outputs, their join and the caller's layout). ``what`` names the sizes and ``fix`` the options
     that shrink them, for the error message."""
@@ -143,8 +144,8 @@ def _default_footprint(fn, runs, shared, n) -> Footprint:
 
 def check_footprint(footprint: Footprint, n: int, layout: Layout, default_chunk: int | None = 4) -> _par.Plan:
     """Refuse (:class:`~linoverfit.errors.MemoryBudgetError`) a sweep of ``n`` runs whose estimated peak
-    bytes exceed what is available: ``shared + per_run x (runs in flight) + 3 n per_output``, the runs
-    in flight being a chunk per part per device. Returns the sweep's :class:`~linoverfit.parallel.Plan`."""
+    bytes ``peak = shared + per_run * in_flight + 3 * n * per_output`` exceed what is available, ``in_flight``
+    being a chunk per part per device. Returns the sweep's :class:`~linoverfit.parallel.Plan`."""
     chunk = layout.chunk if layout.chunk is not None else default_chunk
     plan = _par.Plan(layout.devices, n, chunk, per_device_chunk=chunk is None)
     in_flight = min(n, plan.chunk * plan.parts * plan.devices)

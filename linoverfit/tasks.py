@@ -413,7 +413,7 @@ def mixture(task: Task, other: Task, rho: float) -> Task:
 
     Both losses are quadratic in :math:`P`, so the mixture is again a task, exactly:
     with :math:`\Sigma_\rho = (1-\rho)\Sigma_1 + \rho\Sigma_2` (assumed invertible when the
-    covariances differ),
+    covariances differ and :math:`\rho > 0`; :math:`\rho = 0` returns ``task`` itself),
 
     .. math:: A_\rho = \big((1-\rho)A_1\Sigma_1 + \rho A_2\Sigma_2\big)\Sigma_\rho^{-1},
 
@@ -447,6 +447,8 @@ def mixture(task: Task, other: Task, rho: float) -> Task:
     rho = _v.positive_scalar(rho, "rho", allow_zero=True)
     if rho > 1:
         raise ValueError(f"rho must be in [0, 1], got {rho}")
+    if rho == 0:  # the mixture is task itself, whatever the covariances (no solve, a singular one included)
+        return task
     A1, A2 = np.asarray(task.teacher, np.float64), np.asarray(other.teacher, np.float64)
     S1, S2 = np.asarray(task.input_cov, np.float64), np.asarray(other.input_cov, np.float64)
     S = (1 - rho) * S1 + rho * S2

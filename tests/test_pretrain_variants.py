@@ -238,6 +238,16 @@ def test_mixture_loss_equals_mixed_losses(rho, seed, same_cov):
     np.testing.assert_allclose(m.grad(P), (1 - rho) * a.grad(P) + rho * b.grad(P), rtol=1e-9, atol=1e-11)
 
 
+def test_mixture_at_zero_is_the_task_even_with_a_singular_covariance():
+    """rho = 0 returns the task itself: no solve, so a singular covariance (zero input variance on
+    some features, Feng et al.'s specialised features) is fine (issue 18)."""
+    a = lo.Task(teacher=jnp.eye(3), input_cov=jnp.diag(jnp.array([1.0, 1.0, 0.0])))
+    b = lo.Task(teacher=-jnp.eye(3))
+    assert lo.tasks.mixture(a, b, 0.0) is a
+    with pytest.raises(ValueError, match="singular"):  # rho > 0 with this pair: the mixture is singular
+        lo.tasks.mixture(a, lo.Task(teacher=-jnp.eye(3), input_cov=jnp.diag(jnp.array([1.0, 0.0, 0.0]))), 0.5)
+
+
 def test_mixture_rejects_bad_input():
     a = lo.Task(teacher=jnp.eye(2))
     with pytest.raises(ValueError, match="rho must be in"):

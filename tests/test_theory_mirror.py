@@ -159,8 +159,14 @@ def test_mirror_bad_input(task):
     with pytest.raises(TypeError, match="Dataset"):
         mirror.pretrain(net, W0, task.sample(8, key=0), lr=LR, checkpoints=[10])
     run = mirror.pretrain(net, W0, task, lr=LR, checkpoints=[10])
-    with pytest.raises(ValueError, match="l2 must be 0"):
-        mirror.finetune(net, run, task, lr=0.1, steps=5, l2=0.1)
+    with pytest.raises(ValueError, match="method='gd'.*method='modes'"):
+        mirror.finetune(net, run, task, lr=0.1, steps=5, l2=0.1, method="layers")
+    with pytest.raises(ValueError, match="l2_on must be one of"):
+        mirror.finetune(net, run, task, lr=0.1, steps=5, l2=0.1, l2_on="foo")
+    with pytest.raises(ValueError, match="method='modes' needs balanced starts"):
+        mirror.finetune(net, run, task, lr=0.1, steps=5, l2=0.1, method="modes")
+    with pytest.raises(ValueError, match="gd_order must be 'auto' or 'exact'"):
+        mirror.finetune(net, run, task, lr=0.1, steps=5, l2=0.1, gd_order=2)
     with pytest.raises(TypeError, match="fine-tuning result"):
         turning_point(run)
     with pytest.raises(ValueError, match="min_rise"):

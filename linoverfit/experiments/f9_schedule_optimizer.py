@@ -214,7 +214,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         f"(T* {per['Adam']['t_star']:.3g} in its own lr units vs {gd['t_star']:.3g}); SAM (rho={cfg['sam_rho']:g}) "
         f"{'lowers' if sam_cut > 0 else 'raises'} the fine-tuning degradation by {abs(sam_cut):.3g}% of GD's "
         f"({sam['finetune_degradation_percent']:.3g}% vs {gd['finetune_degradation_percent']:.3g}%), far from the "
-        f"80% cut of Raghunathan et al. (2026), which this contradicts: every global "
+        f"80% cut of Watts, Li, Goyal, Springer & Raghunathan (2026, arXiv:2605.02105), which this contradicts: every global "
         f"minimum has end-to-end map A and GD from a balanced init already reaches the flattest (balanced) one. "
         f"Online SGD (batch {cfg['sgd_batch']}, label noise {cfg['sgd_noise']:g}): degradation "
         f"{sgd_c['degradation_percent']:.3g}% at a constant rate, {sgd_d['degradation_percent']:.3g}% with cosine decay."
@@ -225,7 +225,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         "ft_shift": cfg["ft_shift"], "sgd_batch": cfg["sgd_batch"], "sgd_noise": cfg["sgd_noise"],
         "settings": per,
         # the cited findings this figure tests (numbers quoted from the papers, not measured here)
-        "cited": {"raghunathan_2026_sam_forgetting_cut_up_to_percent": 80},
+        "cited": {"watts_2026_sam_forgetting_cut_up_to_percent": 80},
         "theory": {"t_star": th_pu.t_star, "degradation_percent": 100 * th_pu.degradation,
                    "finetune_t_star": th_fu.t_star, "finetune_degradation_percent": 100 * th_fu.degradation},
         # max |simulated / flow theory - 1| of the perturbed loss at each schedule's own checkpoints

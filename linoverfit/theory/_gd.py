@@ -8,6 +8,9 @@ r"""Gradient descent (not the flow) on the layers: exactly, and by its modified 
   DOP853 (order ``gd_order``; depth 1 exactly, :math:`P_k = A + (P_0 - A)(I - \eta\Sigma)^k`).
 * :func:`_gd_layers`: exact GD with weight decay on every start's layers, the layers at each
   checkpoint (``lo.theory.pretrain(method="gd")``).
+* :func:`_penalised_gd`: exact GD on the fine-tuning loss plus a pull toward the start (the layer
+  pull, or Springer et al.'s penalty on the end-to-end map), as ``lo.finetune(l2=, l2_on=)``
+  (``lo.theory.finetune(method="gd")``).
 * ``gd_order="auto"`` chooses between them (:data:`AUTO_EXACT_ABOVE`, :data:`AUTO_EXACT_STEPS`;
   ``docs/theory.md`` section 4.6).
 """
@@ -25,6 +28,7 @@ from scipy.integrate import solve_ivp
 from .. import loops as _loops
 from .. import objective as _obj
 from .. import sweeps as _sweep
+from ..finetuning import map_penalty
 from ..tasks import Task
 from ._layer_flow import _balanced_factors
 
@@ -194,3 +198,53 @@ def _gd_layers(Ws, task, lr, wd, steps):
         segs = jnp.asarray(np.diff(steps, prepend=0), jnp.int64)
         out = _gd_core(tuple(f64(w) for w in Ws), t64, f64(lr), f64(wd), segs, identity=identity)
         return tuple(np.asarray(w) for w in out)
+
+
+@partial(jax.jit, static_argnames=("identity", "on_map"))
+def _penalised_gd_core(W0, task, etas, l2, segs, *, identity, on_map):
+    r"""Exact GD on :math:`L_{ft} + R_\lambda` from every start ``W0`` ``(B, ...)`` at every rate ``etas``
+    ``(R,)``: :math:`W \leftarrow W - \eta(\nabla L_{ft} + \nabla R_\lambda)` with the simulation's
+    gradient (:func:`linoverfit.objective.value_and_grad`) and penalty (``lo.finetune``'s
+    :class:`~linoverfit.finetuning.FinetuneRun`: the layer pull, or :func:`~linoverfit.finetuning.map_penalty`
+    with ``on_map``). Returns the maps ``(B, R, K, m, n)`` and :math:`R_\lambda` ``(B, R, K)`` after each
+    segment of ``segs`` ``(K,)`` steps."""
+    task = _obj.prepared(task)
+
+    def one(W_init, eta):
+        P_init = W_init[0]
+        for w in W_init[1:]:
+            P_init = w @ P_init
+
+        def penalty(W):
+            if on_map:
+                return map_penalty(W, P_init, l2)
+            diff = tuple(w - w0 for w, w0 in zip(W, W_init))
+            return 0.5 * l2 * sum(jnp.sum(d * d) for d in diff), tuple(l2 * d for d in diff)
+
+        def step(i, W):
+            _, g = _obj.value_and_grad(task, W, None, i, None, identity)
+            _, gp = penalty(W)
+            return tuple(w - eta * (gw + p) for w, gw, p in zip(W, g, gp))
+
+        def segment(W, n):
+            W = jax.lax.fori_loop(jnp.zeros((), n.dtype), n, step, W)
+            P = W[0]
+            for w in W[1:]:
+                P = w @ P
+            return W, (P, penalty(W)[0])
+
+        return jax.lax.scan(segment, W_init, segs)[1]
+
+    return jax.vmap(lambda W: jax.vmap(lambda eta: one(W, eta))(etas))(W0)
+
+
+def _penalised_gd(Ws, task, lrs, l2, on_map, record_steps):
+    """:func:`_penalised_gd_core` in float64 on the layers ``Ws`` ``(B, n_l, n_{l-1})``: maps ``(B, R, K, m, n)``
+    and penalty values ``(B, R, K)`` as numpy."""
+    with jax.enable_x64(True):
+        f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
+        identity = bool(np.array_equal(np.asarray(task.input_cov), np.eye(task.d_in)))
+        segs = jnp.asarray(np.diff(record_steps, prepend=0), jnp.int64)
+        P, pen = _penalised_gd_core(tuple(f64(w) for w in Ws), jax.tree.map(f64, task), f64(lrs), f64(l2), segs,
+                                    identity=identity, on_map=on_map)
+        return np.asarray(P), np.asarray(pen)

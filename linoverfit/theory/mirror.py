@@ -29,7 +29,9 @@ Predictions by start (:func:`pretrain`, ``method="auto"`` picks the first that a
   continuous-time limit. Differs from GD by :math:`O(\eta)`; ``exact`` is False.
 
 :func:`finetune` is :func:`~linoverfit.theory.forgetting.predict_finetune` on the run's own layers (exact GD
-for at most 10 000 steps by default), :func:`gaussian` the exact expectation
+for at most 10 000 steps by default); with a penalty toward the checkpoint (``l2``, ``l2_on="layers"``
+or Springer et al.'s ``l2_on="map"``) it iterates the penalised GD exactly (``method="gd"``, any
+start) or the per-mode map of balanced aligned starts (``method="modes"``). :func:`gaussian` is the exact expectation
 :func:`~linoverfit.theory.perturbation.perturbation_sensitivity` (``stderr`` zero, ``samples`` 0).
 """
 
@@ -50,19 +52,25 @@ from ..networks import DeepLinear
 from ..tasks import Dataset, Task
 # helpers of the theory modules (one block: paths are fixed here when those modules move)
 from ..pretraining import DIVERGENCE_FACTOR
-from ._gd import AUTO_EXACT_STEPS, _gd_layers
+from ..finetuning import check_l2_on
+from ._aligned import _aligned, _mode_map, _modes_layers
+from ._gd import AUTO_EXACT_STEPS, _gd_layers, _penalised_gd
 from ._layer_flow import _flow_layers
+from .curvature import check_edge
 from .forgetting import _loss, predict_finetune
-from .modes import input_variance, mode_trajectory
+from .modes import input_variance
 from .perturbation import perturbation_sensitivity
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from numpy.typing import ArrayLike
 
-__all__ = ["pretrain", "finetune", "gaussian", "PRETRAIN_METHODS"]
+__all__ = ["pretrain", "finetune", "gaussian", "PRETRAIN_METHODS", "FINETUNE_METHODS"]
 
 PRETRAIN_METHODS = ("auto", "modes", "gd", "flow")
+#: :func:`finetune`'s own methods (the penalised exact GD and the per-mode map); any other ``method``
+#: is :func:`~linoverfit.theory.forgetting.predict_finetune`'s (unpenalised fine-tuning only).
+FINETUNE_METHODS = ("gd", "modes")
 
 
 # ----------------------------------------------------------------------------- checks
@@ -94,44 +102,6 @@ def _f64(weights):
 
 
 # ----------------------------------------------------------------------------- pre-training
-
-
-def _aligned(Ws, A, L, dtype):
-    """Per seed (``Ws``: layers ``(S, n_l, n_{l-1})``): the hidden vectors ``Q`` (list of ``L + 1`` arrays
-    ``(S, n_l, r)``) and the mode values ``s0`` ``(S, r)`` when every start is balanced and aligned with
-    the teacher ``A = U diag(sigma) V^T`` (to sqrt(eps) relative, eps of the weights' ``dtype``), else ``None``."""
-    U, _, Vt = np.linalg.svd(A, full_matrices=False)
-    tol = np.sqrt(np.finfo(dtype).eps)
-    P = Ws[0]
-    for w in Ws[1:]:
-        P = w @ P
-    scale = np.linalg.norm(P, axis=(-2, -1)) + 1e-300
-    D = U.T @ P @ Vt.T  # (S, r, r)
-    d = np.diagonal(D, axis1=-2, axis2=-1)
-    if np.any(np.linalg.norm(P - (U * d[:, None, :]) @ Vt, axis=(-2, -1)) > tol * scale) or np.any(d < 0):
-        return None
-    for lo, hi in zip(Ws[:-1], Ws[1:]):
-        gap = np.swapaxes(hi, -1, -2) @ hi - lo @ np.swapaxes(lo, -1, -2)
-        if np.any(np.linalg.norm(gap, axis=(-2, -1)) > tol * (np.linalg.norm(lo, axis=(-2, -1)) ** 2 + 1e-300)):
-            return None
-    a0 = d ** (1.0 / L)
-    Q = [np.broadcast_to(Vt.T, (P.shape[0],) + Vt.T.shape)]
-    for w in Ws[:-1]:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            Q.append(np.where(a0[:, None, :] > 0, (w @ Q[-1]) / a0[:, None, :], 0.0))
-    Q.append(np.broadcast_to(U, (P.shape[0],) + U.shape))
-    return Q, d
-
-
-def _modes_layers(Ws, task, Q, s0, lr, wd, t):
-    """Layers ``(S, C, n_l, n_{l-1})`` of the exact per-mode GD map (``mode_trajectory(lr=)``)."""
-    L = len(Ws)
-    sigma = np.linalg.svd(np.asarray(task.teacher, np.float64), compute_uv=False)
-    kappa = input_variance(task)
-    s = np.stack([mode_trajectory(sigma, t, s0[b], L, wd, lr=lr, input_var=kappa) for b in range(s0.shape[0])])
-    da = s ** (1.0 / L) - (s0 ** (1.0 / L))[:, None, :]  # (S, C, r)
-    return tuple(w[:, None] + (Q[l + 1][:, None] * da[..., None, :]) @ np.swapaxes(Q[l], -1, -2)[:, None]
-                 for l, w in enumerate(Ws))
 
 
 def pretrain(net: DeepLinear, W0: Sequence[ArrayLike], task: Task, *, lr: float,
@@ -220,30 +190,88 @@ def pretrain(net: DeepLinear, W0: Sequence[ArrayLike], task: Task, *, lr: float,
 # ----------------------------------------------------------------------------- fine-tuning
 
 
+def _penalised_finetune(net, run, task, pre_task, lrs, steps, l2, l2_on, record_steps, factor, method, dtype):
+    """``lo.theory.finetune`` by ``method`` ``"gd"`` or ``"modes"``: ``(pre_traj, ft_traj, objective_traj)``
+    ``(C, R[, S], K)``, the losses before ``(C[, S])`` and ``past_edge`` ``(C, R[, S])``."""
+    weights = _f64(run.weights)
+    lead = weights[0].shape[:-2]
+    Ws = tuple(w.reshape((-1,) + w.shape[len(lead):]) for w in weights)
+    on_map = l2_on == "map"
+    if method == "modes":
+        P, pen = _mode_map(Ws, task, lrs, l2, on_map, record_steps, dtype)
+    else:
+        P, pen = _penalised_gd(Ws, task, lrs, l2, on_map, record_steps)
+    P0 = Ws[0]
+    for w in Ws[1:]:
+        P0 = w @ P0
+
+    def to_cr(x):  # (B, R, K, ...) -> (C, R[, S], K, ...)
+        x = x.reshape(lead + x.shape[1:])
+        return np.moveaxis(x, len(lead), 1) if len(lead) == 2 else x
+
+    pre, ft, pen = to_cr(_loss(pre_task, P)), to_cr(_loss(task, P)), to_cr(pen)
+    # the stability edge of the penalised objective: Gauss-Newton sharpness L s1^(2-2/L) (||Sigma|| + 2 lambda
+    # on the map) + lambda (layer pull), at the start and at the predicted end
+    L = len(Ws)
+    c = float(np.linalg.eigvalsh(np.asarray(task.input_cov, np.float64))[-1])
+    gn = lambda M: L * np.linalg.norm(np.where(np.isfinite(M), M, 0.0), ord=2, axis=(-2, -1)) ** (2.0 - 2.0 / L)  # noqa: E731
+    curv = lambda g: g * (c + (2 * l2 if on_map else 0.0)) + (0.0 if on_map else l2)  # noqa: E731
+    start = curv(gn(P0)).reshape(lead)
+    end = curv(to_cr(gn(P[:, :, -1])[..., None])[..., 0])
+    lam = np.maximum(np.expand_dims(start, 1), end)
+    with np.errstate(divide="ignore"):
+        edge = 2.0 / lam
+    r = lrs.reshape((1, -1) + (1,) * (len(lead) - 1))
+    past = check_edge(np.broadcast_to(r, edge.shape), edge, "lo.theory.finetune", stacklevel=4)
+    return pre, ft, ft + pen, _loss(pre_task, P0.reshape(lead + P0.shape[1:])), _loss(task, P0.reshape(lead + P0.shape[1:])), past
+
+
 def finetune(net: DeepLinear, run: _rt.PretrainResult, task: Task, *, lr: float | Sequence[float] | ArrayLike,
-             steps: int, l2: float = 0.0, record_every: int | None = None, return_weights: bool = False,
-             pretrain_task: Task | Dataset | None = None, divergence_factor: float = DIVERGENCE_FACTOR,
-             gd_order: int | str = "auto", method: str = "auto") -> _rt.FinetuneResult:
-    r"""Predicted ``lo.finetune(net, run, task, lr=, steps=, record_every=)``: the same
+             steps: int, l2: float = 0.0, l2_on: str = "layers", record_every: int | None = None,
+             return_weights: bool = False, pretrain_task: Task | Dataset | None = None,
+             divergence_factor: float = DIVERGENCE_FACTOR, gd_order: int | str = "auto",
+             method: str = "auto") -> _rt.FinetuneResult:
+    r"""Predicted ``lo.finetune(net, run, task, lr=, steps=, l2=, l2_on=, record_every=)``: the same
     :class:`~linoverfit.FinetuneResult` (``pretrain_loss_before/after``, ``finetune_loss_before/after``
-    ``(C, R[, S])``, ``diverged``, ``diverged_step``, loss trajectories with ``record_every``), from
-    :func:`~linoverfit.theory.forgetting.predict_finetune` on the run's own layers (``run`` simulated or predicted).
+    ``(C, R[, S])``, ``diverged``, ``diverged_step``, loss trajectories with ``record_every``), on the
+    run's own layers (``run`` simulated or predicted).
 
-    With the defaults (``gd_order="auto"``) GD is iterated exactly on the run's own layers when
-    ``steps <= 10 000`` (``result.exact`` True, round-off), else (for rates with
-    :math:`\eta\lambda \le 1/4`) its order-2 modified equation (error :math:`O(\eta^3)`, ``exact``
-    False); ``gd_order=0`` predicts gradient flow (error :math:`O(\eta)`). ``result.past_edge``
-    ``(C, R[, S])`` marks learning rates at or past the stability edge (they warn,
-    :class:`~linoverfit.theory.PastEdgeWarning`, and the prediction does not describe GD there).
+    ``method``:
 
-    Divergence follows the simulation's rule at the predicted points only: a run whose fine-tuning
-    loss at a record (or the end) is non-finite or above ``divergence_factor`` times
-    :math:`\max(L_{ft}(W^0), L_{ft}(0))` is marked in ``diverged``, ``diverged_step`` is that
-    record's step (the simulation gives the exact step), its losses from there on are NaN, and a
-    :class:`~linoverfit.DivergenceWarning` is raised. Trajectories cost one prediction per record.
+    * ``"auto"`` (default): without a penalty (``l2=0``), :func:`~linoverfit.theory.forgetting.predict_finetune`
+      (below); with one, ``"gd"``.
+    * ``"gd"``: any start, any ``l2``/``l2_on``: the exact GD map of the penalised objective
+      :math:`L_{ft} + R_\lambda` iterated in float64 on the run's own layers, with the simulation's
+      gradient and penalty (:math:`R_\lambda = \tfrac{\lambda}{2}\sum_l\lVert W_l - W_l^0\rVert_F^2`
+      for ``l2_on="layers"``, :math:`\lambda\lVert\theta - \theta^0\rVert_F^2` on the end-to-end map
+      :math:`\theta = W_L\cdots W_1` for ``"map"``, Springer et al. 2025). Exact (round-off).
+    * ``"modes"``: starts that are balanced and whose maps share the fine-tuning teacher's singular
+      vectors (Springer's setting, :mod:`linoverfit.springer`), and an input covariance sharing its
+      right singular vectors. Every layer carries :math:`a_i` on mode :math:`i` and one GD step is the
+      scalar map :math:`a \leftarrow a + \eta\big(\kappa a^{L-1}(\sigma - a^L) - \rho(a)\big)`,
+      :math:`\rho = \lambda(a - a_0)` (layers) or :math:`2\lambda a^{L-1}(a^L - a_0^L)` (map); the
+      map is :math:`P = P_0 + U\operatorname{diag}(a^L - a_0^L)V^\top`. Exact (round-off). Its fixed
+      point under the map penalty is :math:`a^L = (\kappa\sigma + 2\lambda a_0^L)/(\kappa + 2\lambda)`
+      (the fine-tuned mode is pulled toward its checkpoint value).
+    * ``"layers"``, ``"function"``, ``"closed"``: :func:`~linoverfit.theory.forgetting.predict_finetune`'s flow
+      methods, unpenalised only (a penalty raises a ValueError naming the methods that predict it).
 
-    Assumes plain fine-tuning: ``l2`` must be 0 (the pull toward the checkpoint is not predicted;
-    simulate it with ``lo.finetune(l2=)``) and ``return_weights`` False (the prediction gives maps).
+    Without a penalty the defaults (``method="auto"``, ``gd_order="auto"``) iterate GD exactly on the
+    run's own layers when ``steps <= 10 000`` (``result.exact`` True, round-off), else (for rates
+    with :math:`\eta\lambda \le 1/4`) its order-2 modified equation (error :math:`O(\eta^3)`,
+    ``exact`` False); ``gd_order=0`` predicts gradient flow (error :math:`O(\eta)`). ``"gd"`` and
+    ``"modes"`` are exact GD and take ``gd_order`` ``"auto"`` or ``"exact"`` only.
+    ``result.past_edge`` ``(C, R[, S])`` marks learning rates at or past the stability edge (they
+    warn, :class:`~linoverfit.theory.PastEdgeWarning`, and the prediction does not describe GD there).
+
+    Divergence follows the simulation's rule at the predicted points only: a run whose objective
+    (fine-tuning loss, plus the penalty when ``l2 > 0``, as in the simulation) at a record (or the
+    end) is non-finite or above ``divergence_factor`` times :math:`\max(L_{ft}(W^0), L_{ft}(0))` is
+    marked in ``diverged``, ``diverged_step`` is that record's step (the simulation gives the exact
+    step), its losses from there on are NaN, and a :class:`~linoverfit.DivergenceWarning` is raised.
+    The recorded fine-tuning losses are the task loss without the penalty, as in the simulation.
+
+    ``return_weights`` must be False (the prediction gives maps).
     """
     _net(net)
     if not isinstance(run, _rt.PretrainResult):
@@ -254,8 +282,8 @@ def finetune(net: DeepLinear, run: _rt.PretrainResult, task: Task, *, lr: float 
     pre_task = run.task if pretrain_task is None else net.check_task(pretrain_task, "pretrain_task")
     net.check_weights(run.weights, "run.weights")
     dtype = _v.working_dtype(run.weights, "run.weights")
-    if _v.positive_scalar(l2, "l2", allow_zero=True) != 0:
-        raise ValueError("l2 must be 0: the pull toward the checkpoint is not predicted; simulate it with lo.finetune(l2=)")
+    l2 = _v.positive_scalar(l2, "l2", allow_zero=True)
+    l2_on = check_l2_on(l2_on)
     if return_weights:
         raise ValueError("return_weights=True is not predicted (the prediction gives end-to-end maps: "
                          "lo.theory.forgetting.predict_finetune(run, task, return_maps=True))")
@@ -269,32 +297,47 @@ def finetune(net: DeepLinear, run: _rt.PretrainResult, task: Task, *, lr: float 
         if steps % record_every:
             raise ValueError(f"record_every ({record_every}) must divide steps ({steps})")
         record_steps = record_every * np.arange(1, steps // record_every + 1)
-    preds = [predict_finetune(run, task, lrs, int(k), pretrain_task=pre_task, gd_order=gd_order, method=method)
-             for k in record_steps]
-    first = preds[0]
-    pre_traj = np.stack([p.pretrain_loss_after for p in preds], -1)  # (C, R[, S], K)
-    ft_traj = np.stack([p.finetune_loss_after for p in preds], -1)
+    if method == "auto" and l2 != 0:
+        method = "gd"
+    if l2 != 0 and method not in FINETUNE_METHODS:
+        raise ValueError(f"l2 > 0 (l2_on={l2_on!r}) is predicted by method='gd' (exact GD, any start) or "
+                         f"method='modes' (balanced starts aligned with the fine-tuning teacher); method={method!r} "
+                         "integrates unpenalised fine-tuning")
+    if method in FINETUNE_METHODS:
+        if gd_order not in ("auto", "exact"):
+            raise ValueError(f"method={method!r} iterates GD exactly: gd_order must be 'auto' or 'exact', got {gd_order!r}")
+        pre_traj, ft_traj, obj_traj, pre_before, ft_before, past = _penalised_finetune(
+            net, run, task, pre_task, lrs, steps, l2, l2_on, record_steps, factor, method, dtype)
+        order, exact, prediction = "exact", True, f"finetune(method={method!r}, l2_on={l2_on!r})"
+    else:
+        preds = [predict_finetune(run, task, lrs, int(k), pretrain_task=pre_task, gd_order=gd_order, method=method)
+                 for k in record_steps]
+        first = preds[0]
+        pre_traj = np.stack([p.pretrain_loss_after for p in preds], -1)  # (C, R[, S], K)
+        ft_traj = np.stack([p.finetune_loss_after for p in preds], -1)
+        obj_traj, pre_before, ft_before = ft_traj, first.pretrain_loss_before, first.finetune_loss_before
+        past = np.any([p.past_edge for p in preds], axis=0)
+        order = first.gd_order
+        exact = order != 0 and (order == "exact" or net.depth == 1 or (order == "auto" and steps <= AUTO_EXACT_STEPS))
+        prediction = f"predict_finetune(gd_order={order!r})"
     P0 = np.asarray(run.end_to_end, np.float64)
-    limit = factor * np.maximum(first.finetune_loss_before, _loss(task, np.zeros(P0.shape[-2:])))
-    bad = ~np.isfinite(ft_traj) | (ft_traj > np.expand_dims(np.expand_dims(limit, 1), -1))
+    limit = factor * np.maximum(ft_before, _loss(task, np.zeros(P0.shape[-2:])))
+    bad = ~np.isfinite(obj_traj) | (obj_traj > np.expand_dims(np.expand_dims(limit, 1), -1))
     diverged = bad.any(-1)
     bad_step = np.where(diverged, record_steps[np.argmax(bad, -1)], -1).astype(_v.step_dtype())
     invalid = diverged[..., None] & (record_steps >= bad_step[..., None])
     pre_traj, ft_traj = np.where(invalid, np.nan, pre_traj), np.where(invalid, np.nan, ft_traj)
-    order = first.gd_order
-    exact = order != 0 and (order == "exact" or net.depth == 1 or (order == "auto" and steps <= AUTO_EXACT_STEPS))
     c = lambda x: np.asarray(x, dtype)  # noqa: E731
     result = _rt.FinetuneResult(
-        steps=np.asarray(run.steps), lr=lrs, ft_steps=steps, l2=0.0, pretrain_lr=float(run.lr),
-        pretrain_loss_before=c(first.pretrain_loss_before), finetune_loss_before=c(first.finetune_loss_before),
+        steps=np.asarray(run.steps), lr=lrs, ft_steps=steps, l2=l2, l2_on=l2_on, pretrain_lr=float(run.lr),
+        pretrain_loss_before=c(pre_before), finetune_loss_before=c(ft_before),
         pretrain_loss_after=c(pre_traj[..., -1]), finetune_loss_after=c(ft_traj[..., -1]),
         diverged=diverged, diverged_step=bad_step,
         record_steps=None if record_every is None else record_steps,
         pretrain_loss_trajectory=None if record_every is None else c(pre_traj),
         finetune_loss_trajectory=None if record_every is None else c(ft_traj),
         weights=None, pretrain_t=None if run.times is None else np.asarray(run.t),
-        past_edge=np.any([p.past_edge for p in preds], axis=0),
-        prediction=f"predict_finetune(gd_order={order!r})", exact=bool(exact))
+        past_edge=past, prediction=prediction, exact=bool(exact))
     if diverged.any():
         warnings.warn(f"{int(diverged.sum())} predicted fine-tuning run(s) diverged; their after-losses are NaN and "
                       "marked in result.diverged; lower the learning rate.", _rt.DivergenceWarning, stacklevel=2)
