@@ -39,7 +39,7 @@ from . import validation as _v
 from .networks import DeepLinear, end_to_end
 from .pretraining import (DIVERGENCE_FACTOR, WORKING_COPIES, check_batch_size, check_objective, checked_inputs,
                           n_params, rows, run_key)
-from .result_types import DivergenceWarning, FinetuneResult, PretrainResult
+from .result_types import DivergenceWarning, FinetuneResult, PretrainResult, checkpoint_axis
 from .sweeps import Footprint, Layout, Work, resolve_layout, sweep
 from .tasks import Dataset, Task
 
@@ -290,12 +290,10 @@ def finetune(
     W_end, diverged, bad_step, pre_traj, ft_traj, (pre_before, ft_before) = jax.block_until_ready(
         _layout(outs, W_start, task, pre_task, record_steps, lead, R))
     result = FinetuneResult(
-        steps=np.asarray(run.steps),
         lr=lrs,
         ft_steps=steps,
         l2=l2,
         l2_on=l2_on,
-        pretrain_lr=float(run.lr),
         pretrain_loss_before=pre_before,
         finetune_loss_before=ft_before,
         pretrain_loss_after=pre_traj[..., -1],
@@ -306,7 +304,7 @@ def finetune(
         pretrain_loss_trajectory=None if record_every is None else pre_traj,
         finetune_loss_trajectory=None if record_every is None else ft_traj,
         weights=W_end,
-        pretrain_t=None if run.times is None else np.asarray(run.t),
+        **checkpoint_axis(run),
     )
     if bool(jnp.any(diverged)):
         idx = np.argwhere(np.asarray(diverged))

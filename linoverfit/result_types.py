@@ -36,6 +36,16 @@ def _flow_time(t, lr, steps) -> np.ndarray:
     return float(lr) * np.asarray(steps, dtype=np.float64)
 
 
+def checkpoint_axis(run) -> dict:
+    """The checkpoint axis every result computed from pre-training run ``run`` shares with it, as
+    keyword arguments: ``steps`` ``(C,)``, ``pretrain_lr`` (the run's peak rate) and ``pretrain_t``
+    ``(C,)``, the run's own time :math:`t_k = \sum_{j<k}\eta_j` when it had a schedule (``None`` for a
+    constant rate, where :math:`t = \eta\cdot\text{steps}`). The one place results copy it from a run, so
+    every result's ``t`` equals ``run.t``."""
+    return dict(steps=np.asarray(run.steps), pretrain_lr=float(run.lr),
+                pretrain_t=None if run.times is None else np.asarray(run.t))
+
+
 class DivergenceError(FloatingPointError):
     """Pre-training produced a non-finite or exploding loss; ``.step`` and ``.seed`` say where."""
 

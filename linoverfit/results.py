@@ -300,7 +300,8 @@ class Result:
 
         Raises :class:`ResultFileError` naming the file and the problem when it is missing,
         unreadable (empty, truncated, corrupted, not an ``.npz``), holds another class, lacks a
-        field, or has shapes that do not fit together.
+        required field, or has shapes that do not fit together. Optional fields added since the file
+        was written (they have defaults) take their defaults.
         """
         path = Path(path)
         if not path.is_file():
@@ -316,7 +317,7 @@ class Result:
         if saved != cls.__name__:
             raise ResultFileError(path, f"holds a {saved}, not a {cls.__name__}; load it with {saved}.load")
         try:
-            fields = {f.name: _decode(f.name, arrays) for f in dataclasses.fields(cls)}
+            fields = {f.name: _decode(f.name, arrays) for f in dataclasses.fields(cls) if not _absent_optional(f, arrays)}
             obj = cls(**fields)
             obj._check_consistent()
         except (ValueError, TypeError, KeyError, IndexError) as err:
@@ -325,6 +326,13 @@ class Result:
 
     def _check_consistent(self) -> None:
         """Raise ``ValueError`` when the fields do not fit together (shapes); subclasses say how."""
+
+
+def _absent_optional(field: dataclasses.Field, arrays: dict) -> bool:
+    """A field added after a file was written (it has a default) and absent from it: a file of an
+    older release loads with that default (e.g. ``pretrain_t=None``: time ``lr * steps``)."""
+    has_default = field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+    return has_default and not any(k.split(_SEP, 1)[0] == field.name for k in arrays)
 
 
 def expect_shape(name: str, value, shape: tuple) -> None:

@@ -25,7 +25,7 @@ from . import objective as _obj
 from . import progress as _progress
 from . import validation as _v
 from .networks import DeepLinear, end_to_end
-from .result_types import NonFiniteWarning, PretrainResult, SensitivityResult
+from .result_types import NonFiniteWarning, PretrainResult, SensitivityResult, checkpoint_axis
 from .sweeps import Footprint, Layout, Work, check_footprint, resolve_layout, sweep
 from .tasks import Dataset, Task
 
@@ -199,11 +199,9 @@ def gaussian(
             NonFiniteWarning, stacklevel=2,
         )
     return SensitivityResult(
-        pretrain_t=None if run.times is None else np.asarray(run.t),
-        steps=np.asarray(run.steps),
+        **checkpoint_axis(run),
         gamma=gammas,
         samples=samples,
-        pretrain_lr=float(run.lr),
         loss=base,
         perturbed_loss=sens + jnp.expand_dims(base, 1),
         sensitivity=sens,

@@ -41,6 +41,15 @@ def test_schedule_time_is_cumulative_lr_and_constant_schedule_is_constant_lr():
     # fine-tuning results carry the schedule's time
     ft = lo.finetune(net, run, lo.tasks.shifted(task, "additive", 0.1, key=jax.random.key(2)), lr=0.01, steps=5)
     np.testing.assert_array_equal(ft.t, run.t)
+    # and so do sensitivity results (issue 17: SensitivityResult.t once ignored the schedule and gave
+    # lr * steps), measured and predicted alike
+    sens = lo.sensitivity.gaussian(net, run, gamma=0.01, samples=4, key=3)
+    np.testing.assert_array_equal(sens.t, run.t)
+    assert not np.allclose(sens.t, run.lr * np.asarray(ck))  # the bug's value differs here
+    from linoverfit.theory import mirror
+
+    pred = mirror.gaussian(net, run, gamma=0.01)
+    np.testing.assert_array_equal(pred.t, run.t)
 
 
 def test_bad_schedules_are_rejected():
@@ -96,6 +105,38 @@ def test_optimizer_specs_equal_their_optax_counterparts():
         for x, y in zip(a.weights, b.weights):
             # same arithmetic up to operation order inside optax (momentum: trace + scale(-lr) vs sgd)
             np.testing.assert_allclose(x, y, rtol=1e-13, atol=1e-15)
+
+
+def test_finetune_accepts_momentum_adam_and_sam_like_pretrain():
+    """Issue 17: lo.finetune takes the optimizers lo.pretrain takes; each equals an independent loop
+    of the optax transformation on the fine-tuning loss plus the layer pull."""
+    task, net, W0 = _aligned(width=5, scale=0.3)
+    run = lo.pretrain(net, W0, task, lr=0.05, checkpoints=[5, 20])
+    ft = lo.tasks.shifted(task, "rotate", 0.3, key=jax.random.key(2))
+    lr, steps, l2 = 0.02, 6, 0.1
+    cases = [
+        (lo.optimizers.Momentum(0.8), optax.sgd(lr, momentum=0.8), 1),
+        (lo.optimizers.Adam(0.85, 0.99, 1e-7), optax.adam(lr, 0.85, 0.99, 1e-7), 1),
+        # SAM: optax.contrib.sam alternates an adversarial and an outer call per step
+        (lo.optimizers.SAM(0.05), optax.contrib.sam(optax.sgd(lr), optax.chain(optax.contrib.normalize(),
+                                                                            optax.sgd(0.05)), sync_period=2), 2),
+    ]
+    for spec, tx, calls in cases:
+        got = lo.finetune(net, run, ft, lr=lr, steps=steps, l2=l2, optimizer=spec, return_weights=True)
+        for c in range(2):
+            W0c = tuple(jnp.asarray(w[c]) for w in run.weights)
+
+            def objective(W, W0c=W0c):
+                pull = 0.5 * l2 * sum(jnp.sum((w - w0) ** 2) for w, w0 in zip(W, W0c))
+                return ft.loss(lo.networks.end_to_end(W)) + pull
+
+            W, state = W0c, tx.init(W0c)
+            for _ in range(calls * steps):
+                updates, state = tx.update(jax.grad(objective)(W), state, W)
+                W = optax.apply_updates(W, updates)
+            for a, b in zip(W, got.weights):
+                # float64 round-off of the same updates over 6 steps (operation order inside optax)
+                np.testing.assert_allclose(b[c, 0], a, rtol=1e-11, atol=1e-13)
 
 
 def test_sam_is_optax_contrib_sam_and_rho_zero_is_gd():

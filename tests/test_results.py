@@ -187,3 +187,27 @@ def test_save_load_exact_after_tree_map(results, tmp_path):
             a, b = getattr(r, f.name), getattr(back, f.name)
             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
                 np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("name", ["run", "ftr", "sens"])
+def test_file_of_an_older_release_loads_with_new_optional_fields_defaulted(results, name, tmp_path):
+    """A file written before an optional field existed (e.g. 0.1.0 had no ``pretrain_t``, ``prediction``,
+    ``past_edge``, ``l2_on``) loads, each absent optional field taking its default; a missing required
+    field is still refused by name."""
+    r = results[name]
+    path = r.save(tmp_path / name)
+    optional = [f.name for f in dataclasses.fields(r)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+    assert optional
+    with np.load(path) as data:
+        full = {k: data[k] for k in data.files}
+    old = {k: v for k, v in full.items() if k.split(".", 1)[0] not in optional}
+    np.savez(tmp_path / "old.npz", **old)
+    back = type(r).load(tmp_path / "old.npz")
+    for f in optional:
+        default = dataclasses.fields(r)[[g.name for g in dataclasses.fields(r)].index(f)].default
+        assert getattr(back, f) == default or (getattr(back, f) is None and default is None), f
+    required = next(f.name for f in dataclasses.fields(r) if f.name not in optional)
+    np.savez(tmp_path / "broken.npz", **{k: v for k, v in full.items() if k.split(".", 1)[0] != required})
+    with pytest.raises(lo.errors.ResultFileError, match=f"field '{required}' is missing"):
+        type(r).load(tmp_path / "broken.npz")

@@ -329,14 +329,14 @@ def finetune(net: DeepLinear, run: _rt.PretrainResult, task: Task, *, lr: float 
     pre_traj, ft_traj = np.where(invalid, np.nan, pre_traj), np.where(invalid, np.nan, ft_traj)
     c = lambda x: np.asarray(x, dtype)  # noqa: E731
     result = _rt.FinetuneResult(
-        steps=np.asarray(run.steps), lr=lrs, ft_steps=steps, l2=l2, l2_on=l2_on, pretrain_lr=float(run.lr),
+        **_rt.checkpoint_axis(run), lr=lrs, ft_steps=steps, l2=l2, l2_on=l2_on,
         pretrain_loss_before=c(pre_before), finetune_loss_before=c(ft_before),
         pretrain_loss_after=c(pre_traj[..., -1]), finetune_loss_after=c(ft_traj[..., -1]),
         diverged=diverged, diverged_step=bad_step,
         record_steps=None if record_every is None else record_steps,
         pretrain_loss_trajectory=None if record_every is None else c(pre_traj),
         finetune_loss_trajectory=None if record_every is None else c(ft_traj),
-        weights=None, pretrain_t=None if run.times is None else np.asarray(run.t),
+        weights=None,
         past_edge=past, prediction=prediction, exact=bool(exact))
     if diverged.any():
         warnings.warn(f"{int(diverged.sum())} predicted fine-tuning run(s) diverged; their after-losses are NaN and "
@@ -387,6 +387,6 @@ def gaussian(net: DeepLinear, run: _rt.PretrainResult, task: Task | None = None,
     sens = np.moveaxis(sens, -1, 1)  # (C, G[, S]), the simulation's order
     c = lambda x: np.asarray(x, dtype)  # noqa: E731
     return _rt.SensitivityResult(
-        steps=np.asarray(run.steps), gamma=gammas, samples=0, pretrain_lr=float(run.lr), loss=c(loss),
+        **_rt.checkpoint_axis(run), gamma=gammas, samples=0, loss=c(loss),
         perturbed_loss=c(np.expand_dims(loss, 1) + sens), sensitivity=c(sens), stderr=np.zeros(sens.shape, dtype),
         prediction="perturbation_sensitivity", exact=True)
