@@ -37,7 +37,7 @@ def _flow_time(t, lr, steps) -> np.ndarray:
 
 
 def checkpoint_axis(run) -> dict:
-    """The checkpoint axis every result computed from pre-training run ``run`` shares with it, as
+    r"""The checkpoint axis every result computed from pre-training run ``run`` shares with it, as
     keyword arguments: ``steps`` ``(C,)``, ``pretrain_lr`` (the run's peak rate) and ``pretrain_t``
     ``(C,)``, the run's own time :math:`t_k = \sum_{j<k}\eta_j` when it had a schedule (``None`` for a
     constant rate, where :math:`t = \eta\cdot\text{steps}`). The one place results copy it from a run, so
