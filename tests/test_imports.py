@@ -252,3 +252,19 @@ def test_every_deprecated_name_warns_once_and_is_its_replacement():
         if problems:
             bad[old] = problems
     assert not bad, bad
+
+
+def test_sources_compile_without_warnings():
+    """No invalid escape sequence (a DeprecationWarning at compile time, so ``python -W
+    error::DeprecationWarning`` could not import a fresh checkout; ``\\t`` in ``\\tfrac`` is a tab)."""
+    import warnings
+
+    bad = []
+    for path in _modules().values():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                compile(path.read_text(), str(path), "exec")
+            except (SyntaxError, DeprecationWarning, SyntaxWarning) as err:
+                bad.append(f"{path.relative_to(ROOT)}: {err}")
+    assert not bad, bad
