@@ -21,15 +21,11 @@ different figures into one folder keep every entry. ``--out`` is checked before 
 computed (exit 2 when it is a file, under a file, or not writable), and a ``summary.json`` that is
 not a JSON object is reported (exit 2), never replaced. Ctrl-C stops the run at once with exit
 status 130; the files of the figures already written stay as they are.
-
-Size: one command and the process control it needs (child processes, Ctrl-C, the locked summary
-merge); each piece is short and they share one control flow, so they stay together.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -44,8 +40,9 @@ from typing import TextIO
 import linoverfit
 
 from . import __version__
-from .files import atomic_write, locked, remove_stale_temporaries
+from .files import remove_stale_temporaries
 from .parallel import _cores
+from .summary import load_summary, merge_summary
 
 __all__ = ["main", "parse_only", "run_figures", "ToleranceError"]
 
@@ -190,42 +187,6 @@ def _stop_children() -> None:
             child.kill()
 
 
-def _load_summary(path: Path) -> dict:
-    """The figures' entries in ``path`` (``{}`` if missing); ``ValueError`` naming the file when it is
-    not a JSON object of objects (it is then left untouched, for the user to inspect)."""
-    if not path.exists():
-        return {}
-    keep = "move it away or delete it (it was not changed)"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read {path} ({err}); {keep}") from None
-    except ValueError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); {keep}") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object of figure entries "
-                         f"{{\"F1\": {{...}}, ...}}; {keep}")
-    return data
-
-
-def _write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-    with atomic_write(path) as fh:
-        fh.write(text.encode())
-
-
-def merge_summary(path, entries: dict, order) -> dict:
-    """Merge ``entries`` (``{figure: entry}``) into the JSON file ``path`` under a lock, atomically;
-    figures not in ``entries`` keep their entries. Keys follow ``order``. Returns the merged dict."""
-    path = Path(path)
-    with locked(path.parent):  # the folder itself: no lock file in the output
-        old = _load_summary(path)
-        merged = {k: (entries[k] if k in entries else old[k]) for k in order if k in entries or k in old}
-        merged.update({k: v for k, v in old.items() if k not in merged})  # unknown keys are kept, at the end
-        _write_json(path, merged)
-    return merged
-
-
 def run_figures(out: str | os.PathLike = "paper_figs", only: list[str] | None = None, quick: bool = False, seed: int = 0,
                 progress: bool = True, stream: TextIO | None = None, jobs: int = 1) -> dict:
     """Run the figures ``only`` (list of ``"F<n>"``, ``None`` = all) into ``out``; return ``{figure: seconds}``.
@@ -262,7 +223,7 @@ def run_figures(out: str | os.PathLike = "paper_figs", only: list[str] | None = 
     remove_stale_temporaries(out)  # left by a killed run
     stream = sys.stderr if stream is None else stream
     summary_path = out / "summary.json"
-    _load_summary(summary_path)  # a corrupt summary is reported before anything is computed
+    load_summary(summary_path)  # a corrupt summary is reported before anything is computed
     new: dict = {}
     times: dict = {}
     failed, missed = [], []

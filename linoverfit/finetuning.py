@@ -134,7 +134,7 @@ class FinetuneRun:
         def segment(carry, _):
             W, state, bad_step, i0 = carry
             unroll = _loops.UNROLL if spec is None else _loops.SPEC_UNROLL
-            W, state, bad_step = _loops.fori_ticking(i0, seg_len, step, (W, state, bad_step), block, unroll=unroll)
+            W, state, bad_step = _loops.fori_ticking(i0, seg_len, step, (W, state, bad_step), block, unroll, report=False)
             P = end_to_end(W)
             ft_loss = _obj.loss(ft_task, P, self.identity)
             # the last update of the segment is checked here (the step loop checks each loss before an update)
@@ -276,16 +276,17 @@ def finetune(
     runs = (jnp.repeat(jnp.arange(B, dtype=jnp.int32), R), jnp.tile(lrs_d, B), jax.random.split(key, B * R))
     identity = _obj.identity_cov(task)
     flops = _progress.step_flops(net.widths, rows(task, batch_size))
-    # ticks (progress and Ctrl-C) inside each run's step loop, sized for a default chunk of 4 runs
-    block = _progress.tick_block(steps, 4 * flops)
+    # interrupt points inside a run's step loop only when a chunk (4 runs by default) is long; the
+    # progress bar advances per chunk (the sweep's ticks)
+    block = _progress.tick_block(steps, 4 * flops, at_least=0)
     shared = (W_start, _obj.prepared(task), pre_task, jnp.asarray(l2, dtype),
               jnp.asarray(seg_len, _v.step_dtype()), jnp.asarray(block, _v.step_dtype()),
               jnp.asarray(divergence_factor, dtype),
               None if spec is None else jax.tree.map(lambda x: jnp.asarray(x, dtype), spec))
-    work = Work(desc="fine-tuning", unit="run", ticks_per_run=steps, flops=flops * float(steps) * B * R)
+    work = Work(desc="fine-tuning", unit="run", flops=flops * float(steps) * B * R)
     fn = FinetuneRun(make_opt=make_opt, batch_size=batch_size, n_records=n_records,
                      return_weights=bool(return_weights), identity=identity, on_map=l2_on == "map")
-    outs = sweep(fn, runs, shared, layout=layout, work=work, footprint=footprint, default_chunk=4, tick=False)
+    outs = sweep(fn, runs, shared, layout=layout, work=work, footprint=footprint, default_chunk=4)
     record_steps = seg_len * np.arange(1, n_records + 1)
     W_end, diverged, bad_step, pre_traj, ft_traj, (pre_before, ft_before) = jax.block_until_ready(
         _layout(outs, W_start, task, pre_task, record_steps, lead, R))

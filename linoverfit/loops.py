@@ -36,12 +36,14 @@ def fori(start, n, body, carry, unroll=UNROLL):
     return jax.lax.fori_loop(start + n_blocks * unroll, start + n, body, carry)
 
 
-def fori_ticking(start, n, body, carry, block, unroll=UNROLL):
+def fori_ticking(start, n, body, carry, block, unroll=UNROLL, report=True):
     """:func:`fori` over steps ``[start, start + n)`` that also ticks the open progress bar by ``block``
     steps each time a global step count that is a multiple of ``block`` (a traced int) is reached. The
     ticks are where an interrupted sweep stops (:func:`linoverfit.progress.cancelled`), so ``block``
-    bounds the latency of Ctrl-C. The steps, their order and their unrolling are exactly
-    :func:`fori`'s, so the results are bit for bit those of :func:`fori`."""
+    bounds the latency of Ctrl-C. With ``report=False`` the ticks advance nothing and only let an
+    interrupt in (the sweep reports progress per chunk instead). The steps, their order and their
+    unrolling are exactly :func:`fori`'s, so the results are bit for bit those of :func:`fori`."""
+    amount = block if report else 0
     if unroll == 1:
         # block-aligned pieces, each a plain loop: one test per piece, not per step
         end = start + n
@@ -50,7 +52,7 @@ def fori_ticking(start, n, body, carry, block, unroll=UNROLL):
             lo = jnp.maximum(start, j * block)
             hi = jnp.minimum(end, (j + 1) * block)
             c = jax.lax.fori_loop(lo, hi, body, c)
-            _progress.tick_blocks(lo, hi - lo, block, c)  # one tick when the piece ends on a boundary
+            _progress.tick_blocks(lo, hi - lo, block, c, amount)  # one tick when the piece ends on a boundary
             return c
 
         return jax.lax.fori_loop(start // block, (end + block - 1) // block, piece, carry)
@@ -61,12 +63,12 @@ def fori_ticking(start, n, body, carry, block, unroll=UNROLL):
         i = start + j * unroll
         for k in range(unroll):
             c = body(i + k, c)
-        _progress.tick_blocks(i, unroll, block, c)
+        _progress.tick_blocks(i, unroll, block, c, amount)
         return c
 
     def single(i, c):
         c = body(i, c)
-        _progress.tick_blocks(i, 1, block, c)
+        _progress.tick_blocks(i, 1, block, c, amount)
         return c
 
     n_groups = n // unroll

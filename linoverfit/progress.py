@@ -98,19 +98,23 @@ def estimate_seconds(flops: float, devices: int = 1) -> float:
     return float(flops) / (rate * max(1, int(devices)))
 
 
-#: Longest estimated stretch of compiled work between two ticks, in seconds: ticks are where an
-#: interrupted sweep stops (:func:`cancelled`), so this bounds the latency of Ctrl-C (the estimate
-#: assumes the conservative :data:`FLOPS_PER_SECOND`, so real stretches are shorter).
-TICK_SECONDS = 0.25
+#: Longest estimated stretch of compiled work between two ticks of a step loop, in seconds: ticks are
+#: where an interrupted sweep stops (:func:`cancelled`), so this bounds the latency of Ctrl-C. The
+#: estimate assumes the conservative :data:`FLOPS_PER_SECOND`, so real stretches are several times
+#: shorter; each tick costs a host callback per vmapped run, so they are kept few.
+TICK_SECONDS = 1.0
 
 
-def tick_block(steps: int, flops_per_step: float) -> int:
-    """Steps between two ticks of a loop of ``steps`` steps costing ``flops_per_step`` each:
-    ``block = max(1, min(steps // TICKS, TICK_SECONDS * rate / flops_per_step))``, so a loop reports
-    at least :data:`TICKS` times and at least every :data:`TICK_SECONDS` of estimated work."""
+def tick_block(steps: int, flops_per_step: float, at_least: int = TICKS) -> int:
+    """Steps between two ticks of a step loop of ``steps`` steps costing ``flops_per_step`` each:
+    ``block = max(1, min(steps // at_least, TICK_SECONDS * rate / flops_per_step))`` (the first term
+    dropped when ``at_least`` is 0), so the loop reports at least ``at_least`` times and at least
+    every :data:`TICK_SECONDS` of estimated work. A block longer than the loop means no tick inside it."""
     rate = FLOPS_PER_SECOND.get(jax.devices()[0].platform, FLOPS_PER_SECOND["gpu"])
-    by_time = int(TICK_SECONDS * rate / max(float(flops_per_step), 1.0))
-    return max(1, min(int(steps) // TICKS, by_time))
+    by_time = int(min(TICK_SECONDS * rate / max(float(flops_per_step), 1.0), 2**30))
+    if at_least:
+        by_time = min(by_time, int(steps) // int(at_least))
+    return max(1, by_time)
 
 
 def resolve(progress: bool | None, seconds: float) -> bool:
@@ -193,9 +197,11 @@ def tick(amount: ArrayLike, after: Any = None) -> None:
     jax.debug.callback(_host_tick, amount, _dependency(after))
 
 
-def tick_blocks(start: ArrayLike, n: ArrayLike, block: int, after: Any = None) -> None:
+def tick_blocks(start: ArrayLike, n: ArrayLike, block: int, after: Any = None, amount: ArrayLike | None = None) -> None:
     """Inside a compiled loop that has done steps ``[0, start)`` and just did ``n`` more: tick by the
     whole ``block``-sized blocks crossed, so a loop of ``T`` steps reports ``T // block`` times
-    however its segments are cut (all arguments may be traced)."""
+    however its segments are cut (all arguments may be traced); each block advances the bar by
+    ``amount`` (default ``block``; 0 makes the ticks mere interrupt points)."""
     crossed = (start + n) // block - start // block
-    jax.lax.cond(crossed > 0, lambda dep: tick(crossed * block, dep), lambda dep: None, _dependency(after))
+    per = block if amount is None else amount
+    jax.lax.cond(crossed > 0, lambda dep: tick(crossed * per, dep), lambda dep: None, _dependency(after))

@@ -92,7 +92,7 @@ def test_step_counters_follow_x64(setup):
     # the compiled loops count steps in int64 (their first-bad-step output carries the counter type)
     one_run = lo.pretraining.PretrainRun(make_opt=optax.sgd, batch_size=None, keep_weights=False, identity=False,
                                          online=False)
-    shared = lambda s: (task, jnp.asarray(0.1), jnp.asarray(0.0), s, jnp.asarray(1e4), None, None, None)  # noqa: E731
+    shared = lambda s: (task, jnp.asarray(0.1), jnp.asarray(0.0), s, s[0], jnp.asarray(1e4), None, None, None)  # noqa: E731
     out = jax.eval_shape(lambda s: one_run((tuple(W0), jax.random.key(0)), shared(s)),
                          jnp.asarray([2**32 + 3], jnp.int64))
     assert out[2].dtype == jnp.int64
@@ -259,7 +259,7 @@ def test_finetune_indexes_its_start_points(setup):
     one_run = lo.finetuning.FinetuneRun(make_opt=optax.sgd, batch_size=None, n_records=1, return_weights=False,
                                         identity=False)
     runs = (jnp.repeat(jnp.arange(2, dtype=jnp.int32), 7), jnp.tile(lrs, 2), jax.random.split(jax.random.key(0), 14))
-    shared = (run.weights, ft, task, jnp.asarray(0.0), jnp.asarray(2), jnp.asarray(1e4), None)
+    shared = (run.weights, ft, task, jnp.asarray(0.0), jnp.asarray(2), jnp.asarray(3), jnp.asarray(1e4), None)
     text = lo.sweeps._program.lower(runs, shared, np.int32(0), fn=one_run, mesh=None, chunk=4, parts=1,
                                     tick=True).as_text()
     assert "tensor<2x4x4xf64>" in text and "tensor<14x4x4xf64>" not in text  # 2 checkpoints, 7 lrs

@@ -29,7 +29,7 @@ _NOT_IN_REFERENCE = ("linoverfit.validation", "linoverfit.experiments")
 
 
 # modules whose functions draw or place things rather than compute: a docstring, no math required
-_STYLE_ONLY = ("linoverfit.plotting", "linoverfit.parallel", "linoverfit.cli", "linoverfit.files", "linoverfit.deprecation",
+_STYLE_ONLY = ("linoverfit.plotting", "linoverfit.parallel", "linoverfit.cli", "linoverfit.files", "linoverfit.deprecation", "linoverfit.summary",
                "linoverfit.progress")  # no math to state
 
 
