@@ -49,7 +49,7 @@ import numpy as np
 from .. import objective as _obj
 from .. import result_types as _rt
 from .. import validation as _v
-from ..networks import DeepLinear
+from ..networks import DeepLinear, check_network
 from ..tasks import Dataset, Task
 # helpers of the theory modules (one block: paths are fixed here when those modules move)
 from ..pretraining import DIVERGENCE_FACTOR
@@ -72,8 +72,7 @@ FINETUNE_METHODS = ("gd", "modes")
 
 
 def _net(net):
-    if not isinstance(net, DeepLinear):
-        raise TypeError(f"net must be a DeepLinear, got {type(net).__name__}")
+    check_network(net)
 
 
 def _population(task, name):
