@@ -56,6 +56,9 @@ def linear_checkpoints(total_steps: int, n: int, include_zero: bool = False) -> 
     """
     total_steps = _v.positive_int(total_steps, "total_steps")
     n = _v.positive_int(n, "n")
+    if include_zero and n < 2:
+        raise ValueError(f"n={n} with include_zero=True gives only step 0; n counts step 0 too, so pass n >= 2 "
+                         f"(e.g. n=2 for [0, {total_steps}])")
     start = 0 if include_zero else total_steps / n
     out = np.round(np.linspace(start, total_steps, n)).astype(np.int64)
     return _v.step_grid(out, "checkpoints")

@@ -36,7 +36,7 @@ from . import objective as _obj
 from . import optimizers as _opt
 from . import progress as _progress
 from . import validation as _v
-from .networks import DeepLinear, end_to_end
+from .networks import DeepLinear, check_network, end_to_end
 from .pretraining import (DIVERGENCE_FACTOR, WORKING_COPIES, check_batch_size, check_objective, checked_inputs,
                           n_params, rows, run_key)
 from .result_types import DivergenceWarning, FinetuneResult, PretrainResult, checkpoint_axis
@@ -232,8 +232,7 @@ def finetune(
     objective) are frozen, reported with a :class:`DivergenceWarning` naming the checkpoint and
     learning rate, marked in ``diverged``/``diverged_step``, and their after-losses are NaN.
     """
-    if not isinstance(net, DeepLinear):
-        raise TypeError(f"net must be a DeepLinear, got {type(net).__name__}")
+    check_network(net)
     if not isinstance(run, PretrainResult):
         raise TypeError(f"run must be a PretrainResult from lo.pretrain or lo.theory.pretrain, got {type(run).__name__}")
     if run.weights is None:

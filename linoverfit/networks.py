@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
+from . import memory as _mem
 from . import validation as _v
 from .tasks import Dataset, Task
 
@@ -136,12 +137,19 @@ class DeepLinear:
                 raise ValueError("scheme='aligned' needs task= (the teacher whose singular vectors to align with)")
             self.check_task(task)
         key = _v.prng_key(key, "key")
+        dtype = dtype or (task.teacher.dtype if task is not None else jnp.result_type(float))
+        dtype = _v.weight_dtype(dtype, "dtype")
+        # refuse weights that cannot fit before JAX tries (and aborts the process) to allocate them
+        copies = 1 if seeds is None else _v.positive_int(seeds, "seeds")
+        n_params = copies * sum(a * b for a, b in self.shapes)
+        _mem.require(2 * n_params * dtype.itemsize, "net.init", f"{n_params} parameters of {dtype.name} "
+                     f"(widths {self.widths}{'' if seeds is None else f', {copies} seeds'})",
+                     "use smaller widths or fewer seeds")
         if seeds is not None:
             seeds = _v.positive_int(seeds, "seeds")
             keys = jax.random.split(key, seeds)
             per_seed = [self.init(k, scale, scheme, task, None, dtype) for k in keys]
             return tuple(jnp.stack(ws) for ws in zip(*per_seed))
-        dtype = dtype or (task.teacher.dtype if task is not None else jnp.result_type(float))
         keys = jax.random.split(key, self.depth + 1)
         if scheme == "gaussian":
             return tuple(scale * jax.random.normal(k, s, dtype) for k, s in zip(keys, self.shapes))
@@ -166,3 +174,20 @@ def _complete_basis(Q, r):
     tail = Q[:, r:] - head @ (head.T @ Q[:, r:])
     tail, _ = jnp.linalg.qr(tail)
     return jnp.concatenate([head, tail], axis=1)
+
+
+def check_network(net, name: str = "net") -> DeepLinear:
+    r"""``net`` checked to be a :class:`DeepLinear` that computes :math:`y = W_L\cdots W_1 x`: the sweeps
+    and the closed forms use its end-to-end map (population loss, :func:`end_to_end`), so a subclass
+    overriding ``__call__`` or ``end_to_end`` (e.g. to apply a nonlinearity) would be trained as the
+    linear network and is refused with a ``TypeError`` naming ``name``."""
+    if not isinstance(net, DeepLinear):
+        raise TypeError(f"{name} must be a DeepLinear, got {type(net).__name__}")
+    for attr in ("__call__", "end_to_end"):
+        if getattr(type(net), attr) is not getattr(DeepLinear, attr):
+            raise TypeError(
+                f"{name} is a {type(net).__name__}, a DeepLinear subclass that overrides {attr}; linoverfit trains "
+                f"and predicts a DeepLinear through its end-to-end map W_L ... W_1, not through {attr}, so what "
+                f"{type(net).__name__} computes would be silently replaced. Pass lo.DeepLinear(widths) itself "
+                f"(nonlinear networks are not supported yet).")
+    return net

@@ -28,7 +28,7 @@ from . import optimizers as _opt
 from . import progress as _progress
 from . import loops as _loops
 from . import validation as _v
-from .networks import DeepLinear, end_to_end
+from .networks import DeepLinear, check_network, end_to_end
 from .result_types import DivergenceError, PretrainResult
 from .sweeps import Footprint, Layout, Work, resolve_layout, sweep
 from .tasks import Dataset, Task
@@ -236,8 +236,7 @@ def pretrain(
     Raises :class:`DivergenceError` (with ``.step``) when the loss becomes non-finite or exceeds
     ``divergence_factor`` times its natural scale.
     """
-    if not isinstance(net, DeepLinear):
-        raise TypeError(f"net must be a DeepLinear, got {type(net).__name__}")
+    check_network(net)
     layout = resolve_layout(layout, devices, chunk, progress)
     task = check_objective(net, task, "task")
     W0 = net.check_weights(W0, "W0")

@@ -306,6 +306,9 @@ class Result:
         path = Path(path)
         if not path.is_file():
             raise ResultFileError(path, "no such file" if not path.exists() else "not a file")
+        if not zipfile.is_zipfile(path):
+            raise ResultFileError(path, "not an .npz result file (an .npz is a zip archive; this one is not); "
+                                        "pass a file written by Result.save")
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}  # reads (and CRC-checks) every member now

@@ -24,7 +24,7 @@ from jax.typing import ArrayLike
 from . import objective as _obj
 from . import progress as _progress
 from . import validation as _v
-from .networks import DeepLinear, end_to_end
+from .networks import DeepLinear, check_network, end_to_end
 from .result_types import NonFiniteWarning, PretrainResult, SensitivityResult, checkpoint_axis
 from .sweeps import Footprint, Layout, Work, check_footprint, resolve_layout, sweep
 from .tasks import Dataset, Task
@@ -143,8 +143,7 @@ def gaussian(
     random numbers): each entry is an unbiased estimate with standard error ``stderr``, and
     differences between checkpoints carry much less noise than independent draws would give.
     """
-    if not isinstance(net, DeepLinear):
-        raise TypeError(f"net must be a DeepLinear, got {type(net).__name__}")
+    check_network(net)
     if not isinstance(run, PretrainResult):
         raise TypeError(f"run must be a PretrainResult from lo.pretrain, got {type(run).__name__}")
     if run.weights is None:

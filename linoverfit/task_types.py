@@ -62,6 +62,7 @@ class Task:
             A = jnp.asarray(A)
             if not jnp.issubdtype(A.dtype, jnp.floating):
                 A = A.astype(jnp.result_type(float))
+            _v.float_dtype(A, "teacher")  # float16/bfloat16: too few bits, refused by name
             object.__setattr__(self, "teacher", A)
         d_in = A.shape[1]
         cov = self.input_cov
@@ -160,6 +161,9 @@ class Dataset:
             raise ValueError(f"x and y must have the same number of rows, got {np.shape(self.x)[0]} and {np.shape(self.y)[0]}")
         object.__setattr__(self, "x", jnp.asarray(self.x))
         object.__setattr__(self, "y", jnp.asarray(self.y))
+        for name in ("x", "y"):
+            if jnp.issubdtype(getattr(self, name).dtype, jnp.floating):
+                _v.float_dtype(getattr(self, name), name)
 
     def tree_flatten(self) -> tuple[tuple, None]:
         return (self.x, self.y), None

@@ -79,7 +79,7 @@ def from_spectrum(singular_values: ArrayLike, d_in: int, d_out: int, key: jax.Ar
     s = _v.positive_vector(singular_values, "singular_values", allow_zero=True)
     if s.size > min(d_in, d_out):
         raise ValueError(f"singular_values has {s.size} entries but min(d_in, d_out) = {min(d_in, d_out)}")
-    dtype = dtype or jnp.result_type(float)
+    dtype = _v.weight_dtype(dtype or jnp.result_type(float), "dtype")
     key = _as_key(key)
     # Haar draws factor a full n x n Gaussian matrix (QR: the matrix, its factors, the workspace)
     n_floats = 3 * (d_out**2 + d_in**2) + 2 * d_out * d_in + (d_in**2 if input_cov is None else 0)

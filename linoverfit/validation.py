@@ -235,6 +235,18 @@ def float_dtype(x, name: str):
     return dtype
 
 
+def weight_dtype(dtype, name: str = "dtype") -> np.dtype:
+    """``dtype`` checked to be ``float32`` or ``float64`` (the dtypes the simulations run in);
+    a ``TypeError`` naming ``name`` otherwise (complex, integer, float16, bfloat16, ...)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}; pass dtype=jnp.float32 or jnp.float64")
+    return dt
+
+
 def working_dtype(arrays, name: str):
     r"""The one working dtype of a computation: the widest float dtype among ``arrays`` (checked by
     :func:`float_dtype`), as JAX can currently represent it (``float64`` becomes ``float32`` when

@@ -282,3 +282,58 @@ def test_memory_estimate_refuses_early_and_names_the_option(setup, monkeypatch):
 def test_available_memory_is_read():
     avail = lo.memory.available_bytes()
     assert avail is None or avail > 0
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silent
+
+
+def test_newcomer_mistakes_get_named_errors(tmp_path):
+    net = lo.DeepLinear((4, 4, 4))
+    with pytest.raises(ValueError, match="include_zero=True gives only step 0.*n >= 2"):
+        lo.linear_checkpoints(10, 1, include_zero=True)
+    np.testing.assert_array_equal(lo.linear_checkpoints(10, 2, include_zero=True), [0, 10])  # the suggested fix
+    for bad in (jnp.complex64, jnp.float16, jnp.int32):
+        with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+            net.init(0, dtype=bad)
+        with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+            lo.tasks.power_law(4, 4, key=0, dtype=bad)
+    with pytest.raises(TypeError, match="teacher has dtype float16"):
+        lo.Task(jnp.eye(3, dtype=jnp.float16))
+    with pytest.raises(TypeError, match="x must be"):
+        lo.Dataset(jnp.ones((3, 2), jnp.bfloat16), jnp.ones((3, 2)))
+    (tmp_path / "notes.txt").write_text("not a result")
+    with pytest.raises(lo.errors.ResultFileError, match="not an .npz result file.*Result.save"):
+        lo.PretrainResult.load(tmp_path / "notes.txt")
+
+
+def test_weights_too_large_to_allocate_are_refused_before_jax_aborts(monkeypatch):
+    """A 4 TB init once aborted the whole process inside XLA; now the memory check refuses it."""
+    monkeypatch.setenv("LINOVERFIT_MEMORY_LIMIT", "1G")
+    with pytest.raises(lo.errors.MemoryBudgetError, match="net.init.*use smaller widths or fewer seeds"):
+        lo.DeepLinear((100_000, 100_000, 100_000)).init(0)
+    with pytest.raises(lo.errors.MemoryBudgetError, match="1000 seeds"):
+        lo.DeepLinear((300, 300, 300)).init(0, seeds=1000)
+
+
+def test_a_network_computing_something_else_is_refused_not_trained_as_linear():
+    """Issue 20: a DeepLinear subclass applying tanh was trained as the linear network (reported loss
+    3.9e-12 where its true loss was 0.026)."""
+    class Tanh(lo.DeepLinear):
+        def __call__(self, weights, x):
+            return jnp.tanh(super().__call__(weights, x))
+
+    task = lo.tasks.power_law(4, 4, key=0)
+    net = Tanh((4, 4, 4))
+    W0 = lo.DeepLinear((4, 4, 4)).init(0, scale=0.1)
+    with pytest.raises(TypeError, match="Tanh, a DeepLinear subclass that overrides __call__"):
+        lo.pretrain(net, W0, task, lr=0.1, checkpoints=[5])
+    run = lo.pretrain(lo.DeepLinear((4, 4, 4)), W0, task, lr=0.1, checkpoints=[5])
+    with pytest.raises(TypeError, match="overrides __call__"):
+        lo.finetune(net, run, task, lr=0.1, steps=2)
+    with pytest.raises(TypeError, match="overrides __call__"):
+        lo.sensitivity.gaussian(net, run, gamma=0.1, samples=2, key=0)
+
+    class Plain(lo.DeepLinear):  # a subclass that computes the same thing is fine
+        pass
+
+    lo.pretrain(Plain((4, 4, 4)), W0, task, lr=0.1, checkpoints=[5])
