@@ -149,5 +149,8 @@ def test_committed_f5_f6():
     assert_f5(summary["F5"])
     assert_f6(summary["F6"])
     assert not summary["F5"]["quick"] and not summary["F6"]["quick"]
+    # float64 (issue 18: in float32 the strongest pulls' degradations, ~1e-5 relative, were round-off
+    # and the fit gave -2.29); the pull-dominated law of docs/theory.md 4.5 is lambda^-2
+    assert summary["F5"]["dtype"] == "float64"
     p = summary["F5"]["scaling"]["l2_to_pretrained"]["exponent"]
-    assert -3.0 < p < -1.5, p
+    assert -2.3 < p < -1.6, p  # local slopes over lambda 0.3-10 in float64: -1.98, -2.22, -1.49 (grid-limited at 10)
