@@ -7,14 +7,13 @@ Issue 18, acceptance 1. float64 throughout (conftest enables x64).
 
 import warnings
 
-import jax
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import linoverfit as lo
-from linoverfit.theory import mirror
+
 
 SIGMA_PRE = [3.0, 2.0, 1.0, 0.5]
 SIGMA_FT = [3.0, 2.0, 1.0, 2.5]  # one late, sufficiently misaligned mode: sigma'_4 = 5 sigma_4
@@ -133,7 +132,7 @@ def test_finetune_and_mirror_match_the_independent_simulation(springer, on):
         assert sim.l2_on == on and sim.l2 == lam
         results = [sim]
         for method in ("gd", "modes"):
-            th = mirror.finetune(s.net, run, s.finetune_task, lr=FT_LR, steps=FT_STEPS, l2=lam, l2_on=on,
+            th = lo.theory.finetune(s.net, run, s.finetune_task, lr=FT_LR, steps=FT_STEPS, l2=lam, l2_on=on,
                                  method=method)
             assert th.exact and not th.past_edge.any() and th.l2_on == on
             results.append(th)
@@ -187,7 +186,7 @@ def test_map_penalty_any_lam_and_lr(one_checkpoint, lam, lr):
     s, sub, A, B, (W1, W2) = one_checkpoint
     want = _gd_finetune(W1, W2, A, B, lam, lr, 20, "map")
     sim = lo.finetune(s.net, sub, s.finetune_task, lr=lr, steps=20, l2=lam, l2_on="map")
-    th = mirror.finetune(s.net, sub, s.finetune_task, lr=lr, steps=20, l2=lam, l2_on="map", method="modes")
+    th = lo.theory.finetune(s.net, sub, s.finetune_task, lr=lr, steps=20, l2=lam, l2_on="map", method="modes")
     for r in (sim, th):
         np.testing.assert_allclose([float(r.pretrain_loss_after[0, 0]), float(r.finetune_loss_after[0, 0])], want, **TOL)
 
@@ -198,7 +197,7 @@ def test_idealised_checkpoints_modes_equal_simulation():
     s = lo.springer.setting(SIGMA_PRE, SIGMA_FT, T=T)
     run = s.idealised_run()
     sim = lo.finetune(s.net, run, s.finetune_task, lr=0.05, steps=3000, l2=1.0, l2_on="map", return_weights=True)
-    th = mirror.finetune(s.net, run, s.finetune_task, lr=0.05, steps=3000, l2=1.0, l2_on="map", method="modes")
+    th = lo.theory.finetune(s.net, run, s.finetune_task, lr=0.05, steps=3000, l2=1.0, l2_on="map", method="modes")
     np.testing.assert_allclose(np.asarray(th.pretrain_loss_after), np.asarray(sim.pretrain_loss_after), **TOL)
     # at convergence a learnt mode sits at (sigma' + 2 lam sigma)/(1 + 2 lam); the unlearnt ones stay at 0
     P = np.asarray(sim.weights[1][-1, 0] @ sim.weights[0][-1, 0])
@@ -227,7 +226,7 @@ def test_penalty_delays_turning_point_and_raises_finetune_loss(on):
     t_star, ft = [], []
     for lam in LAMS:
         sim = lo.finetune(s.net, run, s.finetune_task, lr=FT_LR, steps=FT_STEPS, l2=lam, l2_on=on)
-        th = mirror.finetune(s.net, run, s.finetune_task, lr=FT_LR, steps=FT_STEPS, l2=lam, l2_on=on, method="modes")
+        th = lo.theory.finetune(s.net, run, s.finetune_task, lr=FT_LR, steps=FT_STEPS, l2=lam, l2_on=on, method="modes")
         tp, tp_th = lo.turning_point(sim), lo.turning_point(th)
         assert bool(tp.is_turning_point[0])
         assert abs(tp.t_star[0] - tp_th.t_star[0]) < 1e-8
@@ -243,7 +242,7 @@ def test_bad_l2_on_names_the_argument(springer):
     with pytest.raises(ValueError, match="l2_on must be one of"):
         lo.finetune(s.net, run, s.finetune_task, lr=FT_LR, steps=3, l2=0.1, l2_on="foo")
     with pytest.raises(ValueError, match="l2_on must be one of"):
-        mirror.finetune(s.net, run, s.finetune_task, lr=FT_LR, steps=3, l2=0.1, l2_on="weights")
+        lo.theory.finetune(s.net, run, s.finetune_task, lr=FT_LR, steps=3, l2=0.1, l2_on="weights")
 
 
 def test_map_penalty_counted_in_divergence_check():
@@ -254,5 +253,5 @@ def test_map_penalty_counted_in_divergence_check():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sim = lo.finetune(s.net, run, s.finetune_task, lr=0.05, steps=200, l2=50.0, l2_on="map")
-        th = mirror.finetune(s.net, run, s.finetune_task, lr=0.05, steps=200, l2=50.0, l2_on="map")
+        th = lo.theory.finetune(s.net, run, s.finetune_task, lr=0.05, steps=200, l2=50.0, l2_on="map")
     assert bool(sim.diverged.all()) and bool(th.diverged.all())

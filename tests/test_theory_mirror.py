@@ -7,7 +7,6 @@ stated where it is used. float64 throughout (conftest enables x64).
 """
 
 import dataclasses
-import warnings
 
 import jax
 import numpy as np
@@ -16,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import linoverfit as lo
-from linoverfit.theory import mirror
 from linoverfit.theory.ucurve import TurningPoints, turning_point
 
 D = 4  # widths: small, so every compiled sweep is cheap
@@ -73,7 +71,7 @@ def test_mirror_matches_simulation(task, depth, scheme):
     # aligned: modes start at 0.3^L (learnt within the 100 steps); gaussian: a small random start
     W0 = net.init(jax.random.key(1), scale=0.3 if scheme == "aligned" else 0.1, scheme=scheme, task=task, seeds=2)
     sim = lo.pretrain(net, W0, task, lr=LR, checkpoints=CHECKPOINTS)
-    th = mirror.pretrain(net, W0, task, lr=LR, checkpoints=CHECKPOINTS)
+    th = lo.theory.pretrain(net, W0, task, lr=LR, checkpoints=CHECKPOINTS)
     _same_layout(sim, th)
     # aligned starts take the per-mode map, any other the GD map on its own layers; both exact
     assert th.prediction == ("modes" if scheme == "aligned" else "gd") and th.exact
@@ -85,7 +83,7 @@ def test_mirror_matches_simulation(task, depth, scheme):
         ft = lo.tasks.shifted(task, kind, key=jax.random.key(2), **kw)
         fs = lo.finetune(net, sim, ft, lr=FT_LRS, steps=20, record_every=5)
         for start in (sim, th):  # run simulated or predicted
-            fp = mirror.finetune(net, start, ft, lr=FT_LRS, steps=20, record_every=5)
+            fp = lo.theory.finetune(net, start, ft, lr=FT_LRS, steps=20, record_every=5)
             _same_layout(fs, fp, extra=("past_edge",))
             assert fp.exact and not fp.past_edge.any() and not fp.diverged.any()
             np.testing.assert_array_equal(fp.diverged_step, fs.diverged_step)
@@ -94,7 +92,7 @@ def test_mirror_matches_simulation(task, depth, scheme):
                 _close(getattr(fs, name), getattr(fp, name), **EXACT)
 
     gs = lo.sensitivity.gaussian(net, sim, gamma=(0.03, 0.1), samples=64, key=3)
-    gp = mirror.gaussian(net, th, gamma=(0.03, 0.1), samples=64, key=3)
+    gp = lo.theory.gaussian(net, th, gamma=(0.03, 0.1), samples=64, key=3)
     _same_layout(gs, gp)
     assert gp.samples == 0 and not np.any(gp.stderr)
     _close(gs.loss, gp.loss, **EXACT)
@@ -112,8 +110,8 @@ def test_flow_prediction_is_first_order_in_lr(task):
     gaps = []
     for lr in (0.02, 0.01):
         ck = [int(round(5.0 / lr)), int(round(20.0 / lr))]  # t = 5 and 20 at both rates
-        gd = mirror.pretrain(net, W0, task, lr=lr, checkpoints=ck, method="gd")
-        flow = mirror.pretrain(net, W0, task, lr=lr, checkpoints=ck, method="flow")
+        gd = lo.theory.pretrain(net, W0, task, lr=lr, checkpoints=ck, method="gd")
+        flow = lo.theory.pretrain(net, W0, task, lr=lr, checkpoints=ck, method="flow")
         assert flow.prediction == "flow" and not flow.exact
         np.testing.assert_allclose(flow.t, gd.t)
         gaps.append(np.max(np.abs(gd.loss - flow.loss)))
@@ -129,10 +127,10 @@ def test_turning_point_same_type_and_agreement(task):
     W0 = net.init(jax.random.key(1), scale=1e-2, scheme="aligned", task=task)
     ck = lo.log_checkpoints(3000, 14)
     sim = lo.pretrain(net, W0, task, lr=LR, checkpoints=ck)
-    th = mirror.pretrain(net, W0, task, lr=LR, checkpoints=ck)
+    th = lo.theory.pretrain(net, W0, task, lr=LR, checkpoints=ck)
     ft = lo.tasks.shifted(task, "rotate", size=0.5, key=jax.random.key(3))
     fs = lo.finetune(net, sim, ft, lr=(0.1, 0.2), steps=20)
-    fp = mirror.finetune(net, th, ft, lr=(0.1, 0.2), steps=20)
+    fp = lo.theory.finetune(net, th, ft, lr=(0.1, 0.2), steps=20)
     ms, mp = turning_point(fs), turning_point(fp)
     assert type(ms) is type(mp) is TurningPoints and ms.dims == mp.dims == ("lr",)
     assert mp.is_turning_point.all()  # this setting has a U-curve at both rates (rise ~4%)
@@ -143,7 +141,7 @@ def test_turning_point_same_type_and_agreement(task):
     assert isinstance(mp.curve(0), lo.theory.UCurve) and mp.curve(0).t_star == mp.t_star[0]
 
     gs = lo.sensitivity.gaussian(net, sim, gamma=(0.25, 0.35), samples=32, key=0)
-    gp = mirror.gaussian(net, th, gamma=(0.25, 0.35))
+    gp = lo.theory.gaussian(net, th, gamma=(0.25, 0.35))
     a, b = turning_point(gs), turning_point(gp)
     assert type(a) is type(b) is TurningPoints and a.dims == b.dims == ("gamma",)
     np.testing.assert_array_equal(a.coords["gamma"], b.coords["gamma"])
@@ -153,26 +151,26 @@ def test_mirror_bad_input(task):
     net = lo.DeepLinear((D, D, D))
     W0 = net.init(jax.random.key(1), scale=0.1)
     with pytest.raises(ValueError, match="method='modes' needs balanced starts aligned"):
-        mirror.pretrain(net, W0, task, lr=LR, checkpoints=[10], method="modes")
+        lo.theory.pretrain(net, W0, task, lr=LR, checkpoints=[10], method="modes")
     with pytest.raises(TypeError, match="lr must be a constant"):
-        mirror.pretrain(net, W0, task, lr=lambda k: 0.1, checkpoints=[10])
+        lo.theory.pretrain(net, W0, task, lr=lambda k: 0.1, checkpoints=[10])
     with pytest.raises(TypeError, match="Dataset"):
-        mirror.pretrain(net, W0, task.sample(8, key=0), lr=LR, checkpoints=[10])
-    run = mirror.pretrain(net, W0, task, lr=LR, checkpoints=[10])
+        lo.theory.pretrain(net, W0, task.sample(8, key=0), lr=LR, checkpoints=[10])
+    run = lo.theory.pretrain(net, W0, task, lr=LR, checkpoints=[10])
     with pytest.raises(ValueError, match="method='gd'.*method='modes'"):
-        mirror.finetune(net, run, task, lr=0.1, steps=5, l2=0.1, method="layers")
+        lo.theory.finetune(net, run, task, lr=0.1, steps=5, l2=0.1, method="layers")
     with pytest.raises(ValueError, match="l2_on must be one of"):
-        mirror.finetune(net, run, task, lr=0.1, steps=5, l2=0.1, l2_on="foo")
+        lo.theory.finetune(net, run, task, lr=0.1, steps=5, l2=0.1, l2_on="foo")
     with pytest.raises(ValueError, match="method='modes' needs balanced starts"):
-        mirror.finetune(net, run, task, lr=0.1, steps=5, l2=0.1, method="modes")
+        lo.theory.finetune(net, run, task, lr=0.1, steps=5, l2=0.1, method="modes")
     with pytest.raises(ValueError, match="gd_order must be 'auto' or 'exact'"):
-        mirror.finetune(net, run, task, lr=0.1, steps=5, l2=0.1, gd_order=2)
+        lo.theory.finetune(net, run, task, lr=0.1, steps=5, l2=0.1, gd_order=2)
     with pytest.raises(TypeError, match="fine-tuning result"):
         turning_point(run)
     with pytest.raises(ValueError, match="min_rise"):
-        turning_point(mirror.gaussian(net, run, gamma=0.1), min_rise=-1)
+        turning_point(lo.theory.gaussian(net, run, gamma=0.1), min_rise=-1)
     with pytest.raises(ValueError, match="quantity='loss'"):
-        turning_point(mirror.gaussian(net, run, gamma=0.1), quantity="loss")
+        turning_point(lo.theory.gaussian(net, run, gamma=0.1), quantity="loss")
 
 
 @settings(max_examples=40, deadline=None)
