@@ -153,4 +153,4 @@ def test_committed_f5_f6():
     # and the fit gave -2.29); the pull-dominated law of docs/theory.md 4.5 is lambda^-2
     assert summary["F5"]["dtype"] == "float64"
     p = summary["F5"]["scaling"]["l2_to_pretrained"]["exponent"]
-    assert -2.3 < p < -1.6, p  # local slopes over lambda 0.3-10 in float64: -1.98, -2.22, -1.49 (grid-limited at 10)
+    assert -2.2 < p < -1.8, p  # float64: -2.02 (an independent float64 simulation of the same draw: -2.020)
