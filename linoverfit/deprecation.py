@@ -19,7 +19,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 
-__all__ = ["Deprecated", "TABLE", "REMOVAL", "lookup", "replacement"]
+__all__ = ["Deprecated", "TABLE", "REMOVAL", "deprecate", "lookup", "replacement", "warn_once"]
 
 #: The release in which every name of :data:`TABLE` disappears.
 REMOVAL = "0.3.0"
@@ -55,6 +55,17 @@ def replacement(path: str):
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError):
         return importlib.import_module(path)
+
+
+def warn_once(old: str, new: str, removal: str = REMOVAL, stacklevel: int = 3) -> None:
+    """One :class:`DeprecationWarning` per process for a deprecated *usage* ``old`` (e.g. an
+    argument), naming its replacement ``new`` and the removal release."""
+    with _lock:
+        first = old not in _warned
+        _warned.add(old)
+    if first:
+        warnings.warn(f"{old} is deprecated and will be removed in {removal}; use {new}", DeprecationWarning,
+                      stacklevel=stacklevel + 1)
 
 
 def lookup(module: str, name: str):

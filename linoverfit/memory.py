@@ -110,14 +110,16 @@ def available_bytes(device: jax.Device | None = None) -> int | None:
 OVERHEAD_BYTES = 64 * 2**20
 
 
-def require(nbytes: float, what: str, sizes: str, fixes: str, device: jax.Device | None = None) -> None:
+def require(nbytes: float, what: str, sizes: str, fixes: str, device: jax.Device | None = None,
+            overhead: bool = True) -> None:
     """Raise :class:`MemoryBudgetError` when the estimated ``peak = nbytes + OVERHEAD_BYTES`` exceeds
-    :func:`available_bytes` (no check when that is ``None``).
+    :func:`available_bytes` (no check when that is ``None``; ``overhead=False``: ``peak = nbytes``,
+    for a single allocation such as initial weights).
 
     ``what`` names the computation, ``sizes`` its dimensions, ``fixes`` the options that reduce it.
     """
     avail = available_bytes(device)
-    nbytes = int(nbytes) + OVERHEAD_BYTES
+    nbytes = int(nbytes) + (OVERHEAD_BYTES if overhead else 0)
     if avail is None or nbytes <= avail:
         return
     raise MemoryBudgetError(

@@ -144,7 +144,7 @@ class DeepLinear:
         n_params = copies * sum(a * b for a, b in self.shapes)
         _mem.require(2 * n_params * dtype.itemsize, "net.init", f"{n_params} parameters of {dtype.name} "
                      f"(widths {self.widths}{'' if seeds is None else f', {copies} seeds'})",
-                     "use smaller widths or fewer seeds")
+                     "use smaller widths or fewer seeds", overhead=False)
         if seeds is not None:
             seeds = _v.positive_int(seeds, "seeds")
             keys = jax.random.split(key, seeds)

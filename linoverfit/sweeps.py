@@ -43,6 +43,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from . import deprecation as _deprecation
 from . import memory as _mem
 from . import parallel as _par
 from . import progress as _progress
@@ -76,7 +77,11 @@ class Layout:
 def resolve_layout(layout: Layout | None, devices: Any = None, chunk: int | None = None,
                    progress: bool | None = None) -> Layout:
     """``layout``, or a :class:`Layout` from the shorthands ``devices=``, ``chunk=``, ``progress=`` of
-    the sweep functions (not both)."""
+    the sweep functions (not both). ``devices=`` and ``chunk=`` are deprecated (the simulation's
+    arguments say what to compute, ``layout`` how); ``progress=`` stays, for notebooks."""
+    if devices is not None or chunk is not None:
+        _deprecation.warn_once("passing devices= or chunk= to lo.pretrain, lo.finetune or lo.sensitivity.gaussian",
+                               "layout=lo.Layout(devices=..., chunk=...)", stacklevel=3)
     if layout is None:
         if chunk is not None:
             chunk = _v.positive_int(chunk, "chunk")

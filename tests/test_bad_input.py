@@ -211,9 +211,9 @@ def _table(task, ft, net, W0, run, data):
         ("(0, 4) teacher", lambda: lo.Task(teacher=np.ones((0, 4))), ValueError, "teacher must have at least one row"),
         ("set of widths", lambda: lo.DeepLinear({4, 5, 3}), TypeError, "widths must be an ordered sequence"),
         ("dict of widths", lambda: lo.DeepLinear({4: 1, 5: 2}), TypeError, "widths"),
-        ("chunk=0 pretrain", lambda: lo.pretrain(net, W0, task, lr=0.1, checkpoints=[2], chunk=0), ValueError, "chunk"),
-        ("chunk=0 finetune", lambda: lo.finetune(net, run, ft, lr=0.1, steps=2, chunk=0), ValueError, "chunk"),
-        ("chunk=1.5 sensitivity", lambda: lo.sensitivity.gaussian(net, run, samples=4, key=0, chunk=1.5), TypeError,
+        ("chunk=0 pretrain", lambda: lo.pretrain(net, W0, task, lr=0.1, checkpoints=[2], layout=lo.Layout(chunk=0)), ValueError, "chunk"),
+        ("chunk=0 finetune", lambda: lo.finetune(net, run, ft, lr=0.1, steps=2, layout=lo.Layout(chunk=0)), ValueError, "chunk"),
+        ("chunk=1.5 sensitivity", lambda: lo.sensitivity.gaussian(net, run, samples=4, key=0, layout=lo.Layout(chunk=1.5)), TypeError,
          "chunk"),
         ("gaussian_init_s0 modes=2.5", lambda: lo.theory.modes.gaussian_init_s0(0.1, (4, 4, 4), modes=2.5), TypeError, "modes"),
         ("perturbed_loss_curve gamma<0", lambda: lo.theory.curves.perturbed_loss_curve(
@@ -267,12 +267,13 @@ def test_finetune_indexes_its_start_points(setup):
 
 def test_memory_estimate_refuses_early_and_names_the_option(setup, monkeypatch):
     task, ft, net, W0, run, _ = setup
+    W50 = net.init(0, 0.1, seeds=50)  # 25.6 KB of weights: made before the (tiny) limit is set
     monkeypatch.setenv("LINOVERFIT_MEMORY_LIMIT", "20K")
     with pytest.raises(lo.errors.MemoryBudgetError, match="return_weights=False") as err:
         lo.finetune(net, run, ft, lr=np.linspace(0.01, 0.1, 50), steps=2, return_weights=True)
     assert "2 checkpoints x 1 seed(s) x 50 learning rate(s)" in str(err.value) and err.value.needed > 20 * 1024
     with pytest.raises(lo.errors.MemoryBudgetError, match="keep_weights=False"):
-        lo.pretrain(net, net.init(0, 0.1, seeds=50), task, lr=0.1, checkpoints=lo.log_checkpoints(100, 50))
+        lo.pretrain(net, W50, task, lr=0.1, checkpoints=lo.log_checkpoints(100, 50))
     with pytest.raises(lo.errors.MemoryBudgetError, match="fewer samples"):
         lo.sensitivity.gaussian(net, run, samples=5000, key=0)
     monkeypatch.setenv("LINOVERFIT_MEMORY_LIMIT", "off")

@@ -107,10 +107,10 @@ for seeds, n_ck in ((4, 12), (3, 5)):  # 4 seeds / 144 runs: even split; 3 seeds
     ck = lo.log_checkpoints(400, n_ck)
     res = {}
     for name, devices in (("one", 1), ("all", None)):
-        run = lo.pretrain(net, W0, task, lr=0.05, checkpoints=ck, devices=devices)
+        run = lo.pretrain(net, W0, task, lr=0.05, checkpoints=ck, layout=lo.Layout(devices=devices))
         f = lo.finetune(net, run, ft, lr=(0.01, 0.03, 0.1), steps=40, record_every=10, return_weights=True,
-                        devices=devices)
-        s = lo.sensitivity.gaussian(net, run, gamma=(0.01, 0.03), samples=32, key=key[3], devices=devices)
+                        layout=lo.Layout(devices=devices))
+        s = lo.sensitivity.gaussian(net, run, gamma=(0.01, 0.03), samples=32, key=key[3], layout=lo.Layout(devices=devices))
         arrays = {"pre_loss": run.loss, "pre_w0": run.weights[0], "pre_w1": run.weights[1],
                   "ft_pre": f.pretrain_loss_after, "ft_ft": f.finetune_loss_after,
                   "ft_traj": f.finetune_loss_trajectory, "ft_w1": f.weights[1],
@@ -132,9 +132,9 @@ W0 = small.init(key[2], scale=0.1, seeds=3)
 res = {}
 for name, devices in (("one", 1), ("all", None)):
     run = lo.pretrain(small, W0, data, lr=0.05, checkpoints=[10, 50, 100, 200, 300], batch_size=8, key=key[3],
-                      devices=devices)
-    f = lo.finetune(small, run, cov_task, lr=(0.01, 0.05), steps=30, batch_size=None, devices=devices)
-    g = lo.finetune(small, run, data, lr=(0.01, 0.05), steps=30, batch_size=4, key=key[2], devices=devices)
+                      layout=lo.Layout(devices=devices))
+    f = lo.finetune(small, run, cov_task, lr=(0.01, 0.05), steps=30, batch_size=None, layout=lo.Layout(devices=devices))
+    g = lo.finetune(small, run, data, lr=(0.01, 0.05), steps=30, batch_size=4, key=key[2], layout=lo.Layout(devices=devices))
     res[name] = [np.asarray(x) for x in (run.weights[0], f.pretrain_loss_after, g.finetune_loss_after)]
 for i, (a, b) in enumerate(zip(res["one"], res["all"])):
     out[f"data/{i}"] = {"bitwise": bool(np.array_equal(a, b)), "max_rel": float(np.abs(a - b).max() / np.abs(a).max()),
@@ -159,12 +159,12 @@ def test_devices_argument_validation():
     task = lo.tasks.power_law(3, 3, 1.0, key=jax.random.key(0))
     W0 = net.init(jax.random.key(1), scale=0.1)
     with pytest.raises(ValueError, match="devices"):
-        lo.pretrain(net, W0, task, checkpoints=[3], devices=len(jax.devices()) + 1)
+        lo.pretrain(net, W0, task, checkpoints=[3], layout=lo.Layout(devices=len(jax.devices()) + 1))
     with pytest.raises(TypeError, match="devices"):
-        lo.pretrain(net, W0, task, checkpoints=[3], devices="gpu")
-    one = lo.pretrain(net, W0, task, checkpoints=[3], devices=jax.devices()[:1])
+        lo.pretrain(net, W0, task, checkpoints=[3], layout=lo.Layout(devices="gpu"))
+    one = lo.pretrain(net, W0, task, checkpoints=[3], layout=lo.Layout(devices=jax.devices()[:1]))
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("x",))
-    other = lo.pretrain(net, W0, task, checkpoints=[3], devices=mesh)
+    other = lo.pretrain(net, W0, task, checkpoints=[3], layout=lo.Layout(devices=mesh))
     np.testing.assert_array_equal(one.weights[0], other.weights[0])
 
 
@@ -253,7 +253,7 @@ def test_threaded_parts_equal_one_part(monkeypatch):
             np.testing.assert_allclose(b, a, rtol=1e-12, atol=0, err_msg=f"{threads} parts")
     # with the same per-seed programs the pre-trained weights are bitwise equal too
     monkeypatch.setattr(lo.parallel, "CPU_THREADS", 3)
-    again = lo.pretrain(net, W0, task, lr=0.05, checkpoints=lo.log_checkpoints(200, 7), chunk=1)
+    again = lo.pretrain(net, W0, task, lr=0.05, checkpoints=lo.log_checkpoints(200, 7), layout=lo.Layout(chunk=1))
     monkeypatch.setattr(lo.parallel, "CPU_THREADS", 1)
-    one = lo.pretrain(net, W0, task, lr=0.05, checkpoints=lo.log_checkpoints(200, 7), chunk=1)
+    one = lo.pretrain(net, W0, task, lr=0.05, checkpoints=lo.log_checkpoints(200, 7), layout=lo.Layout(chunk=1))
     np.testing.assert_array_equal(np.asarray(again.weights[0]), np.asarray(one.weights[0]))

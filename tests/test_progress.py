@@ -70,7 +70,7 @@ def test_bars_are_advanced_from_inside_the_sweeps(small, recorder):
     net, task, ft, W0 = small
     ck = lo.log_checkpoints(600, 5)
     run = lo.pretrain(net, W0, task, lr=0.05, checkpoints=ck, progress=True)
-    ftr = lo.finetune(net, run, ft, lr=(0.01, 0.03), steps=20, progress=True, chunk=1)
+    ftr = lo.finetune(net, run, ft, lr=(0.01, 0.03), steps=20, layout=lo.Layout(progress=True, chunk=1))
     lo.sensitivity.gaussian(net, run, gamma=(0.01,), samples=4, key=jax.random.key(3), progress=True)
     pre, fin, sens = recorder
     # pre-training counts what the user asked for, 600 steps (issue 20), whatever the seeds (3 here,
