@@ -31,7 +31,7 @@ def end_to_end(weights: Sequence[ArrayLike]) -> jax.Array:
     Examples:
       >>> import jax.numpy as jnp, linoverfit as lo
       >>> W1, W2 = jnp.ones((3, 2)), jnp.full((1, 3), 2.0)
-      >>> lo.end_to_end((W1, W2))
+      >>> lo.networks.end_to_end((W1, W2))
       Array([[6., 6.]], dtype=float32)
     """
     return reduce(lambda acc, w: w @ acc, weights[1:], weights[0])
