@@ -36,13 +36,15 @@ __all__ = ["identity_cov", "prepared", "loss", "value_and_grad", "online_batch",
 
 
 def nonlinear(net) -> bool:
-    """True when ``net`` is given and not linear: its loss goes through ``net.apply`` on samples."""
+    r"""True when ``net`` is given and not linear (no end-to-end map :math:`P`): its loss goes through
+    ``net.apply`` on samples, :func:`sample_loss`."""
     return net is not None and not is_linear(net)
 
 
 def require_samples(net, task, name: str = "task", online: bool = False):
-    """``task`` unless ``net`` is nonlinear and ``task`` is a population :class:`Task` (not sampled
-    online): such a network has no population loss, and a ``ValueError`` names the fixes."""
+    r"""``task`` unless ``net`` is nonlinear and ``task`` is a population :class:`Task` (not sampled
+    online): such a network has no population loss :math:`\mathbb E\,\tfrac12\lVert f(x) - y\rVert^2`
+    in closed form, and a ``ValueError`` names the fixes."""
     if nonlinear(net) and isinstance(task, Task) and not online:
         raise ValueError(
             f"{name} is a population Task, but {type(net).__name__} is not linear: its loss has no closed form over "
