@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import zipfile
 import zlib
 from pathlib import Path
@@ -237,6 +238,12 @@ class Result:
                     w = np.asarray(w)
                     lead = self._lead_dims(f.name, w.shape[:-2], sizes)
                     data[f"{f.name}_{layer}"] = (lead + (f"unit{layer}", f"unit{layer - 1}"), w)
+                continue
+            if not hasattr(v, "shape"):  # a params pytree (lo.Model): one variable per leaf, named by its path
+                for path, w in jax.tree_util.tree_flatten_with_path(v)[0]:
+                    name = "_".join([f.name] + [p for p in re.split(r"\W+", jax.tree_util.keystr(path)) if p])
+                    w = np.asarray(w)
+                    data[name] = (self._lead_dims(name, w.shape, sizes), w)
                 continue
             v = np.asarray(v)
             data[f.name] = (self._lead_dims(f.name, v.shape, sizes), v)

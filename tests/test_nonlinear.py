@@ -180,6 +180,9 @@ def test_results_with_a_params_pytree_refuse_to_save(tmp_path):
     run = lo.pretrain(model, model.init(0), data, lr=0.1, checkpoints=[2])
     with pytest.raises(ValueError, match="keep_weights=False"):
         run.save(tmp_path / "run.npz")
+    xr = pytest.importorskip("xarray")
+    ds = run.to_xarray()
+    assert isinstance(ds, xr.Dataset) and ds["weights_W1"].shape == (1, 12, 6)
     lean = lo.pretrain(model, model.init(0), data, lr=0.1, checkpoints=[2], keep_weights=False)
     back = lo.PretrainResult.load(lean.save(tmp_path / "lean.npz"))
     assert np.array_equal(back.loss, lean.loss)
