@@ -4,6 +4,7 @@ Quick map::
 
     lo.tasks          teachers, input covariances, shifted fine-tuning tasks
     lo.DeepLinear     deep linear networks as plain tuples of matrices
+    lo.MLP, lo.Model  nonlinear networks (an MLP, or your own init/apply pair) through the same sweeps
     lo.pretrain       one compiled pre-training run, every checkpoint kept (lr schedules, online SGD)
     lo.finetune       every checkpoint x learning rate x seed fine-tuned in one compiled call
     lo.sensitivity    Monte Carlo sensitivity to Gaussian weight noise
@@ -23,6 +24,7 @@ from . import deprecation as _deprecation
 from . import errors, optimizers, sensitivity, springer, tasks
 from .checkpoints import linear_checkpoints, log_checkpoints
 from .finetuning import finetune
+from .models import MLP, Model
 from .networks import DeepLinear
 from .pretraining import pretrain
 from .result_types import DivergenceError, DivergenceWarning, FinetuneResult, PretrainResult, SensitivityResult
@@ -57,6 +59,8 @@ __all__ = [
     "errors",
     "plotting",
     "DeepLinear",
+    "MLP",
+    "Model",
     "Task",
     "Dataset",
     "pretrain",

@@ -36,9 +36,9 @@ from . import objective as _obj
 from . import optimizers as _opt
 from . import progress as _progress
 from . import validation as _v
-from .networks import DeepLinear, check_network, end_to_end
+from .networks import Network, check_network, end_to_end
 from .pretraining import (DIVERGENCE_FACTOR, WORKING_COPIES, check_batch_size, check_objective, checked_inputs,
-                          n_params, rows, run_key)
+                          flop_widths, n_params, rows, run_key)
 from .result_types import DivergenceWarning, FinetuneResult, PretrainResult, checkpoint_axis
 from .sweeps import Footprint, Layout, Work, resolve_layout, sweep
 from .tasks import Dataset, Task
@@ -80,7 +80,9 @@ class FinetuneRun:
     the prepared fine-tuning task, the pre-training task, :math:`\lambda`, steps per record, the
     divergence factor, and a traced :mod:`linoverfit.optimizers` spec (``None``: ``make_opt``).
     ``on_map`` (static): the penalty is :math:`\lambda\lVert\theta - \theta^0\rVert_F^2` on the
-    end-to-end map (:func:`map_penalty`) instead of the layer pull.
+    end-to-end map (:func:`map_penalty`) instead of the layer pull. ``net`` (``None``: a linear
+    network) is called through ``apply`` on the Datasets' samples when it is not linear; ``W_start``
+    is then its params pytree with a leading ``B`` on every leaf.
     """
 
     make_opt: Callable | None
@@ -89,13 +91,15 @@ class FinetuneRun:
     return_weights: bool
     identity: bool
     on_map: bool = False
+    net: Any = None
 
     def __call__(self, run, shared):
         b, lr, key = run
         W_start, ft_task, pre_task, l2, seg_len, block, factor, spec = shared
-        W_init = tuple(w[b] for w in W_start)
+        net = self.net if _obj.nonlinear(self.net) else None
+        W_init = tuple(w[b] for w in W_start) if net is None else jax.tree.map(lambda w: w[b], W_start)
         tx = self.make_opt(lr) if spec is None else spec.transform(lr)
-        limit = _obj.divergence_limit(ft_task, W_init, factor, self.identity)
+        limit = _obj.divergence_limit(ft_task, W_init, factor, self.identity, net)
 
         if self.on_map:
             P_init = end_to_end(W_init)
@@ -108,6 +112,10 @@ class FinetuneRun:
                 if self.on_map:
                     value, gp = map_penalty(W, P_init, l2)
                     return loss + value, tuple(gl + d for gl, d in zip(g, gp))
+                if net is not None:  # any params pytree
+                    diff = jax.tree.map(lambda w, w0: w - w0, W, W_init)
+                    return (loss + 0.5 * l2 * sum(jnp.sum(d * d) for d in jax.tree.leaves(diff)),
+                            jax.tree.map(lambda gl, d: gl + l2 * d, g, diff))
                 diff = tuple(w - w0 for w, w0 in zip(W, W_init))
                 return loss + 0.5 * l2 * sum(jnp.sum(d * d) for d in diff), tuple(gl + l2 * d for gl, d in zip(g, diff))
 
@@ -118,7 +126,7 @@ class FinetuneRun:
             W, state, bad_step = carry
 
             def value_and_grad(W):
-                loss, g = _obj.value_and_grad(ft_task, W, key, i, self.batch_size, self.identity)
+                loss, g = _obj.value_and_grad(ft_task, W, key, i, self.batch_size, self.identity, net=net)
                 return pull(W, loss, g)
 
             loss, g = value_and_grad(W) if spec is None else spec.gradient(value_and_grad, W)
@@ -135,13 +143,16 @@ class FinetuneRun:
             W, state, bad_step, i0 = carry
             unroll = _loops.UNROLL if spec is None else _loops.SPEC_UNROLL
             W, state, bad_step = _loops.fori_ticking(i0, seg_len, step, (W, state, bad_step), block, unroll, report=False)
-            P = end_to_end(W)
-            ft_loss = _obj.loss(ft_task, P, self.identity)
+            if net is None:
+                P = end_to_end(W)
+                ft_loss, pre_loss = _obj.loss(ft_task, P, self.identity), pre_task.loss(P)
+            else:
+                ft_loss, pre_loss = _obj.net_loss(net, ft_task, W), _obj.net_loss(net, pre_task, W)
             # the last update of the segment is checked here (the step loop checks each loss before an update)
             objective, _ = pull(W, ft_loss, W)
             end = i0 + seg_len
             bad_step = jnp.where((bad_step < 0) & _obj.diverging(objective, limit), end, bad_step)
-            return (W, state, bad_step, end), (pre_task.loss(P), ft_loss)
+            return (W, state, bad_step, end), (pre_loss, ft_loss)
 
         counter = seg_len.dtype
         init = (W_init, tx.init(W_init), jnp.asarray(-1, counter), jnp.asarray(0, counter))
@@ -149,8 +160,8 @@ class FinetuneRun:
         return (W if self.return_weights else None), bad_step, pre_traj, ft_traj
 
 
-@partial(jax.jit, static_argnames=("lead", "R"))
-def _layout(outs, W_start, ft_task, pre_task, record_steps, lead, R):
+@partial(jax.jit, static_argnames=("lead", "R", "net"))
+def _layout(outs, W_start, ft_task, pre_task, record_steps, lead, R, net=None):
     """The sweep's ``(B * R, ...)`` outputs as ``(C, R[, S], ...)``: final weights (``None`` unless kept),
     ``diverged``, first bad step, the records (NaN from each run's divergence step on), and the
     pre-training / fine-tuning losses at the checkpoints ``(C[, S])``."""
@@ -161,18 +172,21 @@ def _layout(outs, W_start, ft_task, pre_task, record_steps, lead, R):
         x = jnp.reshape(x, lead + (R,) + x.shape[1:])
         return jnp.moveaxis(x, len(lead), 1) if len(lead) == 2 else x
 
-    W_end = None if W_end is None else tuple(to_cr(w) for w in W_end)
+    W_end = None if W_end is None else (tuple(to_cr(w) for w in W_end) if net is None else jax.tree.map(to_cr, W_end))
     bad_step = to_cr(bad_step)
     diverged = bad_step >= 0
     # a record is invalid from the step where its run diverged on (the run is frozen there)
     invalid = diverged[..., None] & (record_steps >= bad_step[..., None])
     pre_traj, ft_traj = jnp.where(invalid, jnp.nan, to_cr(pre_traj)), jnp.where(invalid, jnp.nan, to_cr(ft_traj))
+    if net is not None:  # a nonlinear network: its sample losses at each start, (B,) -> lead
+        before = jax.vmap(lambda W: (_obj.net_loss(net, pre_task, W), _obj.net_loss(net, ft_task, W)))(W_start)
+        return W_end, diverged, bad_step, pre_traj, ft_traj, tuple(jnp.reshape(x, lead) for x in before)
     P0 = end_to_end(tuple(jnp.reshape(w, lead + w.shape[-2:]) for w in W_start))
     return W_end, diverged, bad_step, pre_traj, ft_traj, (pre_task.loss(P0), ft_task.loss(P0))
 
 
 def finetune(
-    net: DeepLinear,
+    net: Network,
     run: PretrainResult,
     task: Task | Dataset,
     lr: float | Sequence[float] | ArrayLike = (0.01,),
@@ -203,7 +217,8 @@ def finetune(
     :math:`L_{ft}` before and after, so forgetting is :math:`L_{pre}(W_{ft}) - L_{pre}(W^0)`.
 
     Args:
-      net: the network of ``run``.
+      net: the network of ``run`` (any :class:`~linoverfit.networks.Network`; a nonlinear one needs
+        Dataset tasks, ``task`` and the pre-training task, and ``l2_on="layers"``).
       run: a :class:`PretrainResult` with weights (simulated, or predicted by :func:`linoverfit.theory.pretrain`).
       task: the fine-tuning Task or Dataset.
       lr: one or more learning rates (all > 0), shape ``(R,)``.
@@ -241,11 +256,15 @@ def finetune(
     task = check_objective(net, task, "task")
     pre_task = check_objective(net, run.task if pretrain_task is None else pretrain_task, "pretrain_task")
     weights = net.check_weights(run.weights, "run.weights")
+    nonlinear = _obj.nonlinear(net)
     lrs = _v.positive_vector(lr, "lr")
     steps = _v.positive_int(steps, "steps")
     _v.representable_steps(steps, "steps")
     l2 = _v.positive_scalar(l2, "l2", allow_zero=True)
     l2_on = check_l2_on(l2_on)
+    if nonlinear and l2_on == "map":
+        raise ValueError(f"l2_on='map' penalises the end-to-end map, which a nonlinear {type(net).__name__} does not "
+                         "have; use l2_on='layers' (the pull on every parameter)")
     divergence_factor = _v.positive_scalar(divergence_factor, "divergence_factor")
     batch_size = check_batch_size(batch_size, task)
     if record_every is None:
@@ -261,7 +280,7 @@ def finetune(
     B, R = int(np.prod(lead)), lrs.size
     key = run_key(key, batch_size)
     dtype, weights, (task, pre_task) = checked_inputs(weights, (task, pre_task), "run.weights")
-    P, isz = n_params(weights), np.dtype(dtype).itemsize
+    P, isz = n_params(weights, net), np.dtype(dtype).itemsize
     footprint = Footprint(
         shared=B * P * isz, per_run=WORKING_COPIES * P * isz,
         per_output=((P if return_weights else 0) + 2 * n_records + 2) * isz, label="fine-tuning",
@@ -270,11 +289,14 @@ def finetune(
         + (", final weights returned" if return_weights else ""),
         fix="pass return_weights=False, fewer checkpoints or learning rates per call, a larger record_every, "
         "or a smaller chunk")
-    W_start = tuple(jnp.reshape(w, (B,) + w.shape[-2:]) for w in weights)
+    if nonlinear:
+        W_start = jax.tree.map(lambda w: jnp.reshape(w, (B,) + w.shape[len(lead):]), weights)
+    else:
+        W_start = tuple(jnp.reshape(w, (B,) + w.shape[-2:]) for w in weights)
     lrs_d = jnp.asarray(lrs, dtype)
     runs = (jnp.repeat(jnp.arange(B, dtype=jnp.int32), R), jnp.tile(lrs_d, B), jax.random.split(key, B * R))
     identity = _obj.identity_cov(task)
-    flops = _progress.step_flops(net.widths, rows(task, batch_size))
+    flops = _progress.step_flops(flop_widths(net), rows(task, batch_size))
     # interrupt points inside a run's step loop only when a chunk (4 runs by default) is long; the
     # progress bar advances per chunk (the sweep's ticks)
     block = _progress.tick_block(steps, 4 * flops, at_least=0)
@@ -284,11 +306,12 @@ def finetune(
               None if spec is None else jax.tree.map(lambda x: jnp.asarray(x, dtype), spec))
     work = Work(desc="fine-tuning", unit="run", flops=flops * float(steps) * B * R)
     fn = FinetuneRun(make_opt=make_opt, batch_size=batch_size, n_records=n_records,
-                     return_weights=bool(return_weights), identity=identity, on_map=l2_on == "map")
+                     return_weights=bool(return_weights), identity=identity, on_map=l2_on == "map",
+                     net=net if nonlinear else None)
     outs = sweep(fn, runs, shared, layout=layout, work=work, footprint=footprint, default_chunk=4)
     record_steps = seg_len * np.arange(1, n_records + 1)
     W_end, diverged, bad_step, pre_traj, ft_traj, (pre_before, ft_before) = jax.block_until_ready(
-        _layout(outs, W_start, task, pre_task, record_steps, lead, R))
+        _layout(outs, W_start, task, pre_task, record_steps, lead, R, net if nonlinear else None))
     result = FinetuneResult(
         lr=lrs,
         ft_steps=steps,

@@ -1,8 +1,14 @@
-r"""Deep linear networks as plain tuples of matrices.
+r"""Deep linear networks as plain tuples of matrices, and the :class:`Network` protocol every sweep takes.
 
 Weights are ``(W_1, ..., W_L)`` with ``W_l`` of shape ``(n_l, n_{l-1})``; the end-to-end map is
 :math:`P = W_L \cdots W_1` and the prediction :math:`y = P x`. Leading batch axes (seeds,
 checkpoints, learning rates) are allowed on every function here.
+
+A :class:`Network` is anything with ``init``, ``apply`` (inputs ``(N, d_in)`` -> outputs
+``(N, d_out)``), ``d_in``, ``d_out``, ``check_weights`` and ``check_task``; a *linear* network
+also has ``end_to_end(params)`` (:func:`is_linear`), which enables the population loss and the
+closed forms. :class:`DeepLinear` is one; :class:`~linoverfit.MLP` and :class:`~linoverfit.Model`
+(:mod:`linoverfit.models`) are the others.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import reduce
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +27,7 @@ from . import memory as _mem
 from . import validation as _v
 from .tasks import Dataset, Task
 
-__all__ = ["DeepLinear", "end_to_end", "INIT_SCHEMES"]
+__all__ = ["DeepLinear", "Network", "end_to_end", "is_linear", "check_network", "check_linear", "INIT_SCHEMES"]
 
 INIT_SCHEMES = ("gaussian", "balanced", "aligned")
 
@@ -35,6 +42,40 @@ def end_to_end(weights: Sequence[ArrayLike]) -> jax.Array:
       Array([[6., 6.]], dtype=float32)
     """
     return reduce(lambda acc, w: w @ acc, weights[1:], weights[0])
+
+
+@runtime_checkable
+class Network(Protocol):
+    r"""What :func:`~linoverfit.pretrain`, :func:`~linoverfit.finetune` and
+    :func:`~linoverfit.sensitivity.gaussian` need of a network (a hashable object: it is a static
+    argument of the compiled single-run functions).
+
+    * ``init(key, scale=..., seeds=None, dtype=None)`` -> a params pytree (``seeds=S`` stacks ``S``
+      of them on a leading axis of every leaf);
+    * ``apply(params, x)`` -> outputs ``(N, d_out)`` for inputs ``x`` ``(N, d_in)``;
+    * ``d_in``, ``d_out``; ``check_weights(params, name)`` (validated params, leading batch axes
+      allowed) and ``check_task(task, name)``;
+    * optionally ``end_to_end(params)`` -> ``(d_out, d_in)``: the network is linear
+      (:func:`is_linear`), its loss is that of :math:`P` (population loss, closed forms).
+    """
+
+    d_in: int
+    d_out: int
+
+    def init(self, key: Any, scale: float = ..., seeds: int | None = None, dtype: Any = None) -> Any: ...
+
+    def apply(self, params: Any, x: ArrayLike) -> jax.Array: ...
+
+    def check_weights(self, params: Any, name: str = "weights") -> Any: ...
+
+    def check_task(self, task: Any, name: str = "task") -> Any: ...
+
+
+def is_linear(net) -> bool:
+    r"""True when ``net`` is linear, :math:`f(x) = Px`: it has ``end_to_end`` (and no ``linear``
+    attribute saying otherwise, as a nonlinear :class:`~linoverfit.MLP` has). The sweeps then use
+    the end-to-end map (population loss, closed-form gradient); otherwise ``net.apply`` on samples."""
+    return callable(getattr(net, "end_to_end", None)) and bool(getattr(net, "linear", True))
 
 
 @dataclass(frozen=True)
@@ -80,6 +121,10 @@ class DeepLinear:
     def __call__(self, weights, x):
         r"""Predictions :math:`y = P x` for inputs ``x`` of shape ``(..., N, d_in)`` -> ``(..., N, d_out)``."""
         return x @ jnp.swapaxes(end_to_end(weights), -1, -2)
+
+    def apply(self, weights, x):
+        r"""Predictions :math:`y = P x`, ``(..., N, d_in)`` -> ``(..., N, d_out)`` (the :class:`Network` protocol)."""
+        return self(weights, x)
 
     def check_weights(self, weights: Sequence[ArrayLike], name: str = "weights") -> tuple:
         """Validate that ``weights`` fit this network (leading batch axes allowed); return them as a tuple."""
@@ -176,18 +221,57 @@ def _complete_basis(Q, r):
     return jnp.concatenate([head, tail], axis=1)
 
 
-def check_network(net, name: str = "net") -> DeepLinear:
-    r"""``net`` checked to be a :class:`DeepLinear` that computes :math:`y = W_L\cdots W_1 x`: the sweeps
-    and the closed forms use its end-to-end map (population loss, :func:`end_to_end`), so a subclass
-    overriding ``__call__`` or ``end_to_end`` (e.g. to apply a nonlinearity) would be trained as the
-    linear network and is refused with a ``TypeError`` naming ``name``."""
+def check_linear(net, name: str = "net") -> DeepLinear:
+    r"""``net`` checked to be a :class:`DeepLinear` that computes :math:`y = W_L\cdots W_1 x` (what the
+    closed forms of :mod:`linoverfit.theory` predict): a subclass overriding ``__call__``, ``apply``
+    or ``end_to_end`` (e.g. to apply a nonlinearity) would be predicted as the linear network and
+    is refused with a ``TypeError`` naming ``name``."""
     if not isinstance(net, DeepLinear):
-        raise TypeError(f"{name} must be a DeepLinear, got {type(net).__name__}")
-    for attr in ("__call__", "end_to_end"):
+        raise TypeError(f"{name} must be a DeepLinear, got {type(net).__name__} (the closed forms hold for deep "
+                        "linear networks only; simulate other networks with lo.pretrain / lo.finetune)")
+    for attr in ("__call__", "apply", "end_to_end"):
         if getattr(type(net), attr) is not getattr(DeepLinear, attr):
             raise TypeError(
                 f"{name} is a {type(net).__name__}, a DeepLinear subclass that overrides {attr}; linoverfit trains "
                 f"and predicts a DeepLinear through its end-to-end map W_L ... W_1, not through {attr}, so what "
-                f"{type(net).__name__} computes would be silently replaced. Pass lo.DeepLinear(widths) itself "
-                f"(nonlinear networks are not supported yet).")
+                f"{type(net).__name__} computes would be silently replaced. Pass lo.DeepLinear(widths) itself, "
+                f"or a nonlinear network as lo.MLP(widths, activation=...) or lo.Model(init, apply, d_in, d_out).")
     return net
+
+
+def check_network(net, name: str = "net") -> Network:
+    r"""``net`` checked to be a :class:`Network` the sweeps can run: a :class:`DeepLinear` (checked
+    by :func:`check_linear`: a subclass that computes something else than :math:`W_L\cdots W_1 x`
+    is refused), or any other hashable object with ``init``, ``apply``, ``d_in``, ``d_out``,
+    ``check_weights`` and ``check_task`` (:class:`~linoverfit.MLP`, :class:`~linoverfit.Model`).
+    Raises ``TypeError`` naming ``name``."""
+    if isinstance(net, DeepLinear):
+        return check_linear(net, name)
+    if not isinstance(net, Network):
+        missing = [a for a in ("init", "apply", "d_in", "d_out", "check_weights", "check_task") if not hasattr(net, a)]
+        raise TypeError(f"{name} must be a network (lo.DeepLinear, lo.MLP, lo.Model(init, apply, d_in, d_out)), got "
+                        f"{type(net).__name__}" + (f" (it has no {', '.join(missing)})" if missing else ""))
+    try:
+        hash(net)
+    except TypeError:
+        raise TypeError(f"{name} ({type(net).__name__}) must be hashable: it is a static argument of the compiled "
+                        "runs (use a frozen dataclass)") from None
+    return net
+
+
+def template(net):
+    """One network's params as a pytree of ``jax.ShapeDtypeStruct`` (``net.init`` traced, not run)."""
+    own = getattr(net, "template", None)
+    return own() if callable(own) else jax.eval_shape(lambda k: net.init(k), jax.random.key(0))
+
+
+def lead_shape(net, params) -> tuple:
+    """The leading batch axes of ``params`` (seeds, checkpoints, ...), from the first leaf and ``net``'s template."""
+    first, t = jax.tree.leaves(params)[0], jax.tree.leaves(template(net))[0]
+    shape = tuple(np.shape(first))
+    return shape[:len(shape) - len(t.shape)]
+
+
+def param_count(net) -> int:
+    """Parameters of one network (sum of the template's leaf sizes)."""
+    return sum(int(np.prod(t.shape)) for t in jax.tree.leaves(template(net)))

@@ -12,8 +12,13 @@ Loss of a linear network with end-to-end map :math:`P` (the library's convention
 * finite sample (:class:`~linoverfit.tasks.Dataset`): :math:`\tfrac1{2N}\sum_i\lVert Px_i - y_i\rVert^2`;
 * a random minibatch of a Dataset, or ``batch_size`` fresh samples of a Task (online SGD).
 
-The network enters through its end-to-end map (:meth:`DeepLinear.end_to_end`); the population
-gradient is the closed form :math:`G = (P-A)\Sigma` pulled back through the product.
+A linear network (:func:`linoverfit.networks.is_linear`) enters through its end-to-end map
+(:meth:`DeepLinear.end_to_end`); the population gradient is the closed form
+:math:`G = (P-A)\Sigma` pulled back through the product. Any other network (``net`` given, e.g.
+:class:`~linoverfit.MLP`, :class:`~linoverfit.Model`) enters through ``net.apply``: its loss is the
+sample loss :math:`\tfrac1{2N}\sum_n\lVert f(x_n) - y_n\rVert^2`, :math:`f = ` ``net.apply(params, .)``,
+on a Dataset, a minibatch of it, or online samples of a Task; it has no population loss
+(:func:`require_samples`).
 """
 
 from __future__ import annotations
@@ -23,11 +28,44 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import validation as _v
-from .networks import end_to_end
+from .networks import end_to_end, is_linear
 from .tasks import Dataset, Task
 
 __all__ = ["identity_cov", "prepared", "loss", "value_and_grad", "online_batch", "step_key", "diverging",
-           "divergence_limit", "zero_map_loss"]
+           "divergence_limit", "zero_map_loss", "sample_loss", "net_loss", "nonlinear", "require_samples"]
+
+
+def nonlinear(net) -> bool:
+    r"""True when ``net`` is given and not linear (no end-to-end map :math:`P`): its loss goes through
+    ``net.apply`` on samples, :func:`sample_loss`."""
+    return net is not None and not is_linear(net)
+
+
+def require_samples(net, task, name: str = "task", online: bool = False):
+    r"""``task`` unless ``net`` is nonlinear and ``task`` is a population :class:`Task` (not sampled
+    online): such a network has no population loss :math:`\mathbb E\,\tfrac12\lVert f(x) - y\rVert^2`
+    in closed form, and a ``ValueError`` names the fixes."""
+    if nonlinear(net) and isinstance(task, Task) and not online:
+        raise ValueError(
+            f"{name} is a population Task, but {type(net).__name__} is not linear: its loss has no closed form over "
+            f"the input distribution, only over samples. Pass a Dataset, {name}.sample(n, key), or pre-train online "
+            "(online=True with a batch_size: fresh samples every step).")
+    return task
+
+
+def sample_loss(net, params, x, y):
+    r""":math:`\tfrac1{2B}\sum_b\lVert f(x_b) - y_b\rVert^2` with :math:`f = ` ``net.apply(params, .)``;
+    ``x`` ``(B, d_in)``, ``y`` ``(B, d_out)``; a scalar."""
+    r = net.apply(params, x) - y
+    return 0.5 * jnp.mean(jnp.sum(r * r, axis=-1), axis=-1)
+
+
+def net_loss(net, task, W, identity: bool = False):
+    """Loss of one network's params ``W`` on ``task``: :func:`loss` of the end-to-end map for a linear
+    ``net`` (or ``net=None``), :func:`sample_loss` on a Dataset's samples otherwise."""
+    if not nonlinear(net):
+        return loss(task, end_to_end(W), identity)
+    return sample_loss(net, W, task.x, task.y)
 
 
 def identity_cov(task) -> bool:
@@ -86,16 +124,17 @@ def online_batch(task, root, key, step, batch_size):
     return x, x @ task.teacher.T + jnp.sqrt(jnp.asarray(task.noise, dtype)) * eps
 
 
-def _sampled_loss(task, P, key, step, batch_size, root=None):
+def _sampled_loss(task, P, key, step, batch_size, root=None, net=None):
     """Loss used for a stochastic gradient: a random minibatch (with replacement) of a Dataset, or
-    fresh samples of a Task (online SGD)."""
+    fresh samples of a Task (online SGD). ``P`` is the end-to-end map, or the params of a nonlinear ``net``."""
+    batch_loss = Dataset.batch_loss if net is None else (lambda W, x, y: sample_loss(net, W, x, y))
     if isinstance(task, Task):
-        return Dataset.batch_loss(P, *online_batch(task, root, key, step, batch_size))
+        return batch_loss(P, *online_batch(task, root, key, step, batch_size))
     idx = jax.random.randint(step_key(key, step), (batch_size,), 0, task.n)
-    return Dataset.batch_loss(P, task.x[idx], task.y[idx])
+    return batch_loss(P, task.x[idx], task.y[idx])
 
 
-def value_and_grad(task, W, key=None, step=0, batch_size=None, identity=False, root=None):
+def value_and_grad(task, W, key=None, step=0, batch_size=None, identity=False, root=None, net=None):
     r"""Objective value and its gradient with respect to the layers ``W``.
 
     Population loss (:class:`Task`): the closed form :math:`G = \nabla_P L = (P - A)\Sigma` pulled
@@ -105,8 +144,12 @@ def value_and_grad(task, W, key=None, step=0, batch_size=None, identity=False, r
     would also form :math:`(P-A)\Sigma^\top`, one matmul more per step.) ``task`` must come from
     :func:`prepared`. Finite-sample objectives (:class:`Dataset`), minibatches (``batch_size``) and
     online SGD (a Task with ``batch_size``, fresh samples through ``root`` :math:`= \Sigma^{1/2}`)
-    use ``jax.value_and_grad``.
+    use ``jax.value_and_grad``, as does a nonlinear ``net`` (its :func:`sample_loss`; ``W`` its params).
     """
+    if nonlinear(net):
+        if batch_size is None:
+            return jax.value_and_grad(lambda w: sample_loss(net, w, task.x, task.y))(W)
+        return jax.value_and_grad(lambda w: _sampled_loss(task, w, key, step, batch_size, root, net))(W)
     if isinstance(task, Task) and batch_size is None:
         P, pullback = jax.vjp(end_to_end, W)
         D = P - task.teacher
@@ -126,12 +169,13 @@ def zero_map_loss(task):
     return task.loss(jnp.zeros((task.d_out, task.d_in), dtype))
 
 
-def divergence_limit(task, W_start, factor, identity=False):
+def divergence_limit(task, W_start, factor, identity=False, net=None):
     r"""The one divergence rule's threshold, a scalar:
     :math:`\text{limit} = \text{factor}\cdot\max(L(W_{\text{start}}), L(0))`, i.e. ``factor``
     times the larger of the starting loss and the loss of the zero map (the task's natural scale).
-    ``W_start`` is a tuple of layer weights (any leading batch axes are not allowed)."""
-    return factor * jnp.maximum(loss(task, end_to_end(W_start), identity), zero_map_loss(task))
+    ``W_start`` is a tuple of layer weights, or a nonlinear ``net``'s params (any leading batch axes
+    are not allowed)."""
+    return factor * jnp.maximum(net_loss(net, task, W_start, identity), zero_map_loss(task))
 
 
 def diverging(value, limit):

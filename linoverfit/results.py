@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import zipfile
 import zlib
 from pathlib import Path
@@ -238,6 +239,12 @@ class Result:
                     lead = self._lead_dims(f.name, w.shape[:-2], sizes)
                     data[f"{f.name}_{layer}"] = (lead + (f"unit{layer}", f"unit{layer - 1}"), w)
                 continue
+            if not hasattr(v, "shape"):  # a params pytree (lo.Model): one variable per leaf, named by its path
+                for path, w in jax.tree_util.tree_flatten_with_path(v)[0]:
+                    name = "_".join([f.name] + [p for p in re.split(r"\W+", jax.tree_util.keystr(path)) if p])
+                    w = np.asarray(w)
+                    data[name] = (self._lead_dims(name, w.shape, sizes), w)
+                continue
             v = np.asarray(v)
             data[f.name] = (self._lead_dims(f.name, v.shape, sizes), v)
         return xr.Dataset(data, coords=coords, attrs=attrs)
@@ -287,6 +294,12 @@ class Result:
             path.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise ValueError(f"cannot save to {path}: a parent of it is a file, not a folder") from None
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is not None and not isinstance(v, (tuple, Task, Dataset, bool, int, float, str)) and not hasattr(v, "shape"):
+                raise ValueError(f"cannot save {f.name}: a {type(v).__name__} (e.g. a lo.Model's params pytree); "
+                                 "save stores weights only as a tuple of arrays. Run with keep_weights=False / "
+                                 "return_weights=False, or save the params yourself")
         payload = {"__class__.py": np.asarray(type(self).__name__)}
         for f in dataclasses.fields(self):
             _encode(f.name, getattr(self, f.name), payload)
@@ -346,8 +359,14 @@ def expect_shape(name: str, value, shape: tuple) -> None:
 
 
 def expect_weights(name: str, weights, lead: tuple) -> None:
-    """``ValueError`` unless ``weights`` is ``None`` or a tuple of arrays ``lead + (n_l, n_{l-1})`` that chain."""
+    """``ValueError`` unless ``weights`` is ``None``, a tuple of arrays ``lead + (n_l, n_{l-1})`` that chain,
+    or another params pytree (a :class:`~linoverfit.Model`'s) whose every leaf starts with ``lead``."""
     if weights is None:
+        return
+    if not isinstance(weights, tuple):
+        for path, w in jax.tree_util.tree_flatten_with_path(weights)[0]:
+            if tuple(np.shape(w)[:len(lead)]) != tuple(lead):
+                raise ValueError(f"{name}{jax.tree_util.keystr(path)} has shape {np.shape(w)}, expected {tuple(lead)} + ...")
         return
     for i, w in enumerate(weights):
         if tuple(np.shape(w)[:-2]) != tuple(lead) or np.ndim(w) != len(lead) + 2:

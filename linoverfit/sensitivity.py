@@ -1,7 +1,7 @@
 r"""Sensitivity of pre-trained weights to Gaussian perturbation, by Monte Carlo.
 
-For weights :math:`W = (W_1,\dots,W_L)` and noise :math:`E_l` with iid :math:`\mathcal N(0,1)`
-entries on every layer,
+For weights :math:`W = (W_1,\dots,W_L)` (or every leaf of a network's params pytree) and noise
+:math:`E_l` with iid :math:`\mathcal N(0,1)` entries on every layer (leaf),
 
 .. math:: S(W, \gamma) = \mathbb E_E\big[L(W + \gamma E)\big] - L(W).
 
@@ -24,8 +24,9 @@ from jax.typing import ArrayLike
 from . import objective as _obj
 from . import progress as _progress
 from . import validation as _v
-from .networks import DeepLinear, check_network, end_to_end
+from .networks import Network, check_network, end_to_end
 from .result_types import NonFiniteWarning, PretrainResult, SensitivityResult, checkpoint_axis
+from .pretraining import flop_widths
 from .sweeps import Footprint, Layout, Work, check_footprint, resolve_layout, sweep
 from .tasks import Dataset, Task
 
@@ -72,19 +73,25 @@ class GaussianRun:
 
     ``shared = (task, gammas, noise)``: the task, the noise scales ``(G,)`` and the draws ``E``
     (from :func:`_gaussian_noise`), shared by every weight set and gamma: common random numbers.
-    ``sample_batch`` draws are evaluated together (see :data:`SAMPLE_BATCH_ELEMENTS`).
+    ``sample_batch`` draws are evaluated together (see :data:`SAMPLE_BATCH_ELEMENTS`). ``net``
+    (``None``: a linear network) is called through ``apply`` when it is not linear; ``W`` and the
+    draws are then params pytrees, every leaf perturbed.
     """
 
     identity: bool
     sample_batch: int
+    net: Any = None
 
     def __call__(self, W, shared):
         task, gammas, noise = shared
-        samples = noise[0].shape[0]
-        base = _obj.loss(task, end_to_end(W), self.identity)
+        net = self.net if _obj.nonlinear(self.net) else None
+        samples = jax.tree.leaves(noise)[0].shape[0]
+        base = _obj.net_loss(net, task, W, self.identity)
 
         def per_gamma(g):
             def perturbed_loss(E):
+                if net is not None:
+                    return _obj.net_loss(net, task, jax.tree.map(lambda w, e: w + g * e, W, E))
                 return _obj.loss(task, end_to_end(tuple(w + g * e for w, e in zip(W, E))), self.identity)
 
             # samples in cache-sized batches: large widths would otherwise stream (samples, n, n) arrays
@@ -109,7 +116,7 @@ def _layout(base, mean, se, lead):
 
 
 def gaussian(
-    net: DeepLinear,
+    net: Network,
     run: PretrainResult,
     task: Task | Dataset | None = None,
     gamma: float | Sequence[float] | ArrayLike = (0.01,),
@@ -125,8 +132,10 @@ def gaussian(
     r"""Monte Carlo estimate of :math:`S(W,\gamma)=\mathbb E[L(W+\gamma E)]-L(W)` at every checkpoint.
 
     Args:
-      net, run: the network and a :class:`~linoverfit.PretrainResult` with weights.
-      task: Task (population loss) or Dataset whose loss is perturbed; default ``run.task``.
+      net, run: the network (any :class:`~linoverfit.networks.Network`) and a
+        :class:`~linoverfit.PretrainResult` with weights; every leaf of the params is perturbed.
+      task: Task (population loss) or Dataset whose loss is perturbed; default ``run.task`` (a
+        nonlinear network needs a Dataset).
       gamma: one or more noise scales :math:`\gamma > 0`.
       samples: Monte Carlo draws :math:`E` per checkpoint (>= 2, for the standard error).
       key: ``jax.random`` key or an integer seed in ``[0, 2**32)`` (required: randomness is always explicit).
@@ -151,10 +160,14 @@ def gaussian(
     task = run.task if task is None else task
     if not isinstance(task, (Task, Dataset)):
         raise TypeError(f"task must be a linoverfit Task or Dataset, got {type(task).__name__}")
-    net.check_task(task)
+    _obj.require_samples(net, net.check_task(task))
+    nonlinear = _obj.nonlinear(net)
     weights = net.check_weights(run.weights, "run.weights")
-    dtype = _v.working_dtype(weights, "run.weights")
-    weights = tuple(jnp.asarray(w, dtype) for w in weights)
+    dtype = _v.working_dtype(jax.tree.leaves(weights), "run.weights")
+    if nonlinear:
+        leaves, treedef = jax.tree.flatten(jax.tree.map(lambda w: jnp.asarray(w, dtype), weights))
+    else:
+        leaves, treedef = tuple(jnp.asarray(w, dtype) for w in weights), None
     task = _v.cast_objective(task, dtype)
     gammas = _v.positive_vector(gamma, "gamma")
     samples = _v.positive_int(samples, "samples")
@@ -169,7 +182,8 @@ def gaussian(
 
     lead = tuple(run.loss.shape)
     B = int(np.prod(lead))
-    sizes = [int(np.prod(np.shape(w)[-2:])) for w in weights]
+    shapes = [tuple(np.shape(w)[len(lead):]) if nonlinear else tuple(np.shape(w)[-2:]) for w in leaves]
+    sizes = [int(np.prod(s)) for s in shapes]
     P, isz, batch = sum(sizes), np.dtype(dtype).itemsize, _sample_batch(samples, sizes)
     footprint = Footprint(  # the draws (twice while drawn), the weights, 3 networks per draw of a batch in flight
         shared=(2 * samples + B) * P * isz, per_run=3 * batch * P * isz, per_output=2 * gammas.size * isz,
@@ -179,12 +193,14 @@ def gaussian(
     layout = resolve_layout(layout, devices, chunk, progress)
     check_footprint(footprint, B, layout, default_chunk=1)  # before the draws are allocated
     # common random numbers: one draw serves every checkpoint, seed and gamma
-    noise = _gaussian_noise(key, samples=samples, shapes=tuple((tuple(np.shape(w)[-2:]), dtype) for w in weights))
+    noise = _gaussian_noise(key, samples=samples, shapes=tuple((s, dtype) for s in shapes))
     rows = task.n if isinstance(task, Dataset) else None
     work = Work(desc="sensitivity", unit="set",
-                flops=_progress.step_flops(net.widths, rows) / 3 * samples * gammas.size * B)
-    runs = tuple(jnp.reshape(w, (B,) + w.shape[-2:]) for w in weights)
-    fn = GaussianRun(identity=_obj.identity_cov(task), sample_batch=batch)
+                flops=_progress.step_flops(flop_widths(net), rows) / 3 * samples * gammas.size * B)
+    runs = tuple(jnp.reshape(w, (B,) + s) for w, s in zip(leaves, shapes))
+    if nonlinear:  # the params' structure again, for net.apply
+        runs, noise = jax.tree.unflatten(treedef, runs), jax.tree.unflatten(treedef, noise)
+    fn = GaussianRun(identity=_obj.identity_cov(task), sample_batch=batch, net=net if nonlinear else None)
     outs = sweep(fn, runs, (task, jnp.asarray(gammas, dtype), noise), layout=layout, work=work,
                  footprint=footprint, default_chunk=1)
     base, sens, se = jax.block_until_ready(_layout(*outs, lead))

@@ -92,7 +92,7 @@ def test_step_counters_follow_x64(setup):
     # the compiled loops count steps in int64 (their first-bad-step output carries the counter type)
     one_run = lo.pretraining.PretrainRun(make_opt=optax.sgd, batch_size=None, keep_weights=False, identity=False,
                                          online=False)
-    shared = lambda s: (task, jnp.asarray(0.1), jnp.asarray(0.0), s, s[0], jnp.asarray(1e4), None, None, None)  # noqa: E731
+    shared = lambda s: (task, jnp.asarray(0.1), jnp.asarray(0.0), s, s[0], jnp.asarray(1e4), None, None, None, None)  # noqa: E731
     out = jax.eval_shape(lambda s: one_run((tuple(W0), jax.random.key(0)), shared(s)),
                          jnp.asarray([2**32 + 3], jnp.int64))
     assert out[2].dtype == jnp.int64

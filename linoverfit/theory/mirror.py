@@ -48,7 +48,7 @@ import numpy as np
 # the result classes and the simulation's own rules, by module (one line to retarget)
 from .. import result_types as _rt
 from .. import validation as _v
-from ..networks import DeepLinear, check_network
+from ..networks import DeepLinear, check_linear as check_network
 from ..tasks import Dataset, Task
 # helpers of the theory modules (one block: paths are fixed here when those modules move)
 from ..pretraining import DIVERGENCE_FACTOR
