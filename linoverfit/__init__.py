@@ -27,7 +27,7 @@ from .finetuning import finetune
 from .models import MLP, Model
 from .networks import DeepLinear
 from .pretraining import pretrain
-from .result_types import DivergenceError, DivergenceWarning, FinetuneResult, PretrainResult, SensitivityResult
+from .result_types import FinetuneResult, PretrainResult, SensitivityResult
 from .sweeps import Layout, sweep
 from .tasks import Dataset, Task
 
@@ -47,6 +47,8 @@ for _old, _new in {
     "end_to_end": "linoverfit.networks.end_to_end",
     "ResultFileError": "linoverfit.errors.ResultFileError",
     "MemoryBudgetError": "linoverfit.errors.MemoryBudgetError",
+    "DivergenceError": "linoverfit.errors.DivergenceError",
+    "DivergenceWarning": "linoverfit.errors.DivergenceWarning",
 }.items():
     _deprecation.deprecate(f"{__name__}.{_old}", _new)
 
@@ -73,8 +75,6 @@ __all__ = [
     "PretrainResult",
     "FinetuneResult",
     "SensitivityResult",
-    "DivergenceError",
-    "DivergenceWarning",
     "explore",
 ]
 

@@ -47,11 +47,11 @@ def _last_step_case(dtype):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_divergence_at_the_last_step_is_reported(dtype):
     task, ft, net, W = _last_step_case(dtype)
-    with pytest.raises(lo.DivergenceError, match="diverged at step 5") as err:
+    with pytest.raises(lo.errors.DivergenceError, match="diverged at step 5") as err:
         lo.pretrain(net, W, ft, lr=3.0, checkpoints=[5])
     assert err.value.step == 5 and err.value.checkpoint == 0
     run0 = lo.pretrain(net, W, task, lr=0.1, checkpoints=[0])
-    with pytest.warns(lo.DivergenceWarning, match=r"lr=3 \(step 5\)"):
+    with pytest.warns(lo.errors.DivergenceWarning, match=r"lr=3 \(step 5\)"):
         res = lo.finetune(net, run0, ft, lr=3.0, steps=5)
     assert bool(res.diverged[0, 0]) and int(res.diverged_step[0, 0]) == 5
     assert np.isnan(res.finetune_loss_after[0, 0])
@@ -66,10 +66,10 @@ def test_divergence_at_the_last_step_is_reported(dtype):
 def test_divergence_in_one_huge_step_is_reported(dtype, setup):
     task, ft, net, W0, run, _ = setup
     W = tuple(jnp.asarray(w, dtype) for w in W0)
-    with pytest.raises(lo.DivergenceError, match="diverged at step 1"):
+    with pytest.raises(lo.errors.DivergenceError, match="diverged at step 1"):
         lo.pretrain(net, W, task, lr=1e20, checkpoints=[1])
     run_d = lo.pretrain(net, W, task, lr=0.1, checkpoints=[5, 50])
-    with pytest.warns(lo.DivergenceWarning):
+    with pytest.warns(lo.errors.DivergenceWarning):
         res = lo.finetune(net, run_d, ft, lr=1e20, steps=1, record_every=1)
     assert bool(np.all(res.diverged)) and np.all(np.asarray(res.diverged_step) == 1)
     assert np.all(np.isnan(res.finetune_loss_trajectory))

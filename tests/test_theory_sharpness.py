@@ -118,7 +118,7 @@ def test_gradient_descent_converges_below_the_edge_and_not_above(depth):
     below = lo.pretrain(net, W0, task, lr=0.9 * edge, checkpoints=[3000])
     assert float(below.loss[0]) < 1e-12 * start  # linear convergence at rate |1 - 0.9 * 2| = 0.8 per step
     if depth == 1:  # a quadratic: the top direction grows by |1 - 2.2| = 1.2 per step, to infinity
-        with pytest.raises(lo.DivergenceError):
+        with pytest.raises(lo.errors.DivergenceError):
             lo.pretrain(net, W0, task, lr=1.1 * edge, checkpoints=[3000])
     else:  # no minimum is flat enough (balanced is the flattest): GD settles on a period-2 orbit
         above = lo.pretrain(net, W0, task, lr=1.1 * edge, checkpoints=[2000, 3000])

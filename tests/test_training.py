@@ -230,7 +230,7 @@ def test_pretrain_divergence_raises_with_step():
     task = lo.tasks.power_law(5, 5, 1.0, key=jax.random.key(0))
     net = lo.DeepLinear((5, 5, 5))
     W0 = net.init(jax.random.key(1), scale=0.5)
-    with pytest.raises(lo.DivergenceError, match="diverged at step") as err:
+    with pytest.raises(lo.errors.DivergenceError, match="diverged at step") as err:
         lo.pretrain(net, W0, task, lr=5.0, checkpoints=[10, 1000])
     assert err.value.step is not None and 0 <= err.value.step < 1000
 
@@ -241,7 +241,7 @@ def test_finetune_divergence_is_marked_not_nan():
     net = lo.DeepLinear((5, 5, 5))
     W0 = net.init(jax.random.key(1), scale=1e-2)
     run = lo.pretrain(net, W0, task, lr=0.1, checkpoints=[10, 500])
-    with pytest.warns(lo.DivergenceWarning, match=r"checkpoint step 500 at lr=5"):
+    with pytest.warns(lo.errors.DivergenceWarning, match=r"checkpoint step 500 at lr=5"):
         res = lo.finetune(net, run, ft, lr=(0.05, 5.0), steps=200, record_every=10)
     assert not bool(res.diverged[:, 0].any())
     assert bool(res.diverged[1, 1])

@@ -260,7 +260,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     t = np.asarray(run_.t, float)
     with stages(f"fine-tune {len(t)} checkpoints x {len(lrs)} lrs x {S} steps (one call)"):
         with warnings.catch_warnings():  # runs beyond the stability edge diverge by design; counted below
-            warnings.simplefilter("ignore", lo.DivergenceWarning)
+            warnings.simplefilter("ignore", lo.errors.DivergenceWarning)
             fr = lo.finetune(net, run_, ft, lr=lrs, steps=S, key=k_ft, record_every=rec)
         steps = np.concatenate([[0], np.asarray(fr.record_steps)])
         # (C, R, K) with the start as record 0; entries after a divergence are NaN
