@@ -320,8 +320,8 @@ class Result:
         if not path.is_file():
             raise ResultFileError(path, "no such file" if not path.exists() else "not a file")
         if not zipfile.is_zipfile(path):
-            raise ResultFileError(path, "not an .npz result file (an .npz is a zip archive; this one is not); "
-                                        "pass a file written by Result.save")
+            raise ResultFileError(path, "not a readable .npz result file (an .npz is a zip archive and this is not "
+                                        "one: empty, truncated or another format); pass a file written by Result.save")
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}  # reads (and CRC-checks) every member now

@@ -303,7 +303,7 @@ def test_newcomer_mistakes_get_named_errors(tmp_path):
     with pytest.raises(TypeError, match="x must be"):
         lo.Dataset(jnp.ones((3, 2), jnp.bfloat16), jnp.ones((3, 2)))
     (tmp_path / "notes.txt").write_text("not a result")
-    with pytest.raises(lo.errors.ResultFileError, match="not an .npz result file.*Result.save"):
+    with pytest.raises(lo.errors.ResultFileError, match="not a readable .npz result file.*Result.save"):
         lo.PretrainResult.load(tmp_path / "notes.txt")
 
 
