@@ -71,7 +71,7 @@ class Network(Protocol):
     def check_task(self, task: Any, name: str = "task") -> Any: ...
 
 
-def is_linear(net) -> bool:
+def is_linear(net: object) -> bool:
     r"""True when ``net`` is linear, :math:`f(x) = Px`: it has ``end_to_end`` (and no ``linear``
     attribute saying otherwise, as a nonlinear :class:`~linoverfit.MLP` has). The sweeps then use
     the end-to-end map (population loss, closed-form gradient); otherwise ``net.apply`` on samples."""
@@ -221,7 +221,7 @@ def _complete_basis(Q, r):
     return jnp.concatenate([head, tail], axis=1)
 
 
-def check_linear(net, name: str = "net") -> DeepLinear:
+def check_linear(net: object, name: str = "net") -> DeepLinear:
     r"""``net`` checked to be a :class:`DeepLinear` that computes :math:`y = W_L\cdots W_1 x` (what the
     closed forms of :mod:`linoverfit.theory` predict): a subclass overriding ``__call__``, ``apply``
     or ``end_to_end`` (e.g. to apply a nonlinearity) would be predicted as the linear network and
@@ -239,7 +239,7 @@ def check_linear(net, name: str = "net") -> DeepLinear:
     return net
 
 
-def check_network(net, name: str = "net") -> Network:
+def check_network(net: object, name: str = "net") -> Network:
     r"""``net`` checked to be a :class:`Network` the sweeps can run: a :class:`DeepLinear` (checked
     by :func:`check_linear`: a subclass that computes something else than :math:`W_L\cdots W_1 x`
     is refused), or any other hashable object with ``init``, ``apply``, ``d_in``, ``d_out``,

@@ -103,6 +103,8 @@ def _public_signatures():
             if inspect.isfunction(obj):
                 out.append((f"{mod.__name__}.{n}", obj))
                 continue
+            if getattr(obj, "_is_protocol", False):
+                continue  # a typing.Protocol is not instantiated: its __init__ is typing's placeholder
             # the __init__ the class or a linoverfit base defines (dataclasses' generated ones included)
             owner = next((c for c in obj.__mro__ if "__init__" in vars(c)), object)
             if owner.__module__.startswith("linoverfit"):

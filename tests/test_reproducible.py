@@ -159,3 +159,19 @@ def test_readme_number_parser():
     assert _matches("1.4", [1.391]) and not _matches("1.39", [1.4]) and not _matches("1.4", [1.46])
     assert not _matches("1.40", [1.4]) and _matches("268", [-267.9]) and not _matches("2.0", [2])
     assert _matches("64", [63.52]) and _matches("28", [28.13]) and not _matches("29", [28.13])
+
+
+def test_figure_files_do_not_depend_on_the_process_layout(tmp_path):
+    """Issue 20, acceptance 1 (in part): the same figures written by one process (``--jobs 1``) and
+    shared out over two (``--jobs 2``) are byte-identical, PNGs and ``summary.json`` included. (The
+    numbers of a figure come from its own compiled programs, whatever else runs beside it.)"""
+    outs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        cmd = [sys.executable, "-m", "linoverfit.cli", "figures", "--only", "F1,F11", "--quick", "--jobs", str(jobs),
+               "--out", str(out), "--no-progress"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[jobs] = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+    assert sorted(outs[1]) == sorted(outs[2]) and len(outs[1]) == 5, sorted(outs[1])
+    assert [n for n in outs[1] if outs[1][n] != outs[2][n]] == []
