@@ -102,7 +102,7 @@ def estimate_seconds(flops: float, devices: int = 1) -> float:
 #: where an interrupted sweep stops (:func:`cancelled`), so this bounds the latency of Ctrl-C. The
 #: estimate assumes the conservative :data:`FLOPS_PER_SECOND`, so real stretches are several times
 #: shorter; each tick costs a host callback per vmapped run, so they are kept few.
-TICK_SECONDS = 1.0
+TICK_SECONDS = 2.0
 
 
 def tick_block(steps: int, flops_per_step: float, at_least: int = TICKS) -> int:
