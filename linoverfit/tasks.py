@@ -1,16 +1,8 @@
-r"""Regression tasks: a teacher map, an input covariance and label noise (constructors and shifts;
-the types are in :mod:`linoverfit.task_types`).
-
-A task is the triple :math:`(A, \Sigma, \sigma_\varepsilon^2)`: inputs
-:math:`x \sim \mathcal N(0, \Sigma)` with :math:`x \in \mathbb R^{d_{in}}`, labels
-:math:`y = A x + \varepsilon`, :math:`\varepsilon \sim \mathcal N(0, \sigma_\varepsilon^2 I_{d_{out}})`.
-A linear predictor :math:`P` (the end-to-end map of a network) has population loss
-
-.. math:: L(P) = \tfrac12 \operatorname{tr}\big((P - A)\Sigma(P - A)^\top\big) + \tfrac12 \sigma_\varepsilon^2 d_{out},
-
-and on a finite sample :math:`\{(x_n, y_n)\}_{n=1}^N` the loss is
-:math:`\tfrac1{2N}\sum_n \lVert P x_n - y_n\rVert^2` (:class:`Dataset`).
-Both are pytrees, so changing their *values* never recompiles a training run.
+r"""Regression tasks :math:`(A, \Sigma, \sigma_\varepsilon^2)` and their constructors: teachers with a
+chosen spectrum (:func:`power_law`, :func:`geometric`, :func:`from_spectrum`), shifted fine-tuning
+tasks (:func:`shifted`) and mixtures (:func:`mixture`). The types, :class:`Task` (population loss
+:math:`L(P) = \tfrac12 \operatorname{tr}((P - A)\Sigma(P - A)^\top) + \tfrac12\sigma_\varepsilon^2 d_{out}`)
+and :class:`Dataset` (a finite sample), are defined in :mod:`linoverfit.task_types` and re-exported here.
 """
 
 from __future__ import annotations
