@@ -106,6 +106,7 @@ def test_shapes_and_broadcasting():
         (dict(s0=np.nan), "s0"),
         (dict(depth=0), "depth"),
         (dict(weight_decay=-0.1), "weight_decay"),
+        (dict(sigma=[1.0, 0.5, 0.2], s0=[1e-3, 1e-3]), r"s0 must be a scalar or one initial value per singular value"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):

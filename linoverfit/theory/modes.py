@@ -245,7 +245,11 @@ def mode_trajectory(sigma: ArrayLike, t: ArrayLike, s0: ArrayLike, depth: int = 
     lam = _weight_decay(weight_decay)
     if not (0 < rtol < 1):
         raise ValueError(f"rtol must be in (0, 1), got {rtol}")
-    sigma, s0 = np.broadcast_arrays(sigma, s0)
+    try:
+        sigma, s0 = np.broadcast_arrays(sigma, s0)
+    except ValueError:
+        raise ValueError(f"s0 must be a scalar or one initial value per singular value (shape {np.shape(sigma)} of "
+                         f"sigma), got shape {np.shape(s0)}") from None
     kappa = _input_var(input_var, sigma)
     eta = _lr(lr)
     if eta is not None:
