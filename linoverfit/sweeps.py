@@ -48,6 +48,7 @@ from . import memory as _mem
 from . import parallel as _par
 from . import progress as _progress
 from . import validation as _v
+from .precision import enable_x64
 
 __all__ = ["Layout", "Footprint", "Work", "sweep", "resolve_layout", "check_footprint"]
 
@@ -166,7 +167,7 @@ def _run_parts(plan: _par.Plan, call: Callable[[np.int32], Any]) -> list:
     x64 = bool(jax.config.jax_enable_x64)  # thread-local: enter the caller's setting in each worker
 
     def work(k):
-        with jax.enable_x64(x64):
+        with enable_x64(x64):
             return jax.block_until_ready(call(np.int32(k)))
 
     pool = _par.pool(plan.parts)

@@ -29,6 +29,7 @@ import numpy as np
 import linoverfit as lo
 from linoverfit import plotting as lp
 from linoverfit.experiments import _common as C
+from linoverfit.precision import enable_x64
 
 NUMBER, NAME = "F5", "regularisation"
 TITLE = "the regularisation trade-off: degradation and T* against the fine-tuning loss given up"
@@ -107,7 +108,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     resolves (in float32 the fitted exponent was round-off: -2.29 on one machine, -2.22 on another;
     float64 gives -2.02). The draws are the float32 ones, cast, so the other numbers are unchanged
     to float32 precision."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         return _run(out_dir, quick, seed, config, progress)
 
 

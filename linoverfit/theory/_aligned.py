@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .modes import input_variance, mode_trajectory
+from ..precision import enable_x64
 
 
 def _aligned(Ws, A, L, dtype):
@@ -99,7 +100,7 @@ def _mode_map(Ws, task, lrs, l2, on_map, record_steps, dtype):
     kappa = input_variance(task)  # raises unless Sigma shares the teacher's right singular vectors
     U, sigma, Vt = np.linalg.svd(A, full_matrices=False)
     s0 = found[1]
-    with jax.enable_x64(True):
+    with enable_x64(True):
         segs = jnp.asarray(np.diff(record_steps, prepend=0), jnp.int64)
         a = np.asarray(_mode_map_core(jnp.asarray(s0 ** (1.0 / L)), jnp.asarray(sigma), jnp.asarray(kappa),
                                       jnp.asarray(lrs, jnp.float64), jnp.asarray(l2, jnp.float64), segs,

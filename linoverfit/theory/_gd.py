@@ -31,6 +31,7 @@ from .. import sweeps as _sweep
 from ..finetuning import map_penalty
 from ..tasks import Task
 from ._layer_flow import _balanced_factors
+from ..precision import enable_x64
 
 
 GD_ORDERS = (0, 1, 2)
@@ -91,7 +92,7 @@ def _iterate_gd(P0, A, cov, L, etas, steps, weights=None):
     etas = np.atleast_1d(np.asarray(etas, np.float64))
     B, R = P0.shape[0], etas.size
     identity = cov is None
-    with jax.enable_x64(True):
+    with enable_x64(True):
         f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
         task = _obj.prepared(Task.tree_unflatten(None, (f64(A), f64(np.eye(A.shape[1]) if identity else cov), f64(0.0))))
         runs = (jnp.repeat(jnp.arange(B, dtype=jnp.int32), R), jnp.tile(f64(etas), B))
@@ -149,7 +150,7 @@ def _integrate_gd(P0, A, cov, L, times, rtol, atol, eta, order, weights=None):
     shapes = tuple(tuple(w.shape[1:]) for w in W0)
     y0 = np.concatenate([w.reshape(B, -1) for w in W0], axis=1)
     cov = np.eye(A.shape[1]) if cov is None else cov
-    with jax.enable_x64(True):
+    with enable_x64(True):
         Aj, cj = jnp.asarray(A, jnp.float64), jnp.asarray(cov, jnp.float64)
 
         def rhs(_, y):
@@ -191,7 +192,7 @@ def _gd_core(W0, task, eta, wd, segs, *, identity):
 
 
 def _gd_layers(Ws, task, lr, wd, steps):
-    with jax.enable_x64(True):
+    with enable_x64(True):
         f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
         t64 = jax.tree.map(f64, task)
         identity = bool(np.array_equal(np.asarray(task.input_cov), np.eye(task.d_in)))
@@ -241,7 +242,7 @@ def _penalised_gd_core(W0, task, etas, l2, segs, *, identity, on_map):
 def _penalised_gd(Ws, task, lrs, l2, on_map, record_steps):
     """:func:`_penalised_gd_core` in float64 on the layers ``Ws`` ``(B, n_l, n_{l-1})``: maps ``(B, R, K, m, n)``
     and penalty values ``(B, R, K)`` as numpy."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
         f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
         identity = bool(np.array_equal(np.asarray(task.input_cov), np.eye(task.d_in)))
         segs = jnp.asarray(np.diff(record_steps, prepend=0), jnp.int64)

@@ -25,6 +25,7 @@ import numpy as np
 
 from .integrate import dop853
 from .modes import UnderivedWarning
+from ..precision import enable_x64
 
 
 def _balanced_factors(P0, L):
@@ -92,7 +93,7 @@ def _riccati_depth2(P0, A, times, weights=None):
     dt_max = 6.0 / max(float(np.abs(lam).max(initial=0.0)), 1e-300)
     out = np.empty((B, times.size, m, n))
     now = 0.0
-    with jax.enable_x64(True):
+    with enable_x64(True):
         Qj = jnp.asarray(Q)
         Z = _rotate(Qj, jnp.asarray(Z))
         for k, target in enumerate(times):
@@ -208,7 +209,7 @@ def _solve_layers(fun, shapes, y0, times, A, cov, rtol, atol):
 def _integrate_layers(W0, A, cov, times, rtol, atol):
     """Layer gradient flow of every start ``W0`` (list of ``(B, n_l, n_{l-1})``), batched through the
     jitted DOP853 (one step size per start); end-to-end maps ``(B, T, m, n)``."""
-    with jax.enable_x64(True):  # the theory is float64 whatever the session's default
+    with enable_x64(True):  # the theory is float64 whatever the session's default
         shapes = tuple(tuple(w.shape[1:]) for w in W0)
         B = W0[0].shape[0]
         y0 = jnp.concatenate([jnp.asarray(w, jnp.float64).reshape(B, -1) for w in W0], axis=1)
@@ -237,7 +238,7 @@ def _flow_layers(Ws, task, wd, times, rtol, atol):
     A = np.asarray(task.teacher, np.float64)
     cov = np.asarray(task.input_cov, np.float64)
     has_cov = not np.array_equal(cov, np.eye(cov.shape[0]))
-    with jax.enable_x64(True):
+    with enable_x64(True):
         y0 = jnp.concatenate([jnp.asarray(w.reshape(w.shape[0], -1)) for w in Ws], axis=1)
         Y, _, ok = _flow_core(_decayed_rhs(shapes, has_cov), y0, jnp.asarray(times), jnp.asarray(A),
                               jnp.asarray(0.5 * (cov + cov.T)) if has_cov else None, jnp.asarray(wd), rtol, atol)

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.integrate import solve_ivp
 
+from ..precision import enable_x64
+
 
 def _closed_modes(sigma, s0, kappa, lam, L, tt):
     """Depth 1 and 2 flow in closed form at times ``tt`` (broadcast against ``sigma``, ``s0``, ``kappa``)."""
@@ -73,7 +75,7 @@ def _gd_trajectory(sigma, t, s0, L, lam, eta, kappa=None):
     K = 1 << max(int(np.ceil(np.log2(max(seg.size, 1)))), 0)  # pad: one compilation per power of 2
     seg = np.concatenate([seg, np.zeros(K - seg.size, np.int64)])
     a0 = s0.ravel() ** (1.0 / L)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         a = np.asarray(_iterate_modes(jnp.asarray(a0), jnp.asarray(sigma.ravel(), jnp.float64),
                                       jnp.asarray(kappa.ravel(), jnp.float64), float(lam), float(eta),
                                       jnp.asarray(seg), L))[: order.size]

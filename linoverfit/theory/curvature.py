@@ -32,6 +32,7 @@ from ..networks import end_to_end
 from ..result_types import PretrainResult
 from ..tasks import Dataset, Task
 from ._args import _nonneg, _widths
+from ..precision import enable_x64
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -159,7 +160,7 @@ def sharpness(weights: Sequence[ArrayLike] | PretrainResult, task: Task | Datase
     task = _objective(task)
     weights = _v.weights_tuple(weights, "weights")
     lam = _v.positive_scalar(weight_decay, "weight_decay", allow_zero=True)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         ws = [jnp.asarray(w, jnp.float64) for w in weights]
         shapes = [tuple(w.shape[-2:]) for w in ws]
         lead = ws[0].shape[:-2]

@@ -60,6 +60,7 @@ from .curvature import check_edge
 from .forgetting import _loss, predict_finetune
 from .modes import input_variance
 from .perturbation import perturbation_sensitivity
+from ..precision import enable_x64
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -381,7 +382,7 @@ def gaussian(net: DeepLinear, run: _rt.PretrainResult, task: Task | None = None,
     for w in weights[1:]:
         P = w @ P
     loss = _loss(task, P)  # (C[, S])
-    with jax.enable_x64(True):
+    with enable_x64(True):
         sens = np.asarray(perturbation_sensitivity(weights, jnp.asarray(gammas), jnp.asarray(cov)))  # (C[, S], G)
     sens = np.moveaxis(sens, -1, 1)  # (C, G[, S]), the simulation's order
     c = lambda x: np.asarray(x, dtype)  # noqa: E731
