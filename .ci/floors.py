@@ -33,9 +33,9 @@ net = lo.DeepLinear((8, 8, 8))
 W0 = net.init(jax.random.key(2), scale=1e-3, seeds=2)
 ck = lo.log_checkpoints(2000, 8)
 for devices in (2, 1):
-    run = lo.pretrain(net, W0, task, lr=0.05, checkpoints=ck, devices=devices)
-    ftr = lo.finetune(net, run, ft, lr=(0.01, 0.03), steps=50, devices=devices)
-    sens = lo.sensitivity.gaussian(net, run, gamma=(0.01,), samples=16, key=jax.random.key(3), devices=devices)
+    run = lo.pretrain(net, W0, task, lr=0.05, checkpoints=ck, layout=lo.Layout(devices=devices))
+    ftr = lo.finetune(net, run, ft, lr=(0.01, 0.03), steps=50, layout=lo.Layout(devices=devices))
+    sens = lo.sensitivity.gaussian(net, run, gamma=(0.01,), samples=16, key=jax.random.key(3), layout=lo.Layout(devices=devices))
     out = [np.asarray(x) for x in (run.loss, ftr.pretrain_loss_after, sens.sensitivity)]
     if devices == 2:
         sharded = out
