@@ -74,10 +74,5 @@ def lookup(module: str, name: str):
     entry = TABLE.get(f"{module}.{name}")
     if entry is None:
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
-    with _lock:
-        first = entry.old not in _warned
-        _warned.add(entry.old)
-    if first:
-        warnings.warn(f"{entry.old} is deprecated and will be removed in {entry.removal}; use {entry.new}",
-                      DeprecationWarning, stacklevel=3)
+    warn_once(entry.old, entry.new, entry.removal, stacklevel=3)
     return replacement(entry.new)

@@ -191,8 +191,7 @@ class DeepLinear:
                      f"(widths {self.widths}{'' if seeds is None else f', {copies} seeds'})",
                      "use smaller widths or fewer seeds", overhead=False)
         if seeds is not None:
-            seeds = _v.positive_int(seeds, "seeds")
-            keys = jax.random.split(key, seeds)
+            keys = jax.random.split(key, copies)
             per_seed = [self.init(k, scale, scheme, task, None, dtype) for k in keys]
             return tuple(jnp.stack(ws) for ws in zip(*per_seed))
         keys = jax.random.split(key, self.depth + 1)
