@@ -23,13 +23,13 @@ from __future__ import annotations
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import linoverfit as lo
 from linoverfit import plotting as lp
 from linoverfit.experiments import _common as C
 from linoverfit.precision import enable_x64
+from linoverfit.validation import cast_objective
 
 NUMBER, NAME = "F5", "regularisation"
 TITLE = "the regularisation trade-off: degradation and T* against the fine-tuning loss given up"
@@ -129,7 +129,7 @@ def _run(out_dir, quick, seed, config, progress) -> dict:
     ft32 = lo.tasks.shifted(task32, kind=kind, size=size, rank=rank, key=k_shift)
     ck = lo.log_checkpoints(cfg["steps"], cfg["checkpoints"], first=cfg["first_step"])
     W0 = tuple(w.astype(np.float64) for w in net.init(k_init, scale=cfg["init_scale"], scheme="aligned", task=task32))
-    task, ft = (jax.tree.map(lambda x: jnp.asarray(x, np.float64), tk) for tk in (task32, ft32))
+    task, ft = (cast_objective(tk, np.float64) for tk in (task32, ft32))
 
     with stages("pre-train"):
         run0 = lo.pretrain(net, W0, task, lr=cfg["lr"], checkpoints=ck)
