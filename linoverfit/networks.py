@@ -159,6 +159,11 @@ class DeepLinear:
           ``Q_L`` its left ones (``task`` required), so each teacher mode starts at
           :math:`s_0 = \text{scale}^L` and the mode dynamics of :mod:`linoverfit.theory` are exact.
 
+        For ``"balanced"`` and ``"aligned"``, ``scale`` may also be ``k`` per-mode layer values
+        :math:`a_i > 0` (``k = min(widths)``): :math:`W_l = Q_l\operatorname{diag}(a)Q_{l-1}^\top`,
+        still balanced, so aligned mode :math:`i` starts at :math:`s_{0,i} = a_i^L` (e.g.
+        ``scale=s0 ** (1 / L)`` with :func:`~linoverfit.theory.modes.gaussian_init_s0`).
+
         With ``seeds=S`` returns ``S`` independent initialisations stacked on a leading axis.
         Returns a tuple of ``L`` arrays of shape ``([S,] n_l, n_{l-1})``.
 
@@ -176,7 +181,14 @@ class DeepLinear:
         """
         if scheme not in INIT_SCHEMES:
             raise ValueError(f"scheme must be one of {INIT_SCHEMES}, got {scheme!r}")
-        scale = _v.positive_scalar(scale, "scale")
+        per_mode = np.ndim(scale) == 1 and scheme != "gaussian"
+        if per_mode:  # one layer value per mode: s_0 = scale_i^L on mode i
+            scale = np.asarray(_v.positive_vector(scale, "scale"))
+            if scale.size != min(self.widths):
+                raise ValueError(f"scale has {scale.size} per-mode values; the {scheme} init of widths {self.widths} "
+                                 f"has k = min(widths) = {min(self.widths)} modes (give k values or one number)")
+        else:
+            scale = _v.positive_scalar(scale, "scale")
         if scheme == "aligned":
             if task is None:
                 raise ValueError("scheme='aligned' needs task= (the teacher whose singular vectors to align with)")
@@ -207,6 +219,9 @@ class DeepLinear:
             # keep columns orthonormal after splicing in the teacher's vectors
             Q[0] = _complete_basis(Q[0], r)
             Q[-1] = _complete_basis(Q[-1], r)
+        if per_mode:
+            a = jnp.asarray(scale, dtype)
+            return tuple((Q[l + 1] * a) @ Q[l].T for l in range(self.depth))
         return tuple(scale * Q[l + 1] @ Q[l].T for l in range(self.depth))
 
 

@@ -74,7 +74,7 @@ def test_summary_is_plain_json(quick):
 
 
 def test_perturbation_turning_point_agrees(quick):
-    """F3: predicted T* (lo.theory.turning.turning_point) vs the minimum of the exact expectation on the GD weights,
+    """F3: predicted T* (lo.turning_point on lo.theory.gaussian of the flow) vs the minimum of the exact expectation on the GD weights,
     on every U-curve (lo.theory.u_curve, depth 1%); the figure's own checks all pass."""
     _, summary, _ = quick
     f3 = summary["F3"]

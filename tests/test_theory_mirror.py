@@ -147,6 +147,48 @@ def test_turning_point_same_type_and_agreement(task):
     np.testing.assert_array_equal(a.coords["gamma"], b.coords["gamma"])
 
 
+def test_turning_point_of_the_seed_mean(task):
+    """seeds="mean" judges the mean over seeds, which is u_curve on that curve; seeds="each" one per
+    seed; a result without a seed axis is the same either way; a wrong value names the argument."""
+    net = lo.DeepLinear((D, D, D))
+    ck = lo.log_checkpoints(3000, 14)
+    runs = lo.theory.pretrain(net, net.init(jax.random.key(1), scale=1e-2, seeds=3), task, lr=LR, checkpoints=ck)
+    res = lo.theory.gaussian(net, runs, gamma=(0.25, 0.35))  # (C, G, S)
+    mean, each = turning_point(res, seeds="mean"), turning_point(res)
+    assert mean.dims == ("gamma",) and each.dims == ("gamma", "seed") and each.t_star.shape == (2, 3)
+    for g in range(2):
+        u = lo.theory.u_curve(res.t, np.asarray(res.perturbed_loss, float)[:, g].mean(-1))
+        assert mean.curve(g) == u
+        for s in range(3):
+            assert each.curve(g, s) == lo.theory.u_curve(res.t, np.asarray(res.perturbed_loss, float)[:, g, s])
+    one = lo.theory.gaussian(net, lo.theory.pretrain(net, net.init(jax.random.key(1), scale=1e-2), task, lr=LR,
+                                                     checkpoints=ck), gamma=0.3)
+    assert turning_point(one, seeds="mean").curve(0) == turning_point(one).curve(0)
+    with pytest.raises(ValueError, match="seeds must be"):
+        turning_point(res, seeds="median")
+
+
+def test_per_mode_aligned_init_is_the_mode_theory_start(task):
+    """net.init(scheme="aligned", scale=a) with k per-mode values a_i: balanced, P0 = U diag(a^L) V^T, so
+    lo.theory.pretrain takes its exact per-mode path, and the simulation agrees with it (float32 GD
+    vs exact GD map: ~1e-6 relative, round-off of the float32 simulation)."""
+    net = lo.DeepLinear((D, D, D))
+    a = np.geomspace(1e-2, 1e-3, D)
+    W0 = net.init(jax.random.key(1), scale=a, scheme="aligned", task=task)
+    np.testing.assert_allclose(W0[1].T @ W0[1], W0[0] @ W0[0].T, atol=1e-7)
+    U, _, Vt = (np.asarray(x, float) for x in task.svd())
+    np.testing.assert_allclose(U.T @ np.asarray(lo.networks.end_to_end(W0), float) @ Vt.T, np.diag(a ** 2), atol=1e-8)
+    ck = lo.log_checkpoints(2000, 8)
+    th = lo.theory.pretrain(net, W0, task, lr=LR, checkpoints=ck)
+    assert th.prediction == "modes"
+    # atol: once every mode is learnt the loss is ~0 and only float32 round-off (~1e-30 here) remains
+    np.testing.assert_allclose(lo.pretrain(net, W0, task, lr=LR, checkpoints=ck).loss, th.loss, rtol=2e-5, atol=1e-12)
+    with pytest.raises(ValueError, match="scale has 3 per-mode values"):
+        net.init(jax.random.key(1), scale=[0.1, 0.2, 0.3], scheme="aligned", task=task)
+    with pytest.raises(ValueError, match="scale"):
+        net.init(jax.random.key(1), scale=-a, scheme="aligned", task=task)
+
+
 def test_mirror_bad_input(task):
     net = lo.DeepLinear((D, D, D))
     W0 = net.init(jax.random.key(1), scale=0.1)

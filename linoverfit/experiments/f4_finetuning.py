@@ -8,7 +8,8 @@ quantities predicted without simulating any parameter by ``lo.theory.curves.fine
 dynamics for pre-training, then the function-space flow for fine-tuning).
 
 Top row: the pre-training loss after fine-tuning, in units of its minimum. Which curves are
-U-curves is decided by the shared definition ``lo.theory.u_curve`` (interior minimum, rise >= 1%):
+U-curves is decided by ``lo.turning_point(result, min_rise=0.01)`` (interior minimum, rise >= 1%),
+the one function applied to the simulated ``FinetuneResult`` and to the predicted ``FinetunePrediction``:
 only those get a predicted T* (dotted) and a measured one (star); the others are drawn faint.
 Bottom row: the same loss split as *loss before fine-tuning + forgetting* (forgetting = after -
 before, symlog axis because it can be negative). At depth 2 the loss before keeps falling while
@@ -73,9 +74,10 @@ def _per_lr(t, steps, fr, pred, lrs, tol, label, checks):
     forgetting = pre_after - before[:, None]
     diverged = np.asarray(fr.diverged)
     out = {}
+    measured = lo.turning_point(fr, min_rise=C.DEPTH)  # one function for the simulation and its prediction
+    predicted = lo.turning_point(pred, min_rise=C.DEPTH)
     for r, lr in enumerate(lrs):
-        m = C.turning(t, pre_after[:, r])
-        p = C.turning(t, pred.pretrain_loss_after[:, r])
+        m, p = measured.curve(r), predicted.curve(r)
         both = m.is_turning_point and p.is_turning_point
         rel = C.rel_diff(p.t_star, m.t_star) if both else None
         name = f"{label}, lr {lr:g}"

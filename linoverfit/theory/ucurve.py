@@ -250,7 +250,8 @@ class TurningPoints:
 DEFAULT_QUANTITY = {"lr": "pretrain_loss_after", "gamma": "perturbed_loss"}
 
 
-def turning_point(result: FinetuneResult | SensitivityResult | FinetunePrediction, *, min_rise: float = 0.01, quantity: str | None = None) -> TurningPoints:
+def turning_point(result: FinetuneResult | SensitivityResult | FinetunePrediction, *, min_rise: float = 0.01,
+                  quantity: str | None = None, seeds: str = "each") -> TurningPoints:
     r"""Turning point of each U-curve over pre-training time in a result, measured or predicted alike.
 
     One definition (:func:`u_curve`) for simulated and predicted results: a fine-tuning result
@@ -266,12 +267,19 @@ def turning_point(result: FinetuneResult | SensitivityResult | FinetunePredictio
       min_rise: :math:`\delta \ge 0`, the relative rise after the minimum that makes a turning
         point (``u_curve``'s ``depth``; 0.01 = 1%).
       quantity: another field with the same axes, e.g. ``"finetune_loss_after"`` or ``"sensitivity"``.
+      seeds: ``"each"``, one curve per seed; ``"mean"``, one curve per learning rate or noise scale,
+        the mean over seeds :math:`\bar y_c = \frac1S\sum_s y_{c,s}` (a seed whose run diverged at
+        checkpoint :math:`c` makes :math:`\bar y_c` non-finite, and the point is dropped). A result
+        without a seed axis has one curve either way.
 
-    Returns a :class:`TurningPoints` with arrays over ``("lr"[, "seed"])`` or ``("gamma"[, "seed"])``.
+    Returns a :class:`TurningPoints` with arrays over ``("lr"[, "seed"])`` or ``("gamma"[, "seed"])``
+    (no ``"seed"`` with ``seeds="mean"``).
     """
     if isinstance(min_rise, bool) or not isinstance(min_rise, (int, float, np.integer, np.floating)) \
             or not math.isfinite(min_rise) or min_rise < 0:
         raise ValueError(f"min_rise must be a finite fraction >= 0 (0.01 = 1%), got {min_rise!r}")
+    if seeds not in ("each", "mean"):
+        raise ValueError(f'seeds must be "each" (one curve per seed) or "mean" (the seed-mean curve), got {seeds!r}')
     axis = "lr" if hasattr(result, "pretrain_loss_after") else "gamma" if hasattr(result, "perturbed_loss") else None
     if axis is None:
         raise TypeError("result must be a fine-tuning result (lo.finetune / lo.theory.finetune) or a sensitivity "
@@ -289,6 +297,8 @@ def turning_point(result: FinetuneResult | SensitivityResult | FinetunePredictio
     if values.ndim not in (2, 3) or values.shape[:2] != (t.size, axis_values.size):
         raise ValueError(f"quantity={quantity!r} has shape {values.shape}; a U-curve needs (checkpoint, {axis}[, seed]) "
                          f"= ({t.size}, {axis_values.size}[, S])")
+    if seeds == "mean" and values.ndim == 3:
+        values = values.mean(axis=2)
     curves = np.moveaxis(values, 0, -1)  # (R[, S], C)
     dims = (axis,) if curves.ndim == 2 else (axis, "seed")
     coords = {axis: axis_values} if curves.ndim == 2 else {axis: axis_values, "seed": np.arange(curves.shape[1])}
