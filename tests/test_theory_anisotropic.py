@@ -102,6 +102,15 @@ def test_anisotropic_finetune_predictions_match_simulation(depth):
     # pre-training by the flow instead: O(lr) off (measured 0.38% at depth 2, 0.24% at depth 3)
     flow = finetune_curve(task, ft, np.asarray(run.t), widths=widths, s0=s0, lr=ft_lr, steps=steps)
     assert np.max(np.abs(flow.pretrain_loss_after[:, 0] / after - 1)) < 0.02
+    # scored on another task (lo.finetune's pretrain_task=): the same maps, that task's loss (round-off)
+    other = lo.tasks.shifted(task, kind="rotate", size=0.4, key=jax.random.key(5))
+    sim_o = lo.finetune(net, run, ft, lr=ft_lr, steps=steps, pretrain_task=other)
+    pred_o = finetune_curve(task, ft, np.asarray(run.t), widths=widths, s0=s0, lr=ft_lr, steps=steps, pretrain_lr=LR,
+                            pretrain_task=other, return_maps=True)
+    np.testing.assert_allclose(pred_o.pretrain_loss_after[:, 0], np.asarray(sim_o.pretrain_loss_after)[:, 0],
+                               rtol=1e-10)
+    np.testing.assert_allclose(pred_o.pretrain_loss_after[:, 0], other.loss(pred_o.end_to_end[:, 0]), rtol=1e-12)
+    np.testing.assert_array_equal(pred_o.finetune_loss_after, pred.finetune_loss_after)
 
 
 @settings(max_examples=6, deadline=None)

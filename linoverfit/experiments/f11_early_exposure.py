@@ -6,8 +6,9 @@ init aligned with it, by full-batch GD; every checkpoint is then fine-tuned on t
 for a fixed budget (``lo.finetune``). Markers: the loss on the ORIGINAL pre-training task after
 fine-tuning, against pre-training time (U-curves) and against the original-task loss before
 fine-tuning (matched pre-training performance). Lines: gradient-flow theory for the mixture
-teacher (``lo.theory.curves.finetune_curve`` with the fine-tuned maps scored on the original task).
-Turning points and degradation by ``lo.theory.u_curve``.
+teacher (``lo.theory.curves.finetune_curve(..., pretrain_task=task)``: the fine-tuned maps scored on the
+original task, in float64).
+Turning points and degradation of the simulated and the predicted result alike by ``lo.turning_point``.
 
 Run: ``python experiments/F11_early_exposure.py [--quick] [--out DIR] [--set rhos="(0.0, 0.2)"]``.
 """
@@ -75,9 +76,10 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
             after = np.asarray(fr.pretrain_loss_after, float)[:, 0]
             ft_after = np.asarray(fr.finetune_loss_after, float)[:, 0]
             pred = lo.theory.curves.finetune_curve(mix, ft, t_th, widths=net, s0=s0, lr=cfg["ft_lr"], steps=cfg["ft_steps"],
-                                            return_maps=True)
-            th_after = np.asarray(task.loss(np.asarray(pred.end_to_end)[:, 0]), float)
-            u, th_u = lo.theory.u_curve(t, after), lo.theory.u_curve(t_th, th_after)
+                                                   pretrain_task=task)
+            th_after = np.asarray(pred.pretrain_loss_after, float)[:, 0]
+            # one definition for the simulated and the predicted result
+            u, th_u = (lo.turning_point(r, min_rise=C.DEPTH).curve(0) for r in (fr, pred))
             res[rho] = dict(before=before, after=after, ft_after=ft_after, th=th_after, u=u, th_u=th_u)
             data.update({f"rho{rho:g}_pretrain_loss_before": before, f"rho{rho:g}_pretrain_loss_after_ft": after,
                          f"rho{rho:g}_finetune_loss_after": ft_after, f"rho{rho:g}_pretrain_loss_after_ft_theory": th_after})

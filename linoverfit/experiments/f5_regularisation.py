@@ -58,9 +58,14 @@ QUICK = dict(width=16, steps=8192, checkpoints=32, ft_steps=250, ft_lr=0.04, l2s
 NEGLIGIBLE_PERCENT = 1.0
 
 
-def row(t, y, ft_after, ref_ft):
-    """Summary entry of one strength: the U-curve verdict of ``y`` ``(C,)`` and the fine-tuning cost."""
-    u = C.turning(t, y)
+def row(result, ref_ft):
+    """Summary entry of one strength from a fine-tuning result, simulated or predicted (one learning
+    rate): the U-curve verdict of its pre-training loss after fine-tuning (``lo.turning_point``, the
+    one definition for both) and the fine-tuning cost."""
+    u = lo.turning_point(result, min_rise=C.DEPTH).curve(0)
+    t = np.asarray(result.t)
+    y = np.asarray(result.pretrain_loss_after, float)[:, 0]
+    ft_after = np.asarray(result.finetune_loss_after, float)[:, 0]
     interior = 0 < u.index < len(t) - 1
     return {"t_star_measured": u.t_star if interior else None,
             "measured_min_interior": bool(interior),
@@ -135,25 +140,24 @@ def _run(out_dir, quick, seed, config, progress) -> dict:
         run0 = lo.pretrain(net, W0, task, lr=cfg["lr"], checkpoints=ck)
     t = np.asarray(run0.t, float)
 
-    l2_pre, l2_ft = [], []
+    l2_res, wd_res, wd_res_th = [], [], []
     for l2 in stages.loop(l2s, "fine-tune with l2"):
-        fr = lo.finetune(net, run0, ft, lr=cfg["ft_lr"], steps=cfg["ft_steps"], l2=float(l2), key=k_ft)
-        l2_pre.append(np.asarray(fr.pretrain_loss_after, float)[:, 0])
-        l2_ft.append(np.asarray(fr.finetune_loss_after, float)[:, 0])
-    wd_pre, wd_ft, wd_pre_th, wd_ft_th = [], [], [], []
+        l2_res.append(lo.finetune(net, run0, ft, lr=cfg["ft_lr"], steps=cfg["ft_steps"], l2=float(l2), key=k_ft))
     for wd in stages.loop(wds, "pre-train with weight decay, fine-tune, predict"):
         run_w = run0 if wd == 0 else lo.pretrain(net, W0, task, lr=cfg["lr"], checkpoints=ck, weight_decay=float(wd))
-        fr = lo.finetune(net, run_w, ft, lr=cfg["ft_lr"], steps=cfg["ft_steps"], key=k_ft)
-        wd_pre.append(np.asarray(fr.pretrain_loss_after, float)[:, 0])
-        wd_ft.append(np.asarray(fr.finetune_loss_after, float)[:, 0])
-        pred = lo.theory.curves.finetune_curve(task, ft, t, widths=net, s0=s0, lr=cfg["ft_lr"], steps=cfg["ft_steps"],
-                                        weight_decay=float(wd), rtol=cfg["theory_rtol"])
-        wd_pre_th.append(pred.pretrain_loss_after[:, 0])
-        wd_ft_th.append(pred.finetune_loss_after[:, 0])
+        wd_res.append(lo.finetune(net, run_w, ft, lr=cfg["ft_lr"], steps=cfg["ft_steps"], key=k_ft))
+        wd_res_th.append(lo.theory.curves.finetune_curve(task, ft, t, widths=net, s0=s0, lr=cfg["ft_lr"],
+                                                         steps=cfg["ft_steps"], weight_decay=float(wd),
+                                                         rtol=cfg["theory_rtol"]))
+    def curves(results, field):  # (C,) per strength, at the one fine-tuning learning rate
+        return [np.asarray(getattr(r, field), float)[:, 0] for r in results]
 
-    l2_rows = [row(t, y, f, l2_ft[0][-1]) for y, f in zip(l2_pre, l2_ft)]
-    wd_rows = [row(t, y, f, wd_ft[0][-1]) for y, f in zip(wd_pre, wd_ft)]
-    wd_rows_th = [row(t, y, f, wd_ft_th[0][-1]) for y, f in zip(wd_pre_th, wd_ft_th)]
+    l2_pre, l2_ft = curves(l2_res, "pretrain_loss_after"), curves(l2_res, "finetune_loss_after")
+    wd_pre, wd_ft = curves(wd_res, "pretrain_loss_after"), curves(wd_res, "finetune_loss_after")
+    wd_pre_th, wd_ft_th = curves(wd_res_th, "pretrain_loss_after"), curves(wd_res_th, "finetune_loss_after")
+    l2_rows = [row(r, l2_ft[0][-1]) for r in l2_res]
+    wd_rows = [row(r, wd_ft[0][-1]) for r in wd_res]
+    wd_rows_th = [row(r, wd_ft_th[0][-1]) for r in wd_res_th]
     for r, p in zip(wd_rows, wd_rows_th):
         r["t_star_predicted"] = p["t_star_measured"]
         r["predicted_is_turning_point"] = p["is_turning_point"]

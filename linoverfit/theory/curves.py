@@ -185,7 +185,7 @@ def _aligned_maps(task, widths, s):
 def finetune_curve(task: Task, finetune: Task, t: ArrayLike, *, widths: DeepLinear | Sequence[int], s0: ArrayLike,
                    lr: ArrayLike, steps: int, weight_decay: float = 0.0,
                    pretrain_lr: float | None = None, gd_order: int | str = "auto", return_maps: bool = False,
-                   method: str = "auto", rtol: float = 1e-10) -> FinetunePrediction:
+                   method: str = "auto", rtol: float = 1e-10, pretrain_task: Task | None = None) -> FinetunePrediction:
     r"""Predicted fine-tuning outcome from every pre-training time ``t`` (balanced aligned init).
 
     Pre-training gives :math:`P(t) = U\operatorname{diag}(s(t))V^\top` (:func:`~linoverfit.theory.modes.mode_trajectory`; with
@@ -206,6 +206,8 @@ def finetune_curve(task: Task, finetune: Task, t: ArrayLike, *, widths: DeepLine
       gd_order: how fine-tuning at each ``lr`` is predicted (:func:`~linoverfit.theory.forgetting.predict_finetune`; default
         ``"auto"``: GD, not the flow).
       method, rtol: how the flow is integrated (:func:`~linoverfit.theory.flow.end_to_end_flow`).
+      pretrain_task: the task whose loss ``pretrain_loss_before`` / ``_after`` report (``lo.finetune``'s
+        argument of that name), e.g. the original task when ``task`` is a mixture; default ``task``.
 
     Returns a :class:`~linoverfit.theory.forgetting.FinetunePrediction` with ``t`` and losses ``(C, R)``.
     """
@@ -227,5 +229,5 @@ def finetune_curve(task: Task, finetune: Task, t: ArrayLike, *, widths: DeepLine
         s = mode_trajectory(sig, t, _s0(s0, sig.size), L, weight_decay, lr=pretrain_lr,
                             input_var=None if var is None else var[0])
     pred = predict_finetune(_aligned_maps(task, widths, s), finetune, lr, steps, depth=len(widths) - 1,
-                            pretrain_task=task, return_maps=return_maps, gd_order=gd_order, method=method, rtol=rtol)
+                            pretrain_task=task if pretrain_task is None else pretrain_task, return_maps=return_maps, gd_order=gd_order, method=method, rtol=rtol)
     return FinetunePrediction(**{**pred.__dict__, "t": t})
