@@ -1,5 +1,7 @@
 """Learning-rate schedules, momentum / Adam / SAM, online SGD and task mixtures in pre-training."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -295,3 +297,27 @@ def test_mixture_rejects_bad_input():
         lo.tasks.mixture(a, lo.Task(teacher=jnp.eye(3)), 0.5)
     with pytest.raises(TypeError, match="other must be a linoverfit Task"):
         lo.tasks.mixture(a, a.teacher, 0.5)
+
+
+def test_above_the_edge_constant_lr_ends_on_a_period_two_orbit_that_the_exact_map_predicts():
+    """Past the stability edge eta * sigma_1 = 1 of a depth-2 balanced minimum (multiplier 1 - 2 eta sigma_1 of
+    the mode map), constant-lr GD does not converge: mode 1 alternates on a period-2 orbit, which
+    lo.theory.pretrain's exact per-mode map reproduces (round-off of float32 GD on an attracting orbit:
+    measured ~1e-6 relative); a cosine decay from the same peak crosses back below the edge and settles
+    (loss ~0). Just below the edge (0.9) both settle."""
+    task = lo.tasks.power_law(6, 6, 1.0, key=jax.random.key(0))
+    net = lo.DeepLinear((6, 6, 6))
+    W0 = net.init(jax.random.key(1), scale=0.05, scheme="aligned", task=task)
+    n = 600
+    for frac, orbit in ((0.9, False), (1.1, True)):
+        sim = lo.pretrain(net, W0, task, lr=frac, checkpoints=[n - 1, n])
+        with pytest.warns(lo.theory.PastEdgeWarning) if orbit else contextlib.nullcontext():
+            th = lo.theory.pretrain(net, W0, task, lr=frac, checkpoints=[n - 1, n])
+        np.testing.assert_allclose(np.asarray(sim.loss), np.asarray(th.loss), rtol=1e-4, atol=1e-9)
+        sharp = np.asarray(lo.theory.sharpness(sim.weights, task))
+        decayed = lo.pretrain(net, W0, task, lr=optax.cosine_decay_schedule(frac, n), checkpoints=[n])
+        assert float(decayed.loss[-1]) < 1e-8
+        if orbit:
+            assert float(sim.loss[-1]) > 1e-3 and abs(sharp[0] - sharp[1]) > 0.5  # alternates: 2.74 / 1.33
+        else:
+            assert float(sim.loss[-1]) < 1e-8 and abs(sharp[0] - sharp[1]) < 1e-3

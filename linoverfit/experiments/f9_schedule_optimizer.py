@@ -12,12 +12,20 @@ fine-tuning on a shifted task (``lo.finetune``). Lines: gradient-flow theory
 is the same for every schedule; for momentum it is drawn at t/(1 - beta). Turning points and
 degradation by ``lo.theory.u_curve``.
 
+Bottom row: (g, h) the same net at a peak lr of 0.9 and 1.1 times the stability edge of the
+minimum, 2 / (L sigma_1^(2 - 2/L)) = 1, at a constant lr (lines: the exact GD map of the modes,
+``lo.theory.pretrain``/``lo.theory.finetune``) and under cosine decay; checkpoints on even steps,
+because above the edge constant-lr GD ends on a period-2 orbit (its other phase is annotated).
+(i) GD and SAM from the balanced init and from an unbalanced Gaussian init (layer scales 1 and
+0.05): forgetting, with the final sharpness written on each bar.
+
 Run: ``python experiments/F9_schedule_optimizer.py [--quick] [--out DIR] [--set sam_rho=0.02]``.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -53,8 +61,14 @@ CONFIG = dict(
     sgd_noise=0.1,         # label-noise variance of the online stream
     sgd_seeds=4,
     sharpness_iters=24,    # Lanczos steps (the top eigenvalue converges long before)
+    edge_fractions=(0.9, 1.1),  # (g, h): peak lr as a fraction of the stability edge 2 / (2 sigma_1) of the minimum
+    edge_steps=2000,       # steps of the near-edge runs (t ~ 1000-2000: every mode learnt)
+    edge_checkpoints=40,   # log-spaced EVEN steps: above the edge the weights alternate on a period-2 orbit
+    unbalanced_scales=(1.0, 0.05),  # (i): Gaussian init, entries N(0, c_l^2 / d) for layer 1 and 2
+    sam_rhos=(0.05, 0.4),  # (i): SAM radii from the unbalanced init
 )
-QUICK = dict(width=8, t_final=40.0, steps=4096, checkpoints=24, sgd_seeds=2, sharpness_iters=16)
+QUICK = dict(width=8, t_final=40.0, steps=4096, checkpoints=24, sgd_seeds=2, sharpness_iters=16, edge_steps=400,
+             edge_checkpoints=16)
 # ----------------------------------------------------------------------------- end of config
 
 
@@ -104,11 +118,64 @@ def _curve(t, y):
     return lo.theory.u_curve(t[ok], y[ok])
 
 
+def _edge_runs(cfg, net, task, ft, W0) -> dict:
+    """(g, h): GD at a constant lr and under cosine decay from the same peak, at fractions of the
+    stability edge of the minimum, eta_edge = 2 / lambda_min with lambda_min = L sigma_1^(2 - 2/L) the
+    sharpness of the balanced global minimum (the flattest one). Sharpness and forgetting (pre-training
+    loss after fine-tuning minus before) at every checkpoint; for the constant lr also predicted, by the
+    exact GD map of the modes (``lo.theory.pretrain``) and ``lo.theory.finetune`` on it."""
+    L, sigma1 = net.depth, float(np.max(np.asarray(task.spectrum)))
+    edge_lr = 2.0 / (L * sigma1 ** (2 - 2 / L))
+    n = int(cfg["edge_steps"])
+    ck = 2 * lo.log_checkpoints(n // 2, int(cfg["edge_checkpoints"]), first=4)  # one phase of a period-2 orbit
+    out = {}
+    for frac in cfg["edge_fractions"]:
+        peak = float(frac) * edge_lr
+        for name, lr in (("constant", peak), ("cosine", optax.cosine_decay_schedule(peak, n))):
+            run_ = lo.pretrain(net, W0, task, lr=lr, checkpoints=ck)
+            fr = lo.finetune(net, run_, ft, lr=cfg["ft_lr"], steps=cfg["ft_steps"], pretrain_task=task)
+            r = dict(frac=float(frac), peak=peak, edge_lr=edge_lr, t=np.asarray(run_.t, float),
+                     loss=np.asarray(run_.loss, float),
+                     sharp=np.asarray(lo.theory.sharpness(run_.weights, task, iters=cfg["sharpness_iters"]), float),
+                     forget=np.asarray(fr.forgetting, float)[:, 0])
+            if name == "constant":
+                with warnings.catch_warnings():  # past the edge on purpose: the exact map still describes GD
+                    warnings.simplefilter("ignore", lo.theory.PastEdgeWarning)
+                    th = lo.theory.pretrain(net, W0, task, lr=peak, checkpoints=ck)
+                    fth = lo.theory.finetune(net, th, ft, lr=cfg["ft_lr"], steps=cfg["ft_steps"], pretrain_task=task)
+                    last2 = lo.theory.pretrain(net, W0, task, lr=peak, checkpoints=[n - 1, n])
+                r["orbit_sharpness"] = [float(x) for x in lo.theory.sharpness(last2.weights, task, iters=cfg["sharpness_iters"])]
+                r.update(t_th=np.asarray(th.t, float), loss_th=np.asarray(th.loss, float),
+                         sharp_th=np.asarray(lo.theory.sharpness(th.weights, task, iters=cfg["sharpness_iters"]), float),
+                         forget_th=np.asarray(fth.forgetting, float)[:, 0])
+            out[f"{frac:g}_{name}"] = r
+    return out
+
+
+def _sam_runs(cfg, net, task, ft, W0) -> dict:
+    """(i): GD and SAM from the balanced aligned init ``W0`` and from an unbalanced Gaussian init
+    (layer l entries N(0, c_l^2 / d)), each pre-trained to ``t_final``: final sharpness and forgetting."""
+    d, n = cfg["width"], int(cfg["steps"])
+    Wu = tuple(c / np.sqrt(d) * w for c, w in zip(cfg["unbalanced_scales"], net.init(jax.random.key(3), scale=1.0)))
+    out = {}
+    for init, W in (("balanced", W0), ("unbalanced", Wu)):
+        # from the small balanced init a large radius never leaves the saddle W = 0: only the smallest one there
+        rhos = cfg["sam_rhos"] if init == "unbalanced" else cfg["sam_rhos"][:1]
+        for opt, optimizer in (("GD", None), *((f"SAM {r:g}", lo.optimizers.SAM(r)) for r in rhos)):
+            run_ = lo.pretrain(net, W, task, lr=cfg["t_final"] / n, checkpoints=[n], optimizer=optimizer)
+            fr = lo.finetune(net, run_, ft, lr=cfg["ft_lr"], steps=cfg["ft_steps"], pretrain_task=task)
+            out[f"{init}, {opt}"] = {
+                "init": init, "optimizer": opt, "final_loss": float(np.asarray(run_.loss)[-1]),
+                "sharpness": float(np.asarray(lo.theory.sharpness(run_.weights, task, iters=cfg["sharpness_iters"]))[-1]),
+                "forgetting": float(np.asarray(fr.forgetting)[-1, 0])}
+    return out
+
+
 def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None, progress=None) -> dict:
     """Make ``F9_schedule_optimizer.png`` / ``.npz`` in ``out_dir``; return the headline numbers."""
     cfg = C.resolve_config(CONFIG, QUICK, quick, config)
     setts = settings(cfg)
-    stages = C.Stages(len(setts) + 3, progress)
+    stages = C.Stages(len(setts) + 4, progress)
     k_task, k_shift, k_sgd = jax.random.split(jax.random.key(seed), 3)
     d = cfg["width"]
     task = lo.tasks.power_law(d, d, alpha=cfg["alpha"], key=k_task)
@@ -170,6 +237,17 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         data.update(t_theory=t_th, perturbed_loss_theory=th_pert, pretrain_loss_after_ft_theory=th_ft,
                     sharpness_theory=th_sharp)
 
+    with stages("at and above the stability edge; SAM from an unbalanced init"):
+        edge = _edge_runs(cfg, net, task, ft, W0)
+        sam_rows = _sam_runs(cfg, net, task, ft, W0)
+        for key, r in edge.items():
+            data.update({f"edge{key}_t": r["t"], f"edge{key}_sharpness": r["sharp"], f"edge{key}_forgetting": r["forget"]})
+            if "t_th" in r:
+                data.update({f"edge{key}_t_theory": r["t_th"], f"edge{key}_sharpness_theory": r["sharp_th"],
+                             f"edge{key}_forgetting_theory": r["forget_th"]})
+        data.update(sam_sharpness=np.array([r["sharpness"] for r in sam_rows.values()]),
+                    sam_forgetting=np.array([r["forgetting"] for r in sam_rows.values()]))
+
     # ---------------------------------------------------------------- summary
     base = res["GD constant"]
     per = {}
@@ -201,6 +279,39 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     sam, gd = per["SAM"], per["GD constant"]
     sam_cut = 100 * (1 - sam["finetune_degradation_percent"] / gd["finetune_degradation_percent"]) \
         if gd["finetune_degradation_percent"] else float("nan")
+    edge_sum, edge_checks = {}, []
+    for frac in cfg["edge_fractions"]:
+        rc, rd = edge[f"{frac:g}_constant"], edge[f"{frac:g}_cosine"]
+        more = 100 * (rd["forget"][-1] / rc["forget"][-1] - 1)
+        gap = float(max(np.max(np.abs(rc["forget_th"] / rc["forget"] - 1)), np.max(np.abs(rc["sharp_th"] / rc["sharp"] - 1))))
+        edge_sum[f"{frac:g}"] = {
+            "peak_lr": rc["peak"], "edge_lr": rc["edge_lr"], "peak_lr_over_edge": float(frac),
+            "constant": {"final_loss": rc["loss"][-1], "final_sharpness": rc["sharp"][-1],
+                         "orbit_sharpness": rc["orbit_sharpness"], "final_forgetting": rc["forget"][-1],
+                         "final_loss_after_finetune": rc["loss"][-1] + rc["forget"][-1]},
+            "cosine": {"final_loss": rd["loss"][-1], "final_sharpness": rd["sharp"][-1],
+                       "final_forgetting": rd["forget"][-1],
+                       "final_loss_after_finetune": rd["loss"][-1] + rd["forget"][-1]},
+            "decay_vs_constant_forgetting_percent": more,
+            "theory_vs_simulation_constant_max_rel": gap}
+        # the exact GD map of the modes vs float32 GD: round-off, not amplified on a stable fixed point or an
+        # attracting period-2 orbit; 1e-3 still catches a wrong orbit (its sharpness differs by a factor 2)
+        edge_checks.append(C.check(f"{frac:g} x edge, constant lr: exact GD map vs simulation (sharpness and "
+                                   "forgetting), max relative gap", gap, at_most=1e-3))
+        if frac < 1:
+            edge_checks.append(C.check(f"{frac:g} x edge: |forgetting cosine / constant - 1| (the schedule changes "
+                                       "nothing below the edge)", abs(more) / 100, at_most=0.01))
+        else:
+            edge_checks.append(C.check(f"{frac:g} x edge: decay forgets more than the constant lr on its period-2 orbit",
+                                       bool(more > 0), expected=True))
+    e_lo, e_hi = (edge_sum[f"{f:g}"] for f in (min(cfg["edge_fractions"]), max(cfg["edge_fractions"])))
+    bal, unb = sam_rows["balanced, GD"], sam_rows["unbalanced, GD"]
+    rho_hi = max(cfg["sam_rhos"])
+    sam_unb = sam_rows[f"unbalanced, SAM {rho_hi:g}"]
+    sam_sum = {"rows": sam_rows,
+               "unbalanced_vs_balanced_forgetting_percent": 100 * (unb["forgetting"] / bal["forgetting"] - 1),
+               "sam_cut_unbalanced_percent": {f"{r:g}": 100 * (1 - sam_rows[f"unbalanced, SAM {r:g}"]["forgetting"]
+                                                             / unb["forgetting"]) for r in cfg["sam_rhos"]}}
     verdict = (
         f"Full-batch GD: constant, cosine and WSD schedules give the same perturbation U-curve in t = cumulative lr, "
         f"the gradient-flow curve (max deviation at the checkpoints: constant {100 * th_gap:.2g}%, cosine "
@@ -208,17 +319,29 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         f"and T* and degradation do not depend on the schedule (degradation {gd['degradation_percent']:.3g}%, "
         f"{per['GD cosine']['degradation_percent']:.3g}%, {per['GD WSD']['degradation_percent']:.3g}%). "
         f"Sharpness is a function of the weights, hence of t, not of the decay, in this regime (every lr far below "
-        f"the stability edge 2/sharpness). Rofin, Varre & Flammarion (2026) report that lr decay raises sharpness "
-        f"and amplifies forgetting near the edge of stability, a regime this figure does not simulate, so it "
-        f"neither confirms nor contradicts them. "
+        f"the stability edge 2/sharpness). At {e_lo['peak_lr_over_edge']:g} x the edge of the minimum the schedule "
+        f"still changes nothing (forgetting, cosine vs constant: {e_lo['decay_vs_constant_forgetting_percent']:+.2g}%). "
+        f"Above it ({e_hi['peak_lr_over_edge']:g} x) constant-lr GD cannot settle in the minimum (sharpness "
+        f"{e_hi['cosine']['final_sharpness']:.3g}) and sits on a period-2 orbit (sharpness alternating "
+        f"{e_hi['constant']['orbit_sharpness'][0]:.3g} / {e_hi['constant']['orbit_sharpness'][1]:.3g}, loss "
+        f"{e_hi['constant']['final_loss']:.2g}); cosine decay lets it settle and it then forgets "
+        f"{e_hi['decay_vs_constant_forgetting_percent']:.3g}% more ({e_hi['cosine']['final_forgetting']:.3g} vs "
+        f"{e_hi['constant']['final_forgetting']:.3g}), the sign Rofin, Varre & Flammarion (2026, arXiv:2604.13627) "
+        f"report for language models; the loss after fine-tuning is the same ({e_hi['cosine']['final_loss_after_finetune']:.4g} "
+        f"vs {e_hi['constant']['final_loss_after_finetune']:.4g}): the orbit started that much higher. What the linear model cannot say: how much sharpness decay adds at scale (here "
+        f"sharpness never exceeds that of the balanced minimum, {e_hi['cosine']['final_sharpness']:.3g}; they measure "
+        f"a KL proxy, not the Hessian). "
         f"Momentum follows the flow in t/(1-beta); Adam learns all modes at nearly the same time and moves T* "
         f"(T* {per['Adam']['t_star']:.3g} in its own lr units vs {gd['t_star']:.3g}); SAM (rho={cfg['sam_rho']:g}) "
         f"{'lowers' if sam_cut > 0 else 'raises'} the fine-tuning degradation by {abs(sam_cut):.3g}% of GD's "
         f"({sam['finetune_degradation_percent']:.3g}% vs {gd['finetune_degradation_percent']:.3g}%) from this "
         f"balanced small init: every global minimum has end-to-end map A and GD from a balanced init already "
         f"reaches the flattest (balanced) one. Watts, Li, Goyal, Springer & Raghunathan (2026, arXiv:2605.02105) "
-        f"measure up to an 80% cut with SAM pre-training of language models; from an unbalanced init (not "
-        f"simulated here) the argument above does not hold. "
+        f"measure up to an 80% cut with SAM pre-training of language models. From an unbalanced init (layer scales "
+        f"{cfg['unbalanced_scales'][0]:g}, {cfg['unbalanced_scales'][1]:g}) GD ends sharper ({unb['sharpness']:.3g} vs "
+        f"{bal['sharpness']:.3g}) and forgets {sam_sum['unbalanced_vs_balanced_forgetting_percent']:.3g}% more; SAM "
+        f"(rho {rho_hi:g}) brings the sharpness back to {sam_unb['sharpness']:.3g} but cuts that forgetting by only "
+        f"{sam_sum['sam_cut_unbalanced_percent'][f'{rho_hi:g}']:.2g}%: sharpness is not what sets the forgetting here. "
         f"Online SGD (batch {cfg['sgd_batch']}, label noise {cfg['sgd_noise']:g}): degradation "
         f"{sgd_c['degradation_percent']:.3g}% at a constant rate, {sgd_d['degradation_percent']:.3g}% with cosine decay."
     )
@@ -235,11 +358,14 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         "schedule_vs_flow_percent": {k: 100 * v for k, v in agree.items()},
         "theory_vs_gd_constant_percent": 100 * th_gap,
         "sam_finetune_degradation_cut_percent": sam_cut,
+        "stability_edge": edge_sum,
+        "sam_inits": sam_sum,
         # discretisation: GD at peak rates <= 0.03 moves each mode's time by O(eta sigma_1 log(sigma/s0)) ~ 1-3%,
         # which moves the perturbed loss by at most that where a mode is mid-transition: 3% / 2% as tolerances
         "checks": [C.check("GD cosine/WSD vs the flow curve in t, max relative gap", max(agree.values()), at_most=0.03),
                    C.check("gradient-flow theory vs GD constant, max relative gap", th_gap, at_most=0.02),
-                   C.check("GD constant has a perturbation turning point", gd["is_turning_point"], expected=True)],
+                   C.check("GD constant has a perturbation turning point", gd["is_turning_point"], expected=True),
+                   *edge_checks],
         "condition": "depth 2, balanced aligned init, population loss (full batch) unless marked SGD; "
                      "t = cumulative learning rate",
         "verdict": verdict,
@@ -249,8 +375,8 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     with stages("plot"):
         png, npz = C.figure_paths(out_dir, NUMBER, NAME)
         with lp.style():
-            fig, axes = lp.subplots(2, 3, width="page", aspect=0.8, squeeze=False)
-            (a, b, c), (e, f_, g) = axes
+            fig, axes = lp.subplots(3, 3, width="page", aspect=0.8, squeeze=False)
+            (a, b, c), (e, f_, g), (h1, h2, h3) = axes
 
             def mark(ax, name, y, x=None, every=1):
                 col, m = STYLE[name]
@@ -320,10 +446,53 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
                               Line2D([], [], color="k", lw=1.0, ls="--", label="theory, fine-tuning")],
                      fontsize=6, loc="upper left", ncol=2, columnspacing=1.0, handlelength=1.8)
 
+            # (g, h) at and above the stability edge: constant lr (markers, exact GD map as lines) vs cosine decay
+            edge_cols = {f: c for f, c in zip(cfg["edge_fractions"], ("tab:blue", "tab:red", "tab:green"))}
+            for key, r in edge.items():
+                col = edge_cols[r["frac"]]
+                const = key.endswith("constant")
+                kw = dict(color=col, marker="o" if const else "s", markersize=3, linestyle="none",
+                          markerfacecolor="none" if const else col)
+                h1.plot(r["t"], r["sharp"], **kw)
+                h2.plot(r["t"], r["forget"], **kw)
+                if const:
+                    lp.theory(h1, r["t_th"], r["sharp_th"], color=col)
+                    lp.theory(h2, r["t_th"], r["forget_th"], color=col)
+                    h1.axhline(2 / r["peak"], color=col, ls=":", lw=1.0)  # the edge of this lr: 2 / eta
+            for ax in (h1, h2):
+                lp.time_axis(ax, label=r"$t = \sum_k \eta_k$")
+            h1.set(ylabel=r"sharpness $\lambda_{max}$", ylim=(0.6, 2.6))
+            h1.set_title("(g) sharpness near the edge", loc="left")
+            h2.set(ylabel="forgetting (pre-training\nloss after - before)")
+            h2.set_title("(h) forgetting near the edge", loc="left")
+            edge_handles = [(f"{f:g} x edge, constant lr (line: exact GD map)",
+                             Line2D([], [], color=edge_cols[f], marker="o", markerfacecolor="none", lw=1.2))
+                            for f in cfg["edge_fractions"]]
+            edge_handles += [(f"{f:g} x edge, cosine decay", Line2D([], [], color=edge_cols[f], marker="s",
+                                                                   linestyle="none")) for f in cfg["edge_fractions"]]
+            edge_handles.append((r"the edge of the constant lr, $2/\eta$", Line2D([], [], color="0.4", ls=":", lw=1.0)))
+            for key, r in edge.items():  # the checkpoints are even steps: say where the odd ones are
+                if key.endswith("constant") and r["orbit_sharpness"][0] != r["orbit_sharpness"][1]:
+                    h1.annotate(f"period-2 orbit: even steps {r['orbit_sharpness'][1]:.2f},\nodd steps "
+                                f"{r['orbit_sharpness'][0]:.2f}", (r["t"][len(r["t"]) // 2], r["sharp"][len(r["t"]) // 2]),
+                                xytext=(0.03, 0.05), textcoords="axes fraction", fontsize=5.5, color=edge_cols[r["frac"]],
+                                arrowprops=dict(arrowstyle="->", lw=0.6, color=edge_cols[r["frac"]]))
+            # (i) SAM from a balanced and an unbalanced init: forgetting bars, sharpness written on each
+            rows = list(sam_rows.values())
+            xs = np.arange(len(rows))
+            cols_i = ["0.3" if r["optimizer"] == "GD" else "tab:red" for r in rows]
+            h3.bar(xs, [r["forgetting"] for r in rows], 0.7, color=cols_i)
+            for xi, r in zip(xs, rows):
+                h3.text(xi, r["forgetting"], f"{r['sharpness']:.2f}", ha="center", va="bottom", fontsize=5.5)
+            h3.set_xticks(xs, [f"{r['init']}\n{r['optimizer']}" for r in rows], rotation=60, ha="right", fontsize=5.5)
+            h3.set(ylabel="forgetting after pre-training", ylim=(0, 1.25 * max(r["forgetting"] for r in rows)))
+            h3.set_title(r"(i) GD vs SAM by init (numbers: sharpness)", loc="left")
+
             lp.legend(fig, colors=None, theory_label="theory: gradient flow in t (same for every schedule)",
                       sim_label=None, turning_point=True, loc="outside lower center", ncol=5,
                       extra=[(n, Line2D([], [], color=STYLE[n][0], marker=STYLE[n][1], markerfacecolor="none",
-                                        linestyle="none")) for n in names])
+                                        linestyle="none")) for n in names] + [("(g, h):", Line2D([], [], lw=0))]
+                      + edge_handles)
             lp.save(fig, png)
         C.save_data(npz, **data)
     return summary
