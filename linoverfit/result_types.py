@@ -213,6 +213,42 @@ class FinetuneResult(Result):
         """Fine-tuning loss before minus after (how much the new task was learnt), ``(C, R[, S])``."""
         return jnp.expand_dims(self.finetune_loss_before, 1) - self.finetune_loss_after
 
+    def as_run(self, task: Task | Dataset, lr: float | None = None) -> PretrainResult:
+        r"""The fine-tuned weights at one learning rate as a :class:`PretrainResult`, so that the next
+        stage starts from them (``lo.finetune``, ``lo.sensitivity.gaussian`` and their ``lo.theory``
+        mirrors take it as ``run``): pre-train :math:`\to` post-train :math:`\to` fine-tune, no hand-chaining.
+
+        The checkpoint axis stays the pre-training one (``steps``, ``t`` ``(C,)``), so the next stage's
+        U-curves are still over pre-training time. ``weights`` ``(C[, S], n_l, n_{l-1})`` are this
+        result's at learning rate ``lr``; ``loss`` ``(C[, S])`` is ``finetune_loss_after`` there (the
+        objective this stage minimised); ``task`` is the task this stage fine-tuned on (pass that
+        same task: the result does not store it). Runs that diverged at that rate carry their
+        non-finite weights on, and the next stage marks them diverged.
+
+        Args:
+          task: the fine-tuning task of this stage (Task or Dataset).
+          lr: one of ``self.lr``; may be omitted when there is only one.
+        """
+        if self.weights is None:
+            raise ValueError("this fine-tuning result kept no weights: fine-tune with return_weights=True to start "
+                             "another stage from it")
+        if not isinstance(task, (Task, Dataset)):
+            raise TypeError(f"task must be the Task or Dataset this stage fine-tuned on, got {type(task).__name__}")
+        lrs = np.asarray(self.lr, np.float64)
+        if lr is None:
+            if lrs.size != 1:
+                raise ValueError(f"this result has {lrs.size} learning rates {lrs.tolist()}: pass lr= (one of them)")
+            r = 0
+        else:
+            hit = np.flatnonzero(np.isclose(lrs, float(lr), rtol=1e-12, atol=0.0))
+            if hit.size != 1:
+                raise ValueError(f"lr={lr!r} is not one of this result's learning rates {lrs.tolist()}")
+            r = int(hit[0])
+        return PretrainResult(
+            steps=np.asarray(self.steps), loss=self.finetune_loss_after[:, r], weights=tuple(w[:, r] for w in self.weights),
+            task=task, lr=self.pretrain_lr, times=np.asarray(self.t, np.float64), prediction=self.prediction,
+            exact=self.exact)
+
 
 class NonFiniteWarning(RuntimeWarning):
     """Some Monte Carlo estimates overflowed (non-finite); they are named in the message."""

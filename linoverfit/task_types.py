@@ -191,6 +191,35 @@ class Dataset:
         r"""Full-sample loss :math:`\tfrac1{2N}\sum_n\lVert P x_n - y_n\rVert^2`; ``P`` ``(..., d_out, d_in)``."""
         return self.batch_loss(P, self.x, self.y)
 
+    def as_task(self) -> Task:
+        r"""The :class:`Task` with this sample's own moments, whose population loss equals the sample
+        loss for every map :math:`P` (exact, no assumption on the data):
+
+        .. math:: \hat\Sigma = \tfrac1N X^\top X,\quad \hat A = \tfrac1N Y^\top X\,\hat\Sigma^{+},\quad
+                  \tfrac1{2N}\lVert XP^\top - Y\rVert_F^2 = \tfrac12\operatorname{tr}\big((P-\hat A)\hat\Sigma(P-\hat A)^\top\big) + r,
+
+        with :math:`r = \tfrac1{2N}\lVert Y\rVert_F^2 - \tfrac12\operatorname{tr}(\hat A\hat\Sigma\hat A^\top) \ge 0`
+        the least-squares residual, stored as the label noise :math:`2r/d_{out}`. (The rows of
+        :math:`Y^\top X` lie in the range of :math:`\hat\Sigma`, so the pseudo-inverse loses nothing
+        when :math:`N < d_{in}`.) Full-batch GD on the sample is GD on this Task, step for step, so
+        ``lo.theory`` predicts it. Computed in float64, returned in the sample's dtype.
+
+        Examples:
+          >>> import jax, numpy as np, linoverfit as lo
+          >>> data = lo.tasks.power_law(4, 3, key=jax.random.key(0)).sample(10, key=1)
+          >>> P = np.ones((3, 4), np.float32)
+          >>> bool(np.isclose(data.as_task().loss(P), data.loss(P), rtol=1e-5))
+          True
+        """
+        x, y = np.asarray(self.x, np.float64), np.asarray(self.y, np.float64)
+        n = x.shape[0]
+        cov = x.T @ x / n
+        A = (y.T @ x / n) @ np.linalg.pinv(cov, hermitian=True)
+        r = 0.5 * float(np.sum(y * y)) / n - 0.5 * float(np.sum(A * (A @ cov)))
+        dtype = self.x.dtype
+        return Task(teacher=jnp.asarray(A, dtype), input_cov=jnp.asarray(0.5 * (cov + cov.T), dtype),
+                    noise=max(2.0 * r / self.d_out, 0.0))
+
     @staticmethod
     def batch_loss(P: ArrayLike, x: ArrayLike, y: ArrayLike) -> jax.Array:
         r""":math:`\tfrac1{2B}\sum_b\lVert P x_b - y_b\rVert^2` for a (mini)batch ``x`` ``(B, d_in)``, ``y`` ``(B, d_out)``."""

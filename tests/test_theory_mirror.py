@@ -189,6 +189,47 @@ def test_per_mode_aligned_init_is_the_mode_theory_start(task):
         net.init(jax.random.key(1), scale=-a, scheme="aligned", task=task)
 
 
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 12), d_in=st.integers(1, 6), d_out=st.integers(1, 4), seed=st.integers(0, 10_000))
+def test_dataset_as_task_has_the_sample_loss(n, d_in, d_out, seed):
+    """Dataset.as_task: the population loss of the sample's own moments equals the sample loss for any map,
+    including N < d_in (singular covariance) and a map off the sample's range (float64 round-off)."""
+    rng = np.random.default_rng(seed)
+    data = lo.Dataset(x=rng.normal(size=(n, d_in)), y=rng.normal(size=(n, d_out)))
+    t = data.as_task()
+    assert t.noise >= 0 and t.teacher.shape == (d_out, d_in)
+    P = rng.normal(size=(3, d_out, d_in))
+    np.testing.assert_allclose(np.asarray(t.loss(P)), np.asarray(data.loss(P)), rtol=1e-9, atol=1e-12)
+
+
+def test_theory_takes_a_dataset_and_predicts_full_batch_gd_on_it():
+    """lo.theory.pretrain / finetune take a Dataset as the simulation does: full-batch GD on the sample
+    is GD on its moments, so the prediction equals lo.pretrain / lo.finetune on the sample (exact map,
+    float64 round-off) and the fine-tuning turning point on the sample is predicted within 2% (measured:
+    equal to 1e-12). The population theory of the teacher the sample came from misses it (~29% at N = 40,
+    d = 8): the sample's own moments are what matter."""
+    d = 8
+    task = lo.tasks.power_law(d, d, 1.0, key=jax.random.key(0))
+    data = task.sample(40, key=1)
+    shift = lo.tasks.shifted(task, kind="additive", size=0.3, key=jax.random.key(2))
+    ft = shift.sample(40, key=3)
+    net = lo.DeepLinear((d, d, d))
+    W0 = net.init(jax.random.key(1), scale=1e-2)
+    ck = lo.log_checkpoints(4000, 40, first=10)
+    sim = lo.pretrain(net, W0, data, lr=0.05, checkpoints=ck)
+    th = lo.theory.pretrain(net, W0, data, lr=0.05, checkpoints=ck)
+    assert th.task is not None and isinstance(th.task, lo.Dataset) and th.prediction == "gd"
+    np.testing.assert_allclose(np.asarray(th.loss), np.asarray(sim.loss), rtol=1e-9)
+    fs = lo.finetune(net, sim, ft, lr=0.05, steps=50)
+    fp = lo.theory.finetune(net, th, ft, lr=0.05, steps=50)
+    a, b = turning_point(fs), turning_point(fp)
+    assert bool(a.is_turning_point[0]) and bool(b.is_turning_point[0])
+    assert abs(b.t_star[0] / a.t_star[0] - 1) < 0.02
+    pop = lo.theory.finetune(net, lo.theory.pretrain(net, W0, task, lr=0.05, checkpoints=ck), shift, lr=0.05,
+                             steps=50)
+    assert abs(turning_point(pop).t_star[0] / a.t_star[0] - 1) > 0.1
+
+
 def test_mirror_bad_input(task):
     net = lo.DeepLinear((D, D, D))
     W0 = net.init(jax.random.key(1), scale=0.1)
@@ -196,8 +237,8 @@ def test_mirror_bad_input(task):
         lo.theory.pretrain(net, W0, task, lr=LR, checkpoints=[10], method="modes")
     with pytest.raises(TypeError, match="lr must be a constant"):
         lo.theory.pretrain(net, W0, task, lr=lambda k: 0.1, checkpoints=[10])
-    with pytest.raises(TypeError, match="Dataset"):
-        lo.theory.pretrain(net, W0, task.sample(8, key=0), lr=LR, checkpoints=[10])
+    with pytest.raises(TypeError, match="must be a linoverfit Task"):
+        lo.theory.pretrain(net, W0, {"x": 1}, lr=LR, checkpoints=[10])
     run = lo.theory.pretrain(net, W0, task, lr=LR, checkpoints=[10])
     with pytest.raises(ValueError, match="method='gd'.*method='modes'"):
         lo.theory.finetune(net, run, task, lr=0.1, steps=5, l2=0.1, method="layers")

@@ -19,6 +19,9 @@ because above the edge constant-lr GD ends on a period-2 orbit (its other phase 
 (i) GD and SAM from the balanced init and from an unbalanced Gaussian init (layer scales 1 and
 0.05): forgetting, with the final sharpness written on each bar.
 
+Size: one figure of nine panels whose eight pre-training settings share one batched sharpness and
+perturbation call; the near-edge and init rows reuse its task, shift and fine-tuning budget.
+
 Run: ``python experiments/F9_schedule_optimizer.py [--quick] [--out DIR] [--set sam_rho=0.02]``.
 """
 

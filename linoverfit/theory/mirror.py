@@ -82,9 +82,10 @@ def _net(net):
 
 
 def _population(task, name):
+    """The Task whose population loss the prediction follows: ``task`` itself, or a Dataset's own
+    moments (:meth:`~linoverfit.Dataset.as_task`: full-batch GD on the sample, exactly)."""
     if isinstance(task, Dataset):
-        raise TypeError(f"{name} is a Dataset; the theory predicts the population loss of a Task "
-                        "(simulate a Dataset with lo.pretrain / lo.finetune)")
+        return task.as_task()
     if not isinstance(task, Task):
         raise TypeError(f"{name} must be a linoverfit Task, got {type(task).__name__}")
     return task
@@ -113,7 +114,10 @@ def pretrain(net: DeepLinear, W0: Sequence[ArrayLike], task: Task, *, lr: float,
     ``steps``, ``t``), without simulating where the start allows.
 
     Plain GD :math:`W \leftarrow W - \eta(\nabla_W L + \lambda W)` at a constant ``lr`` on the
-    population loss of a :class:`~linoverfit.Task`. ``method`` (module docstring):
+    population loss of a :class:`~linoverfit.Task`, or full-batch GD on a
+    :class:`~linoverfit.Dataset` (exactly: the population loss of its own moments,
+    :meth:`~linoverfit.Dataset.as_task`; the result's ``task`` is the Dataset, as the simulation's is).
+    ``method`` (module docstring):
 
     * ``"modes"``: balanced aligned starts, exact per-mode GD map (round-off);
     * ``"gd"``: any start, the exact GD map on its own layers (round-off);
@@ -129,7 +133,8 @@ def pretrain(net: DeepLinear, W0: Sequence[ArrayLike], task: Task, *, lr: float,
     names the exact step). ``rtol``/``atol``: tolerances of the ``"flow"`` solve.
     """
     _net(net)
-    task = _population(net.check_task(task), "task")
+    given = net.check_task(task)
+    task = _population(given, "task")
     W0 = net.check_weights(W0, "W0")
     dtype = _v.working_dtype(W0, "W0")
     ndims = {np.ndim(w) for w in W0}
@@ -183,7 +188,7 @@ def pretrain(net: DeepLinear, W0: Sequence[ArrayLike], task: Task, *, lr: float,
     cast = lambda x: np.asarray(np.swapaxes(x, 0, 1) if batched else x[0], dtype)  # noqa: E731
     return _rt.PretrainResult(
         steps=steps, loss=cast(loss), weights=tuple(cast(w) for w in layers) if keep_weights else None,
-        task=_v.cast_objective(task, dtype), lr=lr, weight_decay=wd, times=None,
+        task=_v.cast_objective(given, dtype), lr=lr, weight_decay=wd, times=None,
         prediction=method, exact=method != "flow")
 
 
