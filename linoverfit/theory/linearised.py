@@ -33,6 +33,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
@@ -107,6 +108,14 @@ class LinearisedRun:
 
         (pre0, pre), (ft0, ft) = losses(pre_task), losses(ft_task)
         return pre0, ft0, pre, ft, w * lam[-1]
+
+
+@partial(jax.jit, static_argnames=("fn",))
+def _each_checkpoint(Ws, shared, fn):
+    """``fn`` over the leading axis of ``Ws``, one checkpoint at a time (``lax.map``): its Jacobian
+    ``(M, n)`` and kernel are the working set. Not :func:`linoverfit.sweep`: the closed form runs in
+    float64 inside ``enable_x64`` on one device, as :func:`~linoverfit.theory.curvature.sharpness` does."""
+    return jax.lax.map(lambda W: fn(W, shared), Ws)
 
 
 def _rows(task):
@@ -184,8 +193,7 @@ def finetune(
         M = int(np.prod(rows[1].shape))
         fn = LinearisedRun(kernel=M <= n, net=net if nonlinear else None)
         shared = (rows, ft, pre, jnp.asarray(lrs), jnp.asarray(record_steps, jnp.float64))
-        # one checkpoint at a time: its Jacobian (M, n) and kernel are the working set
-        out = jax.lax.map(lambda W: fn(W, shared), Ws)
+        out = _each_checkpoint(Ws, shared, fn)
         pre0, ft0, pre_traj, ft_traj, top = (np.asarray(x) for x in out)
         zero = float(_obj.zero_map_loss(ft))
 
