@@ -114,11 +114,9 @@ def test_kernel_and_parameter_space_give_the_same_prediction(tanh_run):
     """The closed form is computed from K = J J^T (rows <= parameters) or G = J^T J: the same
     non-zero spectrum, the same prediction (round-off)."""
     net, run, ft = tanh_run
-    W = tuple(jnp.asarray(w[1]) for w in run.weights)
-    rows = linearised._rows(ft)
-    shared = (rows, ft, run.task, jnp.array([0.01, 0.3]), jnp.array([5.0, 50.0]))
-    a = linearised.LinearisedRun(kernel=True, net=net)(W, shared)
-    b = linearised.LinearisedRun(kernel=False, net=net)(W, shared)
+    W = tuple(jnp.asarray(w[1:]) for w in run.weights)  # one checkpoint, batched
+    shared = (linearised._rows(ft), ft, run.task, jnp.array([0.01, 0.3]), jnp.array([5.0, 50.0]))
+    a, b = (linearised._each_checkpoint(W, shared, linearised.LinearisedRun(kernel=k, net=net)) for k in (True, False))
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, rtol=1e-9)
 
