@@ -142,7 +142,7 @@ def second_order_sensitivity(
     Returns a :class:`~linoverfit.SensitivityResult`: ``loss`` ``(C[, S])``, ``sensitivity`` and
     ``stderr`` ``(C, G[, S])`` (``stderr`` :math:`= \tfrac{\gamma^2}{2}\operatorname{std}(v^\top Hv)/\sqrt M`,
     0 for ``"exact"``), ``perturbed_loss = loss + sensitivity``, ``samples = M`` (``n`` for ``"exact"``),
-    ``prediction`` ``"hutchinson"``, ``"hutchinson(gauss_newton)"`` or ``"exact_trace"``, and
+    ``prediction`` ``"hutchinson"`` or ``"exact_trace"`` (with ``"(gauss_newton)"`` appended), and
     ``exact`` False (it is the :math:`\gamma^2` term only). ``lo.turning_point`` reads it as a
     measured result.
     """
@@ -177,12 +177,10 @@ def second_order_sensitivity(
                           label="the second-order sensitivity",
                           what=f"{M} probes x {n} parameters of {np.dtype(dtype).name}, {B} weight set(s)",
                           fix="pass fewer probes (not 'exact' for a large network) or fewer checkpoints per call")
-    if exact:
-        V = jnp.eye(n, dtype=dtype) if 2 * n * n * isz < 2**31 else None
-        if V is None:
-            raise ValueError(f"probes='exact' needs an {n} x {n} identity; pass an integer number of probes")
-    else:
-        V = jax.random.rademacher(key, (M, n), dtype)
+    if exact and n * n * isz >= 2**30:
+        raise ValueError(f"probes='exact' needs {n} HVPs and an {n} x {n} identity ({n} parameters); pass an integer "
+                         "number of probes")
+    V = jnp.eye(n, dtype=dtype) if exact else jax.random.rademacher(key, (M, n), dtype)
     fn = HessianTraceRun(identity=_obj.identity_cov(task), batch=batch, exact=exact,
                          gauss_newton=bool(gauss_newton), net=net if nonlinear else None)
     rows = task.n if isinstance(task, Dataset) else 1
@@ -191,13 +189,10 @@ def second_order_sensitivity(
     half_g2 = jnp.asarray(0.5 * gammas**2, dtype)
 
     def per_gamma(x):  # (B,) -> (C, G[, S])
-        x = jnp.reshape(x, lead)[:, None] * half_g2.reshape((1, -1) + (1,) * (len(lead) - 1))
-        return x
+        return jnp.reshape(x, lead)[:, None] * half_g2.reshape((1, -1) + (1,) * (len(lead) - 1))
 
     base, sens, err = jnp.reshape(base, lead), per_gamma(tr), per_gamma(se)
-    name = "exact_trace" if exact else ("hutchinson(gauss_newton)" if gauss_newton else "hutchinson")
-    if exact and gauss_newton:
-        name = "exact_trace(gauss_newton)"
+    name = ("exact_trace" if exact else "hutchinson") + ("(gauss_newton)" if gauss_newton else "")
     return SensitivityResult(
         **checkpoint_axis(run), gamma=gammas, samples=M, loss=base, perturbed_loss=sens + jnp.expand_dims(base, 1),
         sensitivity=sens, stderr=err, prediction=name, exact=False)
