@@ -43,6 +43,10 @@ The spectrum-level closed forms live in the submodules:
   any result, measured or predicted (:func:`~linoverfit.theory.ucurve.turning_point`, ``lo.turning_point``).
 * :mod:`~linoverfit.theory.mirror`: the simulation's calls, predicted; :mod:`~linoverfit.theory.integrate`:
   scipy's DOP853 as one jitted, vmapped loop.
+* Predictions for any network (nonlinear ones included), on the same result types:
+  :mod:`~linoverfit.theory.hutchinson`, the second-order sensitivity :math:`\tfrac{\gamma^2}{2}\operatorname{tr}H`
+  (:func:`~linoverfit.theory.hutchinson.second_order_sensitivity`), and :mod:`~linoverfit.theory.linearised`,
+  fine-tuning of the network linearised at each checkpoint (:func:`~linoverfit.theory.linearised.finetune`).
 
 Conventions are the library's: time :math:`t = \eta\cdot\text{steps}`, loss with the 1/2, Gaussian
 perturbation :math:`W_l + \gamma E_l` of all layers. The names this package exported before 0.2.0
@@ -51,7 +55,8 @@ perturbation :math:`W_l + \gamma E_l` of all layers. The names this package expo
 """
 
 from .. import deprecation as _deprecation
-from . import curvature, curves, flow, forgetting, integrate, mirror, modes, perturbation, turning, ucurve
+from . import (curvature, curves, flow, forgetting, hutchinson, integrate, linearised, mirror, modes, perturbation,
+               turning, ucurve)
 from .curvature import PastEdgeWarning, sharpness, stability_edge
 from .mirror import finetune, gaussian, pretrain
 from .modes import UnderivedWarning
@@ -72,7 +77,8 @@ __all__ = [
 ]
 
 #: The public submodules: ``dir(lo.theory)`` lists them with :data:`__all__`.
-SUBMODULES = (curvature, curves, flow, forgetting, integrate, mirror, modes, perturbation, turning, ucurve)
+SUBMODULES = (curvature, curves, flow, forgetting, hutchinson, integrate, linearised, mirror, modes, perturbation, turning,
+              ucurve)
 
 # the names exported here before 0.2.0, each now in its submodule (one release with a DeprecationWarning)
 for _sub, _names in {
