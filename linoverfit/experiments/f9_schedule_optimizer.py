@@ -6,11 +6,11 @@ same final time; heavy-ball momentum, Adam and SAM at a constant rate; online SG
 noise) with a constant rate and with cosine decay. Time is the cumulative learning rate
 t = sum_k eta_k (``PretrainResult.t``). At every checkpoint: the sharpness (top Hessian eigenvalue,
 ``lo.theory.sharpness``), the exact expected loss after Gaussian weight perturbation
-(``lo.theory.expected_perturbed_loss`` on the trained weights) and the pre-training loss after
-fine-tuning on a shifted task (``lo.finetune``). Lines: gradient-flow theory
-(``lo.theory.curves.perturbed_loss_curve``, ``finetune_curve``, ``sharpness_from_spectrum``), which in t
+(``lo.theory.gaussian`` on the trained weights) and the pre-training loss after fine-tuning on a
+shifted task (``lo.finetune``). Lines: gradient-flow theory (``lo.theory.gaussian`` on
+``lo.theory.pretrain(..., method="flow")``, ``finetune_curve``, ``sharpness_from_spectrum``), which in t
 is the same for every schedule; for momentum it is drawn at t/(1 - beta). Turning points and
-degradation by ``lo.theory.u_curve``.
+degradation of measured and predicted results alike by ``lo.turning_point`` (seed mean for SGD).
 
 Bottom row: (g, h) the same net at a peak lr of 0.9 and 1.1 times the stability edge of the
 minimum, 2 / (L sigma_1^(2 - 2/L)) = 1, at a constant lr (lines: the exact GD map of the modes,
@@ -38,6 +38,8 @@ import optax
 import linoverfit as lo
 from linoverfit import plotting as lp
 from linoverfit.experiments import _common as C
+from linoverfit.precision import enable_x64
+from linoverfit.validation import cast_objective
 
 NUMBER, NAME = "F9", "schedule_optimizer"
 TITLE = "pre-training schedule and optimiser: sharpness, perturbation and fine-tuning U-curves in flow time"
@@ -114,11 +116,6 @@ def settings(cfg):
 STYLE = {"GD constant": ("k", "o"), "GD cosine": ("tab:blue", "s"), "GD WSD": ("tab:green", "^"),
          "momentum": ("tab:purple", "D"), "Adam": ("tab:orange", "v"), "SAM": ("tab:red", "P"),
          "SGD constant": ("0.45", "o"), "SGD cosine": ("tab:cyan", "s")}
-
-
-def _curve(t, y):
-    ok = np.isfinite(y)
-    return lo.theory.u_curve(t[ok], y[ok])
 
 
 def _edge_runs(cfg, net, task, ft, W0) -> dict:
@@ -205,38 +202,49 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
             ft_after = np.asarray(fr.pretrain_loss_after, float)[:, 0]
             ft_after = ft_after.mean(-1) if ft_after.ndim == 2 else ft_after  # seeds averaged
             lead = np.shape(weights[0])[:-2]
-            res[name] = dict(t=run_.t, ft=ft_after, lead=lead,
+            res[name] = dict(t=run_.t, ft=ft_after, lead=lead, run=run_,
+                             fu=lo.turning_point(fr, min_rise=C.DEPTH, seeds="mean").curve(0),
                              flat=tuple(np.reshape(w, (-1,) + w.shape[-2:]) for w in weights))
 
     with stages("sharpness and perturbed loss at every checkpoint"):
-        # every checkpoint (and seed) of every run in one call each: one compiled program
+        # the sharpness of every checkpoint (and seed) of every run in one call: one compiled program
         stacked = tuple(np.concatenate([r["flat"][layer] for r in res.values()]) for layer in range(2))
-        # exact E L(W + gamma E) on the original (noise-free) task
-        pert_all = np.asarray(lo.theory.expected_perturbed_loss(stacked, task, gamma=cfg["gamma"]), float)
         sharp_all = np.asarray(lo.theory.sharpness(stacked, task, iters=cfg["sharpness_iters"]), float)
         start = 0
         for name, r in res.items():
             n = int(np.prod(r["lead"]))
-            pert = pert_all[start:start + n].reshape(r["lead"])
             sharp = sharp_all[start:start + n].reshape(r["lead"])
             start += n
+            # exact E L(W + gamma E) on the original (noise-free) task, and its turning point (seed mean)
+            meas = lo.theory.gaussian(net, r.pop("run"), task, gamma=cfg["gamma"])
+            pert = np.asarray(meas.perturbed_loss, float)[:, 0]
             if pert.ndim == 2:  # seeds averaged
                 pert, sharp = pert.mean(1), sharp.mean(1)
             t = r.pop("t")
-            r.update(t=t, pert=pert, sharp=sharp, pu=_curve(t, pert), fu=_curve(t, r["ft"]))
+            r.update(t=t, pert=pert, sharp=sharp, pu=lo.turning_point(meas, min_rise=C.DEPTH, seeds="mean").curve(0))
             del r["flat"]
             data.update({f"{name}_t": t, f"{name}_perturbed_loss": pert, f"{name}_sharpness": sharp,
                          f"{name}_pretrain_loss_after_ft": r["ft"]})
 
     with stages("theory"):
-        t_th = np.geomspace(res["GD constant"]["t"][0], res["GD constant"]["t"][-1], 200)
-        th_pert = np.asarray(lo.theory.curves.perturbed_loss_curve(task, t_th, cfg["gamma"], widths=net, s0=s0), float)
-        th_ft = np.asarray(lo.theory.curves.finetune_curve(task, ft, t_th, widths=net, s0=s0, lr=cfg["ft_lr"],
-                                                    steps=cfg["ft_steps"]).pretrain_loss_after[:, 0], float)
+        # the flow of the same start through the simulation's calls (lo.theory.pretrain(method="flow"),
+        # lo.theory.gaussian) on a dense step grid at the constant rate, and the function-space flow of
+        # fine-tuning (finetune_curve); both results judged by lo.turning_point like the measured ones
+        lr_c = cfg["t_final"] / cfg["steps"]
+        dense = np.union1d(ck, np.round(np.geomspace(ck[0], ck[-1], 200)).astype(int))
+        with enable_x64(True):
+            flow = lo.theory.pretrain(net, tuple(np.asarray(w, np.float64) for w in W0), cast_objective(task, np.float64),
+                                      lr=lr_c, checkpoints=dense, method="flow")
+            th_g = lo.theory.gaussian(net, flow, gamma=cfg["gamma"])
+        t_th = np.asarray(th_g.t, float)
+        th_pert = np.asarray(th_g.perturbed_loss, float)[:, 0]
+        pred_ft = lo.theory.curves.finetune_curve(task, ft, t_th, widths=net, s0=s0, lr=cfg["ft_lr"], steps=cfg["ft_steps"])
+        th_ft = np.asarray(pred_ft.pretrain_loss_after, float)[:, 0]
         sig = np.sort(np.asarray(task.spectrum, float))[::-1]
         s_t = lo.theory.modes.mode_trajectory(sig, t_th, s0, depth=2)
         th_sharp = np.asarray(lo.theory.curvature.sharpness_from_spectrum(s_t, task, net), float)
-        th_pu, th_fu = lo.theory.u_curve(t_th, th_pert), lo.theory.u_curve(t_th, th_ft)
+        th_pu = lo.turning_point(th_g, min_rise=C.DEPTH).curve(0)
+        th_fu = lo.turning_point(pred_ft, min_rise=C.DEPTH).curve(0)
         data.update(t_theory=t_th, perturbed_loss_theory=th_pert, pretrain_loss_after_ft_theory=th_ft,
                     sharpness_theory=th_sharp)
 
