@@ -137,7 +137,7 @@ def closed_form_curves(mode: str = "perturbation", *, gamma: float = 0.05, lr: f
     if mode == "perturbation":
         # perturbed_loss_curve, composed from its public parts so one mode solve serves the whole grid
         loss = 0.5 * np.sum((sigma - s) ** 2, axis=-1)
-        curve = loss + theory.perturbation.sensitivity_from_spectrum(s, gamma, widths)
+        curve = loss + theory.perturbation.sensitivity_from_spectrum(s, gamma, widths)[:, 0]  # one gamma: (T, 1)
         i = int(np.argmin(curve))
         t_star, interior = float(t[i]), 0 < i < t.size - 1
         if depth <= 2:

@@ -57,9 +57,9 @@ def test_gd_modes_curve_and_turning_point_match_simulation(depth, anisotropic):
     # 1.24% with kappa_1 = 2, at both depths): bounded by 3%, and really off, so the check above means something
     gap = np.max(np.abs(mode_trajectory(sig, t, s0, depth, input_var=kappa) - s_sim)) / sig[0]
     assert 1e-3 < gap < 0.03, gap
-    f_sim = np.asarray(expected_perturbed_loss(run.weights, task, gamma=GAMMA))
+    f_sim = np.asarray(expected_perturbed_loss(run.weights, task, gamma=GAMMA))[:, 0]  # one gamma: (C, 1)
     # the curve on exact GD spectra: round-off of two code paths (measured <= 5e-15)
-    np.testing.assert_allclose(perturbed_loss_curve(task, t, GAMMA, widths=widths, s0=s0, pretrain_lr=LR), f_sim,
+    np.testing.assert_allclose(perturbed_loss_curve(task, t, GAMMA, widths=widths, s0=s0, pretrain_lr=LR)[:, 0], f_sim,
                                rtol=1e-10)
     i = int(np.argmin(f_sim))
     # the predicted step is the simulated argmin, and the runner-up lies above it by more than the round-off

@@ -142,7 +142,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         # every checkpoint (and seed) of every run in one call each: one compiled program
         stacked = tuple(np.concatenate([r["flat"][layer] for r in res.values()]) for layer in range(2))
         # exact E L(W + gamma E) on the original (noise-free) task
-        pert_all = np.asarray(lo.theory.expected_perturbed_loss(stacked, task, gamma=cfg["gamma"]), float)
+        pert_all = np.asarray(lo.theory.expected_perturbed_loss(stacked, task, gamma=cfg["gamma"]), float)[:, 0]
         sharp_all = np.asarray(lo.theory.sharpness(stacked, task, iters=cfg["sharpness_iters"]), float)
         start = 0
         for name, r in res.items():
@@ -160,7 +160,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
 
     with stages("theory"):
         t_th = np.geomspace(res["GD constant"]["t"][0], res["GD constant"]["t"][-1], 200)
-        th_pert = np.asarray(lo.theory.curves.perturbed_loss_curve(task, t_th, cfg["gamma"], widths=net, s0=s0), float)
+        th_pert = np.asarray(lo.theory.curves.perturbed_loss_curve(task, t_th, cfg["gamma"], widths=net, s0=s0), float)[:, 0]
         th_ft = np.asarray(lo.theory.curves.finetune_curve(task, ft, t_th, widths=net, s0=s0, lr=cfg["ft_lr"],
                                                     steps=cfg["ft_steps"]).pretrain_loss_after[:, 0], float)
         sig = np.sort(np.asarray(task.spectrum, float))[::-1]
@@ -194,7 +194,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     agree = {}
     for name in ("GD constant", "GD cosine", "GD WSD"):
         r = res[name]
-        flow = np.asarray(lo.theory.curves.perturbed_loss_curve(task, r["t"], cfg["gamma"], widths=net, s0=s0), float)
+        flow = np.asarray(lo.theory.curves.perturbed_loss_curve(task, r["t"], cfg["gamma"], widths=net, s0=s0), float)[:, 0]
         agree[name] = float(np.max(np.abs(r["pert"] / flow - 1)))
     th_gap = agree.pop("GD constant")
     sgd_c, sgd_d = per["SGD constant"], per["SGD cosine"]
