@@ -32,7 +32,7 @@ def apply(p, x):
 model = lo.Model(init, apply, d_in=6, d_out=4)
 task = lo.tasks.power_law(6, 4, key=0)
 data = task.sample(64, 1)
-ft = lo.tasks.shifted(task, "additive", 0.2, key=2).sample(64, 3)
+ft = lo.tasks.shifted(task, "additive", 0.2, key=2, scale="absolute").sample(64, 3)
 
 def sweeps(layout):
     """Outputs of the three sweeps as a flat dict of numpy arrays."""

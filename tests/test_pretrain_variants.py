@@ -39,7 +39,7 @@ def test_schedule_time_is_cumulative_lr_and_constant_schedule_is_constant_lr():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(flat.t, const.t, rtol=1e-13)  # a float64 cumulative sum of 300 terms
     # fine-tuning results carry the schedule's time
-    ft = lo.finetune(net, run, lo.tasks.shifted(task, "additive", 0.1, key=jax.random.key(2)), lr=0.01, steps=5)
+    ft = lo.finetune(net, run, lo.tasks.shifted(task, "additive", 0.1, key=jax.random.key(2), scale="absolute"), lr=0.01, steps=5)
     np.testing.assert_array_equal(ft.t, run.t)
     # and so do sensitivity results (issue 17: SensitivityResult.t once ignored the schedule and gave
     # lr * steps), measured and predicted alike

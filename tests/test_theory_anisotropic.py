@@ -76,7 +76,7 @@ def test_gd_modes_curve_and_turning_point_match_simulation(depth, anisotropic):
 def test_anisotropic_finetune_predictions_match_simulation(depth):
     """finetune_curve / turning_point(finetune=) with pretrain_lr, and predict_finetune(run), against lo.finetune."""
     task = _task()
-    ft = lo.tasks.shifted(task, kind="additive", size=0.3, key=jax.random.key(2))  # keeps Sigma: a U-curve
+    ft = lo.tasks.shifted(task, kind="additive", size=0.3, key=jax.random.key(2), scale="absolute")  # keeps Sigma: a U-curve
     widths, scale = (D,) * (depth + 1), _scale(depth)
     s0, ft_lr, steps = scale**depth, 0.05, 40
     tp = turning_point(task, finetune=ft, lr=ft_lr, steps=steps, widths=widths, s0=s0, pretrain_lr=LR, t_max=40.0,
@@ -215,7 +215,7 @@ def test_every_entry_point_refuses_a_covariance_that_does_not_share_the_basis():
     task = _task(None)
     X = np.random.default_rng(0).normal(size=(D, D))
     bad = task.with_(input_cov=X @ X.T / D + np.eye(D))
-    ft = lo.tasks.shifted(task, kind="additive", size=0.3, key=jax.random.key(2))
+    ft = lo.tasks.shifted(task, kind="additive", size=0.3, key=jax.random.key(2), scale="absolute")
     kw = dict(widths=(D, D, D), s0=1e-3)
     calls = [
         lambda: input_variance(bad),

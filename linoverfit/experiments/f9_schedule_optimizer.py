@@ -112,7 +112,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     k_task, k_shift, k_sgd = jax.random.split(jax.random.key(seed), 3)
     d = cfg["width"]
     task = lo.tasks.power_law(d, d, alpha=cfg["alpha"], key=k_task)
-    ft = lo.tasks.shifted(task, kind="additive", size=cfg["ft_shift"], key=k_shift)
+    ft = lo.tasks.shifted(task, kind="additive", size=cfg["ft_shift"], key=k_shift, scale="absolute")
     net = lo.DeepLinear((d, d, d))
     s0 = cfg["init_scale"] ** 2
     W0 = net.init(jax.random.key(0), scale=cfg["init_scale"], scheme="aligned", task=task)
