@@ -223,7 +223,7 @@ def test_online_sgd_bitwise_reproducible_and_checkpoint_independent():
         np.testing.assert_array_equal(a[1], c[0])  # samples come from (key, step), not the grid
     assert not np.array_equal(np.asarray(other.weights[0][0]), np.asarray(single.weights[0][0]))
     np.testing.assert_array_equal(run.samples_seen, [40, 240])
-    with pytest.raises(ValueError, match="online=True needs a Task"):
+    with pytest.raises(ValueError, match=r"online=True\) needs a Task"):
         lo.pretrain(net, W0, task, lr=0.05, checkpoints=[5], online=True)
 
 
