@@ -28,7 +28,7 @@ SHARDED = """
 import jax, numpy as np, linoverfit as lo
 assert len(jax.devices()) == 2, jax.devices()
 task = lo.tasks.power_law(8, 8, key=jax.random.key(0))
-ft = lo.tasks.shifted(task, kind="additive", size=0.1, key=jax.random.key(1))
+ft = lo.tasks.shifted(task, kind="additive", size=0.1, key=jax.random.key(1), scale="absolute")
 net = lo.DeepLinear((8, 8, 8))
 W0 = net.init(jax.random.key(2), scale=1e-3, seeds=2)
 ck = lo.log_checkpoints(2000, 8)

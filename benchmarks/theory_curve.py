@@ -54,7 +54,7 @@ def main(argv=None):
         "turning point depth 2 (4096-point grid + brentq)": lambda: lo.theory.turning.turning_point(
             sigma, gamma=0.03, widths=(d, d, d), s0=s0),
         "exact E[L(W + gamma E)] on 48 checkpoints 64x64x64": lambda: np.asarray(
-            lo.theory.expected_perturbed_loss(weights, teacher, None, np.array([0.01, 0.03]))),
+            lo.theory.expected_perturbed_loss(weights, teacher, gamma=np.array([0.01, 0.03]))),
     }
     results = {}
     for name, fn in cases.items():

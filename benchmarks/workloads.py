@@ -60,7 +60,7 @@ def build(spec: Spec, key: int = 0, dtype=np.float32):
     k_task, k_shift, k_init = jax.random.split(jax.random.key(key), 3)
     d = spec.width
     task = lo.tasks.power_law(d, d, 1.0, key=k_task, dtype=dtype)
-    ft = lo.tasks.shifted(task, "additive", spec.shift_size, key=k_shift)
+    ft = lo.tasks.shifted(task, "additive", spec.shift_size, key=k_shift, scale="absolute")
     net = lo.DeepLinear(spec.widths)
     W0 = net.init(k_init, scale=spec.init_scale, scheme="gaussian", seeds=spec.seeds, dtype=dtype)
     return net, task, ft, W0

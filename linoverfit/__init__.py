@@ -19,29 +19,50 @@ Quick map::
 """
 
 from importlib import metadata as _metadata
+from typing import TYPE_CHECKING
 
 from . import deprecation as _deprecation
-from . import errors, optimizers, sensitivity, springer, tasks
-from .checkpoints import linear_checkpoints, log_checkpoints
-from .finetuning import finetune
-from .models import MLP, Model
-from .networks import DeepLinear
-from .pretraining import pretrain
-from .result_types import FinetuneResult, PretrainResult, SensitivityResult
-from .sweeps import Layout, sweep
-from .tasks import Dataset, Task
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load on first access (below)
+    from . import errors, optimizers, sensitivity, springer, tasks
+    from .checkpoints import linear_checkpoints, log_checkpoints
+    from .finetuning import finetune
+    from .models import MLP, Model
+    from .networks import DeepLinear
+    from .pretraining import pretrain
+    from .result_types import FinetuneResult, PretrainResult, SensitivityResult
+    from .sweeps import Layout, sweep
+    from .tasks import Dataset, Task
 
 try:  # the one version source is pyproject.toml, read from the installed metadata
     __version__ = _metadata.version("linoverfit")
 except _metadata.PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
     __version__ = "0+unknown"
 
-#: Submodules loaded on first attribute access: ``theory`` (scipy.integrate), ``plotting``
-#: (matplotlib), ``explorer`` (ipywidgets), ``parallel``, ``experiments`` and ``cli``, so that
-#: ``import linoverfit`` costs little more than ``import jax``.
-_LAZY_MODULES = ("theory", "plotting", "explorer", "parallel", "experiments", "cli")
-#: Lazy functions: ``lo.explore`` (ipywidgets is needed only when it is called) and ``lo.turning_point``.
-_LAZY_FUNCTIONS = {"explore": "linoverfit.explorer.explore", "turning_point": "linoverfit.theory.ucurve.turning_point"}
+#: Every submodule and public name loads on first attribute access, so that ``import linoverfit``
+#: imports neither JAX nor scipy, matplotlib or ipywidgets: ``linoverfit --version`` answers in
+#: about 0.1 s. ``lo.tasks`` (or any name below) imports JAX and the modules it needs, once.
+_LAZY_MODULES = ("tasks", "springer", "sensitivity", "optimizers", "errors", "theory", "plotting", "explorer",
+                 "parallel", "experiments", "cli")
+#: Lazy names: ``name -> "module.attr"`` (``lo.explore`` needs ipywidgets only when it is called).
+_LAZY_FUNCTIONS = {
+    "DeepLinear": "linoverfit.networks.DeepLinear",
+    "MLP": "linoverfit.models.MLP",
+    "Model": "linoverfit.models.Model",
+    "Task": "linoverfit.tasks.Task",
+    "Dataset": "linoverfit.tasks.Dataset",
+    "pretrain": "linoverfit.pretraining.pretrain",
+    "finetune": "linoverfit.finetuning.finetune",
+    "sweep": "linoverfit.sweeps.sweep",
+    "Layout": "linoverfit.sweeps.Layout",
+    "log_checkpoints": "linoverfit.checkpoints.log_checkpoints",
+    "linear_checkpoints": "linoverfit.checkpoints.linear_checkpoints",
+    "PretrainResult": "linoverfit.result_types.PretrainResult",
+    "FinetuneResult": "linoverfit.result_types.FinetuneResult",
+    "SensitivityResult": "linoverfit.result_types.SensitivityResult",
+    "explore": "linoverfit.explorer.explore",
+    "turning_point": "linoverfit.theory.ucurve.turning_point",
+}
 
 for _old, _new in {
     "end_to_end": "linoverfit.networks.end_to_end",
@@ -86,7 +107,9 @@ def __getattr__(name: str):
     if name in _LAZY_MODULES:
         return importlib.import_module(f"{__name__}.{name}")
     if name in _LAZY_FUNCTIONS:
-        return _deprecation.replacement(_LAZY_FUNCTIONS[name])
+        value = _deprecation.replacement(_LAZY_FUNCTIONS[name])
+        globals()[name] = value  # later accesses are plain attribute lookups
+        return value
     return _deprecation.lookup(__name__, name)
 
 

@@ -41,7 +41,6 @@ import linoverfit
 
 from . import __version__
 from .files import remove_stale_temporaries
-from .parallel import _cores
 from .summary import load_summary, merge_summary
 
 __all__ = ["main", "parse_only", "run_figures", "ToleranceError"]
@@ -125,6 +124,8 @@ _TIME_LINE = re.compile(r"^(F\d+) \S+\s+([\d.]+) s  -> ", re.M)
 
 def default_jobs() -> int:
     """Processes ``linoverfit figures`` uses by default: one per usable core, at most 4."""
+    from .parallel import _cores  # imports JAX: not at module level, so that ``--version`` stays fast
+
     return max(1, min(4, _cores()))
 
 

@@ -105,7 +105,8 @@ def closed_form_curves(mode: str = "perturbation", *, gamma: float = 0.05, lr: f
       ``threshold`` is :math:`\sigma^*` of :func:`~linoverfit.theory.turning.perturbation_threshold`
       (depth 2: :math:`\gamma^2(d_{in}+d_{out})`) and ``worth`` the number of modes above it.
     * ``mode="finetune"``: ``curve`` is the pre-training loss after fine-tuning for
-      :math:`\tau = \eta\cdot\text{ft\_steps}` on an additive shift of size ``shift``
+      :math:`\tau = \eta\cdot\text{ft\_steps}` on an additive shift of absolute size ``shift``
+      (``lo.tasks.shifted(..., scale="absolute")``: entries of variance ``shift**2 / width``)
       (:func:`~linoverfit.theory.curves.finetune_curve`); ``t_star`` its minimum on the grid.
 
     The time grid runs from :math:`10^{-4} t_{max}` to :math:`t_{max}`, twice the time every mode
@@ -137,7 +138,7 @@ def closed_form_curves(mode: str = "perturbation", *, gamma: float = 0.05, lr: f
     if mode == "perturbation":
         # perturbed_loss_curve, composed from its public parts so one mode solve serves the whole grid
         loss = 0.5 * np.sum((sigma - s) ** 2, axis=-1)
-        curve = loss + theory.perturbation.sensitivity_from_spectrum(s, gamma, widths)
+        curve = loss + theory.perturbation.sensitivity_from_spectrum(s, gamma, widths)[:, 0]  # one gamma: (T, 1)
         i = int(np.argmin(curve))
         t_star, interior = float(t[i]), 0 < i < t.size - 1
         if depth <= 2:
@@ -159,7 +160,7 @@ def closed_form_curves(mode: str = "perturbation", *, gamma: float = 0.05, lr: f
 
 
 def _finetune_task(task, shift, seed):
-    return shifted(task, kind="additive", size=shift, key=jax.random.key(seed + 1))
+    return shifted(task, kind="additive", size=shift, key=jax.random.key(seed + 1), scale="absolute")
 
 
 def simulate(curves: dict, *, pretrain_lr: float = _PRETRAIN_LR, checkpoints: int = 24, samples: int = 128) -> dict:
@@ -264,8 +265,8 @@ def explore(mode: str = "perturbation", *, gamma: float = 0.05, lr: float = 0.01
 
     ``mode="perturbation"`` (default) plots the predicted loss after Gaussian noise of scale
     :math:`\gamma` and its turning point :math:`T^*`; ``mode="finetune"`` the predicted loss after
-    ``ft_steps`` steps of fine-tuning at learning rate ``lr`` on an additive shift of size
-    ``shift`` (the flow solve takes 0.5-2 s per setting at width 16, so the sliders update on
+    ``ft_steps`` steps of fine-tuning at learning rate ``lr`` on an additive shift of absolute size
+    ``shift`` (``scale="absolute"``; the flow solve takes 0.5-2 s per setting at width 16, so the sliders update on
     release; at large ``lr * ft_steps`` fine-tuning forgets everything and the curve goes flat). Curves
     come from :func:`closed_form_curves`; the *simulate* button overlays :func:`simulate`.
     ``width`` defaults to 32 (perturbation) or 16 (fine-tuning); ``s0`` is the initial mode value.

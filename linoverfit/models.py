@@ -82,7 +82,7 @@ class MLP:
     def end_to_end(self, weights) -> jax.Array:
         r"""End-to-end map :math:`W_L\cdots W_1` of the identity MLP (``TypeError`` for a nonlinear one)."""
         if not self.linear:
-            raise TypeError(f"a {self.activation} MLP has no end-to-end map (only activation='identity' is linear)")
+            raise TypeError(f"a {self.activation} MLP has no end-to-end map (only lo.MLP(..., activation='identity') is linear)")
         return end_to_end(weights)
 
     def check_weights(self, weights, name: str = "weights") -> tuple:

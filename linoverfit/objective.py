@@ -41,15 +41,17 @@ def nonlinear(net) -> bool:
     return net is not None and not is_linear(net)
 
 
-def require_samples(net, task, name: str = "task", online: bool = False):
+def require_samples(net, task, name: str = "task", online: bool = False, streams: bool = False):
     r"""``task`` unless ``net`` is nonlinear and ``task`` is a population :class:`Task` (not sampled
     online): such a network has no population loss :math:`\mathbb E\,\tfrac12\lVert f(x) - y\rVert^2`
-    in closed form, and a ``ValueError`` names the fixes."""
+    in closed form, and a ``ValueError`` names the fixes: a Dataset, and for a call that can sample
+    online (``streams``: ``lo.pretrain``) online training."""
     if nonlinear(net) and isinstance(task, Task) and not online:
+        stream = (" or pre-train online (lo.pretrain(..., online=True, batch_size=B): fresh samples every step)"
+                  if streams else "")
         raise ValueError(
             f"{name} is a population Task, but {type(net).__name__} is not linear: its loss has no closed form over "
-            f"the input distribution, only over samples. Pass a Dataset, {name}.sample(n, key), or pre-train online "
-            "(online=True with a batch_size: fresh samples every step).")
+            f"the input distribution, only over samples. Pass a Dataset ({name}.sample(n, key)){stream}.")
     return task
 
 

@@ -122,19 +122,20 @@ def lr_schedule(lr, n_steps: int):
     return peak, values
 
 
-def check_objective(net: Network, task, name: str, online: bool = False):
+def check_objective(net: Network, task, name: str, online: bool = False, streams: bool = False):
     """``task`` checked to be a Task or Dataset fitting ``net``'s widths, and a Dataset (or a Task sampled
-    ``online``) for a nonlinear ``net`` (:func:`linoverfit.objective.require_samples`)."""
+    ``online``) for a nonlinear ``net`` (:func:`linoverfit.objective.require_samples`; ``streams``: the
+    caller can sample online, so the error suggests it)."""
     if not isinstance(task, (Task, Dataset)):
         raise TypeError(f"{name} must be a linoverfit Task or Dataset, got {type(task).__name__}")
-    return _obj.require_samples(net, net.check_task(task, name), name, online)
+    return _obj.require_samples(net, net.check_task(task, name), name, online, streams)
 
 
 def check_batch_size(batch_size, task, name="batch_size", online=False):
     """``batch_size`` checked against the objective: online SGD needs a Task, minibatches a Dataset."""
     if online:
         if not isinstance(task, Task) or batch_size is None:
-            raise ValueError("online=True needs a Task (the stream to draw from) and a batch_size")
+            raise ValueError("lo.pretrain(..., online=True) needs a Task (the stream to draw from) and a batch_size")
         return _v.positive_int(batch_size, name)
     if batch_size is None:
         return None
@@ -266,7 +267,7 @@ def pretrain(
     """
     check_network(net)
     layout = resolve_layout(layout, devices, chunk, progress)
-    task = check_objective(net, task, "task", online=bool(online))
+    task = check_objective(net, task, "task", online=bool(online), streams=True)
     W0 = net.check_weights(W0, "W0")
     dtype, W0, (task,) = checked_inputs(W0, (task,), "W0")
     if hasattr(net, "shapes"):  # layers (DeepLinear, MLP)

@@ -124,7 +124,7 @@ class PretrainResult(Result):
     def end_to_end(self):
         """End-to-end maps ``(C[, S], d_out, d_in)``."""
         if self.weights is None:
-            raise ValueError("this run kept no weights (keep_weights=False)")
+            raise ValueError("this run kept no weights (lo.pretrain(..., keep_weights=False)); pre-train with keep_weights=True")
         return end_to_end(self.weights)
 
 

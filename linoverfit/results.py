@@ -298,8 +298,8 @@ class Result:
             v = getattr(self, f.name)
             if v is not None and not isinstance(v, (tuple, Task, Dataset, bool, int, float, str)) and not hasattr(v, "shape"):
                 raise ValueError(f"cannot save {f.name}: a {type(v).__name__} (e.g. a lo.Model's params pytree); "
-                                 "save stores weights only as a tuple of arrays. Run with keep_weights=False / "
-                                 "return_weights=False, or save the params yourself")
+                                 "save stores weights only as a tuple of arrays. Run lo.pretrain with keep_weights=False "
+                                 "/ lo.finetune with return_weights=False, or save the params yourself")
         payload = {"__class__.py": np.asarray(type(self).__name__)}
         for f in dataclasses.fields(self):
             _encode(f.name, getattr(self, f.name), payload)

@@ -26,9 +26,14 @@ __all__ = [
     "shifted",
     "mixture",
     "SHIFT_KINDS",
+    "SHIFT_SCALES",
 ]
 
 SHIFT_KINDS = ("rotate", "additive", "subspace", "spectrum")
+#: How ``shifted`` reads ``size`` for the additive and subspace shifts: ``"relative"`` (the default,
+#: :math:`\lVert A' - A\rVert_F = \text{size}\,\lVert A\rVert_F` at every width) or ``"absolute"`` (entries of
+#: the shift :math:`\sim\mathcal N(0, \text{size}^2/d_{in})`, the convention before 0.2.0).
+SHIFT_SCALES = ("relative", "absolute")
 
 
 def _as_key(key, name: str = "key"):
@@ -162,7 +167,7 @@ def _plane_rotation(key, n: int, angle, dtype):
 
 
 def shifted(task: Task, kind: str = "additive", size: float = 0.1, key: jax.Array | int | None = None,
-            rank: int | None = None, spectrum: ArrayLike | None = None) -> Task:
+            rank: int | None = None, spectrum: ArrayLike | None = None, scale: str = "relative") -> Task:
     r"""A fine-tuning task derived from ``task`` (teacher :math:`A = U S V^\top`, covariance :math:`\Sigma`).
 
     ``kind``:
@@ -170,15 +175,24 @@ def shifted(task: Task, kind: str = "additive", size: float = 0.1, key: jax.Arra
     * ``"rotate"``: :math:`A' = R_{out} A R_{in}^\top`, :math:`\Sigma' = \Sigma`, where :math:`R`
       rotates every direction by exactly the angle ``size`` (radians) in random orthogonal planes,
       so the singular values are kept and each singular subspace is turned by ``size``.
-    * ``"additive"``: :math:`A' = A + G`, :math:`G_{ij} \sim \mathcal N(0, \text{size}^2 / d_{in})`
-      (so :math:`\mathbb E\lVert G x\rVert^2 = \text{size}^2 d_{out}` for white inputs).
+    * ``"additive"``: :math:`A' = A + G` with :math:`G` in a uniformly random direction
+      (Gaussian entries). ``scale="relative"`` (default): :math:`\lVert G\rVert_F = \text{size}\,\lVert A\rVert_F`
+      exactly, so ``size`` is the shift as a fraction of the teacher whatever the width (``size=0.1``:
+      10% of the teacher's norm). ``scale="absolute"`` (the convention before 0.2.0):
+      :math:`G_{ij} \sim \mathcal N(0, \text{size}^2 / d_{in})` (so :math:`\mathbb E\lVert G x\rVert^2 =
+      \text{size}^2 d_{out}` for white inputs), which grows against the teacher with the width
+      (``size=0.1`` is 0.45x a power-law teacher's norm at width 32, 1.24x at width 256). The same
+      ``key`` draws the same direction under both conventions.
     * ``"subspace"``: inputs confined to a random ``rank``-dimensional subspace, :math:`\Sigma' = Q_r Q_r^\top`
-      (``rank`` defaults to ``d_in // 4``), and the teacher shifted additively as above.
+      (``rank`` defaults to ``d_in // 4``), and the teacher shifted additively as above (``scale`` too).
     * ``"spectrum"``: same singular vectors, new singular values: ``spectrum`` if given, else
       :math:`s_i' = s_i \exp(\text{size}\, z_i)`, :math:`z_i \sim \mathcal N(0,1)`.
 
     Label noise is kept. ``size >= 0``; ``size = 0`` gives the same teacher (and for
-    ``subspace`` only the restricted inputs).
+    ``subspace`` only the restricted inputs). ``scale`` (:data:`SHIFT_SCALES`) matters for
+    ``"additive"`` and ``"subspace"`` only: ``"rotate"`` (an angle) and ``"spectrum"`` (a log factor)
+    are relative already. A relative shift of a zero teacher raises a ValueError (no scale to
+    be relative to; pass ``scale="absolute"``).
 
     Examples:
       >>> import jax, linoverfit as lo
@@ -189,12 +203,17 @@ def shifted(task: Task, kind: str = "additive", size: float = 0.1, key: jax.Arra
       >>> sub = lo.tasks.shifted(task, kind="subspace", size=0.1, rank=4, key=jax.random.key(1))
       >>> round(float(sub.input_cov.trace()), 3)   # inputs confined to 4 dimensions
       4.0
+      >>> add = lo.tasks.shifted(task, kind="additive", size=0.1, key=jax.random.key(1))
+      >>> round(float(jax.numpy.linalg.norm(add.teacher - task.teacher) / jax.numpy.linalg.norm(task.teacher)), 4)
+      0.1
     """
     if not isinstance(task, Task):
         raise TypeError(f"task must be a linoverfit Task, got {type(task).__name__}")
     if kind not in SHIFT_KINDS:
         raise ValueError(f"kind must be one of {SHIFT_KINDS}, got {kind!r}")
     size = _v.positive_scalar(size, "size", allow_zero=True)
+    if scale not in SHIFT_SCALES:
+        raise ValueError(f"scale must be one of {SHIFT_SCALES}, got {scale!r}")
     key = _as_key(key)
     A, dtype = task.teacher, task.teacher.dtype
     k1, k2 = jax.random.split(key)
@@ -203,16 +222,14 @@ def shifted(task: Task, kind: str = "additive", size: float = 0.1, key: jax.Arra
         R_in = _plane_rotation(k2, task.d_in, size, dtype)
         return task.with_(teacher=R_out @ A @ R_in.T)
     if kind == "additive":
-        G = jax.random.normal(k1, A.shape, dtype) * (size / np.sqrt(task.d_in))
-        return task.with_(teacher=A + G)
+        return task.with_(teacher=A + _additive_shift(k1, A, size, scale))
     if kind == "subspace":
         r = task.d_in // 4 if rank is None else _v.positive_int(rank, "rank")
         if r > task.d_in:
             raise ValueError(f"rank must be <= d_in = {task.d_in}, got {r}")
         r = max(r, 1)
         Q = _orthonormal(k2, task.d_in, r, dtype)
-        G = jax.random.normal(k1, A.shape, dtype) * (size / np.sqrt(task.d_in))
-        return task.with_(teacher=A + G, input_cov=Q @ Q.T)
+        return task.with_(teacher=A + _additive_shift(k1, A, size, scale), input_cov=Q @ Q.T)
     # spectrum
     U, s, Vt = task.svd()
     if spectrum is None:
@@ -222,6 +239,20 @@ def shifted(task: Task, kind: str = "additive", size: float = 0.1, key: jax.Arra
         if s_new.shape != s.shape:
             raise ValueError(f"spectrum must have {s.shape[0]} entries, got {s_new.shape[0]}")
     return task.with_(teacher=(U * s_new) @ Vt)
+
+
+def _additive_shift(key, A, size, scale):
+    r"""The additive shift :math:`G` of :func:`shifted`: Gaussian entries, scaled to
+    :math:`\lVert G\rVert_F = \text{size}\lVert A\rVert_F` (``"relative"``) or to entries of variance
+    :math:`\text{size}^2/d_{in}` (``"absolute"``)."""
+    G = jax.random.normal(key, A.shape, A.dtype)
+    if scale == "absolute":
+        return G * (size / np.sqrt(A.shape[1]))
+    norm = jnp.linalg.norm(A)  # Frobenius
+    if not _v.is_traced(norm) and float(norm) == 0.0:
+        raise ValueError("shifted: the teacher is zero, so a shift relative to it has no size; "
+                         "pass scale='absolute' (entries of variance size**2 / d_in)")
+    return G * (size * norm / jnp.linalg.norm(G))
 
 
 def mixture(task: Task, other: Task, rho: float) -> Task:

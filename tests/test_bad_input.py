@@ -22,7 +22,7 @@ from linoverfit import validation as _v
 def setup():
     key = jax.random.key(0)
     task = lo.tasks.power_law(4, 4, 1.0, key=key)
-    ft = lo.tasks.shifted(task, "additive", 0.3, key=jax.random.key(1))
+    ft = lo.tasks.shifted(task, "additive", 0.3, key=jax.random.key(1), scale="absolute")
     net = lo.DeepLinear((4, 4, 4))
     W0 = net.init(jax.random.key(2), 0.3)
     run = lo.pretrain(net, W0, task, lr=0.1, checkpoints=[5, 50])
@@ -38,7 +38,7 @@ def _last_step_case(dtype):
     # the explosion limit (1e4 x 0.82: 0.82, 0.79, 0.51, 1.5, 5e2) and explodes after the 5th
     # (4e10): only a check after the last update sees it.
     task = lo.tasks.power_law(4, 4, 1.0, key=jax.random.key(0), dtype=dtype)
-    ft = lo.tasks.shifted(task, "additive", 0.3, key=jax.random.key(1))
+    ft = lo.tasks.shifted(task, "additive", 0.3, key=jax.random.key(1), scale="absolute")
     net = lo.DeepLinear((4, 4, 4))
     W = net.init(jax.random.key(2), 0.02, dtype=dtype)
     return task, ft, net, W

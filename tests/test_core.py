@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import linoverfit as lo
@@ -31,10 +31,10 @@ def test_shift_kinds_do_what_they_say():
     # the top right singular vector turns by exactly 0.3 rad within its rotation plane
     cos = abs(float(Vt[0] @ Vtr[0]))
     assert abs(np.arccos(min(cos, 1.0)) - 0.3) < 1e-8
-    add = lo.tasks.shifted(task, "additive", 0.5, key=key)
+    add = lo.tasks.shifted(task, "additive", 0.5, key=key, scale="absolute")
     G = np.asarray(add.teacher - task.teacher)
     assert abs(G.std() * np.sqrt(10) / 0.5 - 1) < 0.2  # entries N(0, size^2/d_in), 80 samples
-    sub = lo.tasks.shifted(task, "subspace", 0.1, key=key, rank=3)
+    sub = lo.tasks.shifted(task, "subspace", 0.1, key=key, rank=3, scale="absolute")
     ev = np.linalg.eigvalsh(np.asarray(sub.input_cov))
     np.testing.assert_allclose(ev[-3:], 1.0, atol=1e-10)
     np.testing.assert_allclose(ev[:-3], 0.0, atol=1e-10)
@@ -42,6 +42,51 @@ def test_shift_kinds_do_what_they_say():
     np.testing.assert_allclose(spec.spectrum, np.linspace(2, 1, 8), rtol=1e-10)
     Us, _, Vts = spec.svd()
     np.testing.assert_allclose(np.abs(np.sum(Us * U, 0)), 1.0, atol=1e-8)  # same singular vectors
+
+
+def _same_task(a, b):
+    return all(np.array_equal(np.asarray(getattr(a, f)), np.asarray(getattr(b, f))) for f in ("teacher", "input_cov", "noise"))
+
+
+@settings(max_examples=12, deadline=None)
+@example(d_in=32, d_out=32, size=0.1, kind="additive", seed=0)
+@example(d_in=256, d_out=256, size=0.1, kind="additive", seed=0)
+@example(d_in=256, d_out=256, size=0.5, kind="subspace", seed=1)
+@given(d_in=st.sampled_from([2, 5, 32, 64, 256]), d_out=st.sampled_from([1, 3, 32, 256]),
+       size=st.floats(0.0, 3.0), kind=st.sampled_from(["additive", "subspace"]), seed=st.integers(0, 2**20))
+def test_relative_shift_size_is_the_same_at_every_width(d_in, d_out, size, kind, seed):
+    """``shifted(kind="additive" | "subspace", size=)`` moves the teacher by ``size`` times its own
+    Frobenius norm (the default, ``scale="relative"``): ||B - A||_F / ||A||_F = size at widths 32 and
+    256 alike (issue 20: the absolute convention gave 0.45x at width 32 and 1.24x at width 256).
+    ``scale="absolute"`` is the old draw, bit for bit, in the same direction."""
+    task = lo.tasks.power_law(d_in, d_out, 1.0, key=jax.random.key(seed))
+    A = np.asarray(task.teacher, np.float64)
+    key = jax.random.key(seed + 1)
+    rel = lo.tasks.shifted(task, kind, size, key=key, rank=1)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(rel.teacher) - A), size * np.linalg.norm(A),
+                               rtol=1e-12, atol=1e-14)
+    assert _same_task(rel, lo.tasks.shifted(task, kind, size, key=key, rank=1, scale="relative"))  # the default
+    old = lo.tasks.shifted(task, kind, size, key=key, rank=1, scale="absolute")
+    k1, _ = jax.random.split(key)  # the draw before 0.2.0: entries N(0, size^2 / d_in)
+    want = task.teacher + jax.random.normal(k1, task.teacher.shape, task.teacher.dtype) * (size / np.sqrt(d_in))
+    np.testing.assert_array_equal(np.asarray(old.teacher), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(old.input_cov), np.asarray(rel.input_cov))
+    if size > 0:  # one direction, two lengths
+        d_rel, d_old = np.asarray(rel.teacher) - A, np.asarray(old.teacher) - A
+        np.testing.assert_allclose(d_rel / np.linalg.norm(d_rel), d_old / np.linalg.norm(d_old), atol=1e-9)
+
+
+def test_shift_scale_is_checked_and_named():
+    task = lo.tasks.power_law(6, 6, 1.0, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="scale must be one of"):
+        lo.tasks.shifted(task, "additive", 0.1, key=1, scale="percent")
+    zero = lo.Task(teacher=jnp.zeros((3, 4)))
+    with pytest.raises(ValueError, match="scale='absolute'"):
+        lo.tasks.shifted(zero, "additive", 0.1, key=1)
+    assert float(jnp.abs(lo.tasks.shifted(zero, "additive", 0.1, key=1, scale="absolute").teacher).max()) > 0
+    # rotations (an angle) and spectrum shifts (a log factor) are relative already: scale changes nothing
+    for kind in ("rotate", "spectrum"):
+        assert _same_task(lo.tasks.shifted(task, kind, 0.2, key=1, scale="absolute"), lo.tasks.shifted(task, kind, 0.2, key=1))
 
 
 def test_population_and_sample_loss_agree_in_expectation():
@@ -96,7 +141,7 @@ def test_log_checkpoints_exact_count_and_ends():
 
 def test_save_load_bit_identical(tmp_path):
     task = lo.tasks.power_law(5, 4, 1.0, key=jax.random.key(0))
-    ft = lo.tasks.shifted(task, "additive", 0.3, key=jax.random.key(1))
+    ft = lo.tasks.shifted(task, "additive", 0.3, key=jax.random.key(1), scale="absolute")
     net = lo.DeepLinear((5, 3, 4))
     run = lo.pretrain(net, net.init(jax.random.key(2), 0.1, seeds=2), task, lr=0.1, checkpoints=[3, 30])
     fr = lo.finetune(net, run, ft, lr=(0.01, 0.1), steps=10, record_every=5)

@@ -64,6 +64,45 @@ def test_version_and_help_from_the_command_line():
     assert proc.returncode == 0 and "--only" in proc.stdout
 
 
+def _imported(stderr: str) -> set[str]:
+    """Module names from ``python -X importtime`` output (one ``import time: self | total | name`` per line)."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_version_does_not_import_jax():
+    """``linoverfit --version`` answers from the package metadata without importing JAX (issue 20:
+    it took 1.4 s, 8 s on a loaded machine): through ``python -m linoverfit`` and through the
+    console script's entry point ``linoverfit.cli:main``."""
+    proc = _run("-X", "importtime", "-m", "linoverfit", "--version")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == f"linoverfit {lo.__version__}"
+    modules = _imported(proc.stderr)
+    assert "linoverfit.cli" in modules, "the parser did not read -X importtime's output"
+    assert not {m for m in modules if m == "jax" or m.startswith(("jax.", "jaxlib", "numpy", "scipy"))}
+    entry = re.search(r'^linoverfit = "([\w.]+):(\w+)"', PYPROJECT, re.M)
+    assert entry, "no linoverfit console script in pyproject.toml"
+    code = ("import sys, importlib\n"
+            f"main = getattr(importlib.import_module({entry.group(1)!r}), {entry.group(2)!r})\n"
+            "try:\n    main(['--version'])\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'numpy', 'scipy')))\n")
+    proc = _run("-c", code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines() == [f"linoverfit {lo.__version__}", "[]"]
+
+
+def test_public_names_load_on_first_access():
+    """``import linoverfit`` imports no JAX; every public name is there on first access, and
+    ``from linoverfit import *`` binds them all."""
+    code = ("import sys, linoverfit as lo\n"
+            "print('jax' in sys.modules)\n"
+            "ns = {}\nexec('from linoverfit import *', ns)\n"
+            "print(sorted(n for n in lo.__all__ if n not in ns))\n"
+            "print(lo.DeepLinear.__module__, lo.finetune.__module__, lo.tasks.__name__)\n")
+    proc = _run("-c", code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:3] == ["False", "[]", "linoverfit.networks linoverfit.finetuning linoverfit.tasks"]
+
+
 def test_import_is_lazy():
     # the closed forms (scipy.integrate), the plots (matplotlib) and the explorer load on first use
     code = ("import sys, linoverfit as lo\n"

@@ -43,7 +43,7 @@ def test_new_values_never_recompile(count_compiles):
     def sweep(seed, lr, ft_lrs, gammas, l2, cov):
         keys = jax.random.split(jax.random.key(seed), 4)
         task = lo.tasks.power_law(6, 4, 1.0 + seed, key=keys[0], input_cov=cov)
-        ft = lo.tasks.shifted(task, "additive", 0.2 + 0.1 * seed, key=keys[1])
+        ft = lo.tasks.shifted(task, "additive", 0.2 + 0.1 * seed, key=keys[1], scale="absolute")
         W0 = net.init(keys[2], scale=0.05 * (1 + seed), seeds=3)
         run = lo.pretrain(net, W0, task, lr=lr, checkpoints=ck)
         lo.finetune(net, run, ft, lr=ft_lrs, steps=30, l2=l2, record_every=10)
@@ -100,7 +100,7 @@ assert len(jax.devices()) == 4, jax.devices()
 key = jax.random.split(jax.random.key(0), 4)
 net = lo.DeepLinear((64, 64, 64))
 task = lo.tasks.power_law(64, 64, 1.0, key=key[0])
-ft = lo.tasks.shifted(task, "additive", 0.1, key=key[1])
+ft = lo.tasks.shifted(task, "additive", 0.1, key=key[1], scale="absolute")
 out = {}
 for seeds, n_ck in ((4, 12), (3, 5)):  # 4 seeds / 144 runs: even split; 3 seeds / 45 runs: padding
     W0 = net.init(key[2], scale=1e-3, seeds=seeds)
@@ -187,7 +187,7 @@ assert len(jax.devices()) == 2 and len(jax.local_devices()) == 1
 key = jax.random.split(jax.random.key(0), 4)
 net = lo.DeepLinear((8, 8, 8))
 task = lo.tasks.power_law(8, 8, 1.0, key=key[0])
-ft = lo.tasks.shifted(task, "additive", 0.1, key=key[1])
+ft = lo.tasks.shifted(task, "additive", 0.1, key=key[1], scale="absolute")
 W0 = net.init(key[2], scale=1e-2, seeds=3)
 run = lo.pretrain(net, W0, task, lr=0.05, checkpoints=lo.log_checkpoints(300, 5))
 f = lo.finetune(net, run, ft, lr=(0.01, 0.1), steps=30)
@@ -218,7 +218,7 @@ def test_two_process_sweep_equals_single_process():
     key = jax.random.split(jax.random.key(0), 4)
     net = lo.DeepLinear((8, 8, 8))
     task = lo.tasks.power_law(8, 8, 1.0, key=key[0])
-    ft = lo.tasks.shifted(task, "additive", 0.1, key=key[1])
+    ft = lo.tasks.shifted(task, "additive", 0.1, key=key[1], scale="absolute")
     W0 = net.init(key[2], scale=1e-2, seeds=3)
     run = lo.pretrain(net, W0, task, lr=0.05, checkpoints=lo.log_checkpoints(300, 5))
     f = lo.finetune(net, run, ft, lr=(0.01, 0.1), steps=30)
@@ -236,7 +236,7 @@ def test_threaded_parts_equal_one_part(monkeypatch):
     # a part's seeds in one vmap, and a batch of 1 compiles to an unbatched matmul) to round-off
     net = lo.DeepLinear((6, 5, 4))
     task = lo.tasks.power_law(6, 4, 1.0, key=jax.random.key(0), input_cov=_psd(jax.random.key(1), 6))
-    ft = lo.tasks.shifted(task, "additive", 0.2, key=jax.random.key(2))
+    ft = lo.tasks.shifted(task, "additive", 0.2, key=jax.random.key(2), scale="absolute")
     W0 = net.init(jax.random.key(3), scale=0.05, seeds=3)
     results = {}
     for threads in (1, 2, 3, 5):

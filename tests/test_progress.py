@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEP = textwrap.dedent("""
     import jax, numpy as np, linoverfit as lo
     task = lo.tasks.power_law(8, 8, key=jax.random.key(0))
-    ft = lo.tasks.shifted(task, kind="additive", size=0.1, key=jax.random.key(1))
+    ft = lo.tasks.shifted(task, kind="additive", size=0.1, key=jax.random.key(1), scale="absolute")
     net = lo.DeepLinear((8, 8, 8))
     # 8 checkpoints x 2 seeds of weights (no pre-training needed to time fine-tuning)
     W = tuple(w.reshape((8, 2) + w.shape[1:]) for w in net.init(jax.random.key(2), scale=0.3, seeds=16))
@@ -60,7 +60,7 @@ def recorder(monkeypatch):
 @pytest.fixture(scope="module")
 def small():
     task = lo.tasks.power_law(6, 6, key=jax.random.key(0))
-    ft = lo.tasks.shifted(task, kind="additive", size=0.1, key=jax.random.key(1))
+    ft = lo.tasks.shifted(task, kind="additive", size=0.1, key=jax.random.key(1), scale="absolute")
     net = lo.DeepLinear((6, 6, 6))
     W0 = net.init(jax.random.key(2), scale=1e-3, seeds=3)
     return net, task, ft, W0

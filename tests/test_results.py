@@ -15,7 +15,7 @@ from linoverfit.results import Result
 def results():
     """One of every result class, from a tiny batched run (2 seeds) so every named axis is present."""
     task = lo.tasks.power_law(5, 5, key=jax.random.key(0))
-    ft = lo.tasks.shifted(task, kind="additive", size=0.1, key=jax.random.key(1))
+    ft = lo.tasks.shifted(task, kind="additive", size=0.1, key=jax.random.key(1), scale="absolute")
     net = lo.DeepLinear((5, 5, 5))
     run = lo.pretrain(net, net.init(jax.random.key(2), scale=1e-3, seeds=2), task, lr=0.05,
                       checkpoints=lo.log_checkpoints(1500, 6))

@@ -57,9 +57,9 @@ def test_gd_modes_curve_and_turning_point_match_simulation(depth, anisotropic):
     # 1.24% with kappa_1 = 2, at both depths): bounded by 3%, and really off, so the check above means something
     gap = np.max(np.abs(mode_trajectory(sig, t, s0, depth, input_var=kappa) - s_sim)) / sig[0]
     assert 1e-3 < gap < 0.03, gap
-    f_sim = np.asarray(expected_perturbed_loss(run.weights, task, gamma=GAMMA))
+    f_sim = np.asarray(expected_perturbed_loss(run.weights, task, gamma=GAMMA))[:, 0]  # one gamma: (C, 1)
     # the curve on exact GD spectra: round-off of two code paths (measured <= 5e-15)
-    np.testing.assert_allclose(perturbed_loss_curve(task, t, GAMMA, widths=widths, s0=s0, pretrain_lr=LR), f_sim,
+    np.testing.assert_allclose(perturbed_loss_curve(task, t, GAMMA, widths=widths, s0=s0, pretrain_lr=LR)[:, 0], f_sim,
                                rtol=1e-10)
     i = int(np.argmin(f_sim))
     # the predicted step is the simulated argmin, and the runner-up lies above it by more than the round-off
@@ -76,7 +76,7 @@ def test_gd_modes_curve_and_turning_point_match_simulation(depth, anisotropic):
 def test_anisotropic_finetune_predictions_match_simulation(depth):
     """finetune_curve / turning_point(finetune=) with pretrain_lr, and predict_finetune(run), against lo.finetune."""
     task = _task()
-    ft = lo.tasks.shifted(task, kind="additive", size=0.3, key=jax.random.key(2))  # keeps Sigma: a U-curve
+    ft = lo.tasks.shifted(task, kind="additive", size=0.3, key=jax.random.key(2), scale="absolute")  # keeps Sigma: a U-curve
     widths, scale = (D,) * (depth + 1), _scale(depth)
     s0, ft_lr, steps = scale**depth, 0.05, 40
     tp = turning_point(task, finetune=ft, lr=ft_lr, steps=steps, widths=widths, s0=s0, pretrain_lr=LR, t_max=40.0,
@@ -215,7 +215,7 @@ def test_every_entry_point_refuses_a_covariance_that_does_not_share_the_basis():
     task = _task(None)
     X = np.random.default_rng(0).normal(size=(D, D))
     bad = task.with_(input_cov=X @ X.T / D + np.eye(D))
-    ft = lo.tasks.shifted(task, kind="additive", size=0.3, key=jax.random.key(2))
+    ft = lo.tasks.shifted(task, kind="additive", size=0.3, key=jax.random.key(2), scale="absolute")
     kw = dict(widths=(D, D, D), s0=1e-3)
     calls = [
         lambda: input_variance(bad),

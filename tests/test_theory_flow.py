@@ -39,7 +39,7 @@ def test_velocity_is_the_pushforward_of_the_layer_gradients(depth):
     widths = (5,) + (6,) * (depth - 1) + (4,)
     W = _balanced(rng, widths, [1.3, 0.7, 0.2, 0.05][: min(widths)])
     base = lo.tasks.power_law(5, 4, 1.0, key=jax.random.key(0))
-    task = lo.tasks.shifted(base, "subspace", 0.5, key=jax.random.key(1), rank=3)  # singular Sigma
+    task = lo.tasks.shifted(base, "subspace", 0.5, key=jax.random.key(1), rank=3, scale="absolute")  # singular Sigma
     grads = jax.grad(lambda w: task.loss(lo.networks.end_to_end(w)))(tuple(jnp.asarray(w) for w in W))
     P_dot = sum(_prod(W[l + 1:], widths[l + 1]) @ -np.asarray(grads[l]) @ _prod(W[:l], widths[0]) for l in range(depth))
     V = end_to_end_velocity(lo.networks.end_to_end(W), task, depth)
@@ -50,7 +50,7 @@ def test_velocity_is_the_pushforward_of_the_layer_gradients(depth):
 def _finetuned(depth, kind, lr, steps, pre_lr=1e-3):
     d, h = 8, 10
     task = lo.tasks.power_law(d, d, alpha=1.0, key=jax.random.key(0))
-    ft = lo.tasks.shifted(task, kind=kind, size=0.3, key=jax.random.key(2), rank=3)
+    ft = lo.tasks.shifted(task, kind=kind, size=0.3, key=jax.random.key(2), rank=3, scale="absolute")
     net = lo.DeepLinear((d,) + (h,) * (depth - 1) + (d,))
     W0 = net.init(jax.random.key(1), scale=0.3, scheme="balanced")
     run = lo.pretrain(net, W0, task, lr=pre_lr, checkpoints=[0, int(2 / pre_lr), int(10 / pre_lr)])
@@ -85,7 +85,7 @@ def test_layer_and_function_space_integrations_agree(depth):
     """The two integrators solve the same ODE (docs/theory.md, section 4.1), also from rank-deficient maps."""
     rng = np.random.default_rng(depth)
     task = lo.tasks.power_law(6, 5, 1.0, key=jax.random.key(0))
-    ft = lo.tasks.shifted(task, "subspace", 0.3, key=jax.random.key(1), rank=2)
+    ft = lo.tasks.shifted(task, "subspace", 0.3, key=jax.random.key(1), rank=2, scale="absolute")
     P0 = 0.3 * rng.normal(size=(3, 5, 6))
     P0[1] = 0.5 * np.outer(rng.normal(size=5), rng.normal(size=6))  # rank 1: zero modes stay zero
     kw = dict(rtol=1e-12, atol=1e-14)
@@ -125,7 +125,7 @@ def u_curve():
     (entry (a, b) moves at rate s_a + s_b), costing ~ size^2 (1 - exp(-sigma_i tau))^2, against the
     sigma_i^2 / 2 it gains; only the large modes pay."""
     task = lo.tasks.power_law(D_U, D_U, alpha=1.0, key=jax.random.key(0))
-    ft = lo.tasks.shifted(task, kind="additive", size=0.25, key=jax.random.key(2))
+    ft = lo.tasks.shifted(task, kind="additive", size=0.25, key=jax.random.key(2), scale="absolute")
     net = lo.DeepLinear((D_U, D_U, D_U))
     W0 = net.init(jax.random.key(1), scale=1e-3, scheme="aligned", task=task)
     pre_lr = 0.05
@@ -213,7 +213,7 @@ def test_first_order_forgetting_converges_with_the_stated_order(depth):
 
 def test_first_order_forgetting_from_a_run_and_shapes():
     task = lo.tasks.power_law(4, 4, 1.0, key=jax.random.key(0))
-    ft = lo.tasks.shifted(task, "additive", 0.2, key=jax.random.key(1))
+    ft = lo.tasks.shifted(task, "additive", 0.2, key=jax.random.key(1), scale="absolute")
     net = lo.DeepLinear((4, 4, 4))
     run = lo.pretrain(net, net.init(jax.random.key(2), scale=0.1, scheme="balanced"), task, lr=0.05, checkpoints=[10, 100, 1000])
     F = first_order_forgetting(run, ft, [0.0, 0.01])
@@ -247,7 +247,7 @@ def test_predict_finetune_from_gaussian_checkpoints_follows_their_own_layers(dep
     the checkpoint's own weights matches GD fine-tuning at lr 0.01; balancing the maps first misses by far."""
     d, h = 8, 32
     task = lo.tasks.power_law(d, d, 1.0, key=jax.random.key(0))
-    ft = lo.tasks.shifted(task, "additive", 0.3, key=jax.random.key(1))
+    ft = lo.tasks.shifted(task, "additive", 0.3, key=jax.random.key(1), scale="absolute")
     net = lo.DeepLinear((d,) + (h,) * (depth - 1) + (d,))
     worst_balanced = 0.0
     for scale in (0.01, 0.02, 0.05):
@@ -311,7 +311,7 @@ def test_closed_form_from_gaussian_layers_is_near_the_flow_and_warns_where_not()
     and it warns past rho = 0.05; balancing the maps instead misses by far more."""
     d, h = 8, 32
     task = lo.tasks.power_law(d, d, 1.0, key=jax.random.key(0))
-    ft = lo.tasks.shifted(task, "additive", 0.3, key=jax.random.key(1))
+    ft = lo.tasks.shifted(task, "additive", 0.3, key=jax.random.key(1), scale="absolute")
     net = lo.DeepLinear((d, h, d))
     kw = dict(lr=(0.01,), steps=1000, gd_order=0)
     for scale, rho in ((0.01, 0.0255), (0.02, 0.102)):  # rho = tau ||C - lambda I|| / 2 of these layers
@@ -339,7 +339,7 @@ def test_closed_form_from_gaussian_layers_is_near_the_flow_and_warns_where_not()
 _FLOAT32_SESSION = """
 import json, numpy as np, jax, linoverfit as lo
 task = lo.tasks.power_law(6, 6, 1.0, key=jax.random.key(0))
-ft = lo.tasks.shifted(task, "subspace", 0.5, key=jax.random.key(1))   # a non-identity covariance
+ft = lo.tasks.shifted(task, "subspace", 0.5, key=jax.random.key(1), scale="absolute")   # a non-identity covariance
 net = lo.DeepLinear((6, 6, 6))
 run = lo.pretrain(net, net.init(jax.random.key(2), scale=0.1, scheme="gaussian"), task, lr=0.05,
                   checkpoints=[0, 100, 400])

@@ -75,7 +75,7 @@ def _errors(net, run, ft, lr, steps, gd_order):
 @pytest.mark.parametrize("kind", ["rotate", "additive", "subspace", "spectrum"])
 def test_finetune_prediction_is_gradient_descent_up_to_half_the_edge(pretrained, kind):
     depth, task, net, run = pretrained
-    ft = lo.tasks.shifted(task, kind=kind, size=0.3, key=jax.random.key(2), rank=4)
+    ft = lo.tasks.shifted(task, kind=kind, size=0.3, key=jax.random.key(2), rank=4, scale="absolute")
     half = _half_edge(run, ft, depth)
     for lr, steps, order in [(half, 6, "auto"), (half / 4, 24, 2), (half / 8, 48, 2)]:  # the same tau
         errs = _errors(net, run, ft, lr, steps, order)
@@ -89,7 +89,7 @@ def test_finetune_prediction_is_gradient_descent_up_to_half_the_edge(pretrained,
 @pytest.mark.parametrize("kind", ["rotate", "spectrum"])
 def test_modified_equation_error_order(pretrained, kind):
     depth, task, net, run = pretrained
-    ft = lo.tasks.shifted(task, kind=kind, size=0.3, key=jax.random.key(2), rank=4)
+    ft = lo.tasks.shifted(task, kind=kind, size=0.3, key=jax.random.key(2), rank=4, scale="absolute")
     half = _half_edge(run, ft, depth)
     lrs, steps = half / np.array([4.0, 8.0]), [24, 48]  # same tau = lr * steps
     for order, ratio in [(0, 2.0), (1, 4.0), (2, 8.0)]:

@@ -80,7 +80,7 @@ def test_mirror_matches_simulation(task, depth, scheme):
         _close(a, b, **EXACT)
 
     for kind, kw in SHIFTS.items():
-        ft = lo.tasks.shifted(task, kind, key=jax.random.key(2), **kw)
+        ft = lo.tasks.shifted(task, kind, key=jax.random.key(2), **kw, scale="absolute")
         fs = lo.finetune(net, sim, ft, lr=FT_LRS, steps=20, record_every=5)
         for start in (sim, th):  # run simulated or predicted
             fp = lo.theory.finetune(net, start, ft, lr=FT_LRS, steps=20, record_every=5)

@@ -65,7 +65,7 @@ def _random_problem(rng, widths, cov_rank=None):
 def test_equals_subset_enumeration(widths, gamma, cov_rank, noise, seed):
     """Depths 1-5, random widths, random (possibly singular) PSD Sigma, label noise."""
     W, A, cov = _random_problem(np.random.default_rng(seed), widths, cov_rank)
-    got = float(expected_perturbed_loss(W, A, cov, gamma, noise))
+    got = float(expected_perturbed_loss(W, A, input_cov=cov, gamma=gamma, noise=noise)[0])  # one gamma: (1,)
     want = _brute_force(W, A, cov, gamma, noise)
     # two different float64 algorithms (covariance recursion vs explicit products) over at most
     # 2^5 positive terms of similar size: they agree to a few ulps of the total, far below 1e-12
@@ -91,12 +91,12 @@ def test_agrees_with_monte_carlo(widths):
     P = lo.networks.end_to_end(tuple(jnp.asarray(w) + gamma * e for w, e in zip(W, E)))
     losses = np.asarray(task.loss(P))
     mean, se = losses.mean(), losses.std(ddof=1) / np.sqrt(n)
-    exact = float(expected_perturbed_loss(W, task, gamma=gamma))
+    exact = float(expected_perturbed_loss(W, task, gamma=gamma)[0])
     # the sample mean of 1e5 iid losses is normal to excellent accuracy (CLT); |z| > 4 has
     # probability 6e-5, and the keys are fixed, so this either always passes or always fails
     assert abs(mean - exact) < 4 * se, (mean, exact, se)
     # the band is narrow compared with the sensitivity itself, so the check can fail
-    assert 4 * se < 0.2 * float(perturbation_sensitivity(W, gamma, cov))
+    assert 4 * se < 0.2 * float(perturbation_sensitivity(W, gamma, cov)[0])
 
 
 def test_batched_checkpoints_gamma_axis_jit_and_vmap():
@@ -106,16 +106,17 @@ def test_batched_checkpoints_gamma_axis_jit_and_vmap():
     W = [rng.normal(size=(C, widths[l + 1], widths[l])) for l in range(2)]
     A = rng.normal(size=(3, 4))
     gammas = jnp.array([0.0, 0.1, 0.5])
-    out = expected_perturbed_loss(W, A, None, gammas)
+    out = expected_perturbed_loss(W, A, gamma=gammas)
     assert out.shape == (C, G)
     for c in range(C):
         for g in range(G):
             want = _brute_force([w[c] for w in W], A, np.eye(4), float(gammas[g]))
             np.testing.assert_allclose(out[c, g], want, rtol=1e-12)
-    jitted = jax.jit(expected_perturbed_loss)(tuple(jnp.asarray(w) for w in W), A, None, gammas)
+    jitted = jax.jit(expected_perturbed_loss)(tuple(jnp.asarray(w) for w in W), A, gamma=gammas)
     np.testing.assert_allclose(jitted, out, rtol=1e-13)
-    vm = jax.vmap(lambda g: perturbation_sensitivity(W, g))(gammas)  # (G, C)
-    np.testing.assert_allclose(vm.T, out - out[:, :1], rtol=1e-12, atol=1e-12)
+    vm = jax.vmap(lambda g: perturbation_sensitivity(W, g))(gammas)  # (G, C, 1): each scalar keeps its axis
+    assert vm.shape == (G, C, 1)
+    np.testing.assert_allclose(vm[..., 0].T, out - out[:, :1], rtol=1e-12, atol=1e-12)
 
 
 def test_matches_monte_carlo_engine_on_a_run():
@@ -148,16 +149,72 @@ def test_spectrum_formula_equals_weight_space_for_balanced_aligned_weights(width
 def test_bad_arguments_are_named():
     W = (np.ones((2, 3)), np.ones((2, 2)))
     with pytest.raises(ValueError, match="teacher"):
-        expected_perturbed_loss(W, np.ones((3, 3)), None, 0.1)
+        expected_perturbed_loss(W, np.ones((3, 3)), gamma=0.1)
     with pytest.raises(ValueError, match="input_cov"):
-        expected_perturbed_loss(W, np.ones((2, 3)), -np.eye(3), 0.1)
+        expected_perturbed_loss(W, np.ones((2, 3)), input_cov=-np.eye(3), gamma=0.1)
     with pytest.raises(ValueError, match="gamma"):
         perturbation_sensitivity(W, -0.1)
     with pytest.raises(TypeError, match="gamma"):
         expected_perturbed_loss(W, np.ones((2, 3)))
     with pytest.raises(ValueError, match="input_cov"):
-        expected_perturbed_loss(W, lo.Task(teacher=np.ones((2, 3))), np.eye(3), 0.1)
+        expected_perturbed_loss(W, lo.Task(teacher=np.ones((2, 3))), input_cov=np.eye(3), gamma=0.1)
     with pytest.raises(ValueError, match="weights"):
         perturbation_sensitivity((np.ones((2, 3)), np.ones((2, 5))), 0.1)
     with pytest.raises(ValueError, match="modes"):
         sensitivity_from_spectrum(np.ones(4), 0.1, (3, 5, 3))
+
+
+def test_one_gamma_keeps_its_axis_in_theory_and_simulation():
+    """One convention (issue 20): a noise scale passed as a scalar or as ``[gamma]`` is a gamma axis
+    of length 1 in every theory function, as in ``lo.sensitivity.gaussian`` (``(C, 1)``, not ``(C,)``)."""
+    task = lo.tasks.power_law(4, 4, 1.0, key=jax.random.key(0))
+    net = lo.DeepLinear((4, 4, 4))
+    run = lo.pretrain(net, net.init(jax.random.key(1), scale=0.3, scheme="aligned", task=task), task, lr=0.05,
+                      checkpoints=[10, 100, 1000])
+    C, gamma = 3, 0.05
+    sim = lo.sensitivity.gaussian(net, run, task, gamma=gamma, samples=8, key=jax.random.key(2))
+    assert sim.sensitivity.shape == (C, 1)
+    s = np.linalg.svd(np.asarray(run.end_to_end, np.float64), compute_uv=False)  # (C, M)
+    for g in (gamma, [gamma], np.float32(gamma), jnp.asarray(gamma), jnp.asarray([gamma])):
+        shapes = {
+            "perturbation_sensitivity": perturbation_sensitivity(run.weights, g).shape,
+            "expected_perturbed_loss": expected_perturbed_loss(run.weights, task, gamma=g).shape,
+            "theory.gaussian": lo.theory.gaussian(net, run, task, gamma=g).sensitivity.shape,
+            "sensitivity_from_spectrum": sensitivity_from_spectrum(s, g, net).shape,
+            "perturbed_loss_curve": lo.theory.curves.perturbed_loss_curve(task, run.t, g, widths=net, s0=0.09).shape,
+        }
+        assert set(shapes.values()) == {(C, 1)}, (g, shapes)
+    # a scalar and a one-entry list give the same numbers, and several scales the same per scale
+    np.testing.assert_array_equal(perturbation_sensitivity(run.weights, gamma),
+                                  perturbation_sensitivity(run.weights, [gamma]))
+    two = expected_perturbed_loss(run.weights, task, gamma=[gamma, 0.1])
+    np.testing.assert_array_equal(expected_perturbed_loss(run.weights, task, gamma=gamma)[:, 0], two[:, 0])
+    assert lo.theory.curves.perturbed_loss_curve(task, 5.0, gamma, widths=net, s0=0.09).shape == (1,)  # t scalar
+
+
+def test_expected_perturbed_loss_positional_arguments_are_deprecated(monkeypatch):
+    """``input_cov``, ``gamma`` and ``noise`` are keyword-only; the old positional call works until
+    0.3.0 with one DeprecationWarning that names the keywords (linoverfit.deprecation.keyword_only)."""
+    import inspect
+    import warnings
+
+    from linoverfit import deprecation
+
+    params = inspect.signature(expected_perturbed_loss).parameters
+    assert [p.name for p in params.values() if p.kind is p.KEYWORD_ONLY] == ["input_cov", "gamma", "noise"]
+    monkeypatch.setattr(deprecation, "_warned", set())
+    W, A, cov = _random_problem(np.random.default_rng(0), (3, 4, 2), 3)
+    want = expected_perturbed_loss(W, A, input_cov=cov, gamma=0.2, noise=0.1)
+    with pytest.warns(DeprecationWarning) as record:
+        old = expected_perturbed_loss(W, A, cov, 0.2, 0.1)
+    assert len(record) == 1 and record[0].filename == __file__  # points at the caller's line
+    message = str(record[0].message)
+    assert "0.3.0" in message and "input_cov=" in message and "gamma=" in message and "noise=" in message
+    np.testing.assert_array_equal(old, want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(expected_perturbed_loss(W, A, cov, 0.2, 0.1), want)  # once per process
+    with pytest.raises(TypeError, match="multiple values for argument 'input_cov'"):
+        expected_perturbed_loss(W, A, cov, input_cov=cov, gamma=0.2)
+    with pytest.raises(TypeError, match="positional"):
+        expected_perturbed_loss(W, A, cov, 0.2, 0.1, 7)

@@ -99,7 +99,7 @@ def test_closed_form_with_a_covariance_diagonal_in_the_teacher_basis():
     for widths in [(5, 5, 5), (5, 6, 6, 5)]:
         W = _aligned(task, widths, s, rng)
         np.testing.assert_allclose(sharpness_from_spectrum(s, task, widths), sharpness(W, task), rtol=1e-8)
-    rot = lo.tasks.shifted(base, "subspace", 0.0, key=jax.random.key(1), rank=2)  # not diagonal in V
+    rot = lo.tasks.shifted(base, "subspace", 0.0, key=jax.random.key(1), rank=2, scale="absolute")  # not diagonal in V
     with pytest.raises(ValueError, match="input_cov"):
         sharpness_from_spectrum(s, rot, (5, 5, 5))
 
@@ -149,7 +149,7 @@ def test_a_prediction_that_diverges_is_marked_not_raised():
     """GD far past the edge overflows inside the prediction: it is marked and warned about (its loss is
     NaN), never a raw linear-algebra error from the sharpness of a non-finite map."""
     task = lo.tasks.power_law(8, 8, key=jax.random.key(0))
-    ft = lo.tasks.shifted(task, kind="additive", size=0.1, key=jax.random.key(1))
+    ft = lo.tasks.shifted(task, kind="additive", size=0.1, key=jax.random.key(1), scale="absolute")
     with pytest.warns(PastEdgeWarning, match="stability edge"):
         pred = lo.theory.forgetting.predict_finetune(np.asarray(task.teacher), ft, lr=(0.01, 5.0), steps=200, depth=2,
                                           pretrain_task=task)

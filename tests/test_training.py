@@ -133,7 +133,7 @@ def test_minibatch_checkpoints_equal_separate_runs_bitwise():
 @pytest.fixture(scope="module")
 def sweep():
     task = lo.tasks.power_law(8, 8, 1.0, key=jax.random.key(0))
-    ft = lo.tasks.shifted(task, "additive", 0.3, key=jax.random.key(1))
+    ft = lo.tasks.shifted(task, "additive", 0.3, key=jax.random.key(1), scale="absolute")
     net = lo.DeepLinear((8, 8, 8))
     W0 = net.init(jax.random.key(2), scale=1e-2)
     run = lo.pretrain(net, W0, task, lr=0.05, checkpoints=lo.log_checkpoints(3000, 48))
@@ -237,7 +237,7 @@ def test_pretrain_divergence_raises_with_step():
 
 def test_finetune_divergence_is_marked_not_nan():
     task = lo.tasks.power_law(5, 5, 1.0, key=jax.random.key(0))
-    ft = lo.tasks.shifted(task, "additive", 0.2, key=jax.random.key(3))
+    ft = lo.tasks.shifted(task, "additive", 0.2, key=jax.random.key(3), scale="absolute")
     net = lo.DeepLinear((5, 5, 5))
     W0 = net.init(jax.random.key(1), scale=1e-2)
     run = lo.pretrain(net, W0, task, lr=0.1, checkpoints=[10, 500])
@@ -266,8 +266,8 @@ def test_same_key_same_bits_and_different_key_differs():
     r1 = lo.pretrain(net, a, data, lr=0.1, checkpoints=[20], batch_size=4, key=jax.random.key(5))
     r2 = lo.pretrain(net, b, data, lr=0.1, checkpoints=[20], batch_size=4, key=jax.random.key(5))
     np.testing.assert_array_equal(r1.weights[0], r2.weights[0])
-    t1 = lo.tasks.shifted(task, "subspace", 0.1, key=jax.random.key(3), rank=2)
-    t2 = lo.tasks.shifted(task, "subspace", 0.1, key=jax.random.key(3), rank=2)
+    t1 = lo.tasks.shifted(task, "subspace", 0.1, key=jax.random.key(3), rank=2, scale="absolute")
+    t2 = lo.tasks.shifted(task, "subspace", 0.1, key=jax.random.key(3), rank=2, scale="absolute")
     np.testing.assert_array_equal(t1.teacher, t2.teacher)
     np.testing.assert_array_equal(t1.input_cov, t2.input_cov)
 

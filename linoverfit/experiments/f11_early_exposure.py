@@ -58,7 +58,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     k_task, k_shift = jax.random.split(jax.random.key(seed), 2)
     d, lr = cfg["width"], cfg["lr"]
     task = lo.tasks.power_law(d, d, alpha=cfg["alpha"], key=k_task)
-    ft = lo.tasks.shifted(task, kind="additive", size=cfg["ft_shift"], key=k_shift)
+    ft = lo.tasks.shifted(task, kind="additive", size=cfg["ft_shift"], key=k_shift, scale="absolute")
     net = lo.DeepLinear((d, d, d))
     s0 = cfg["init_scale"] ** 2
     ck = lo.log_checkpoints(cfg["steps"], cfg["checkpoints"], first=cfg["first_step"])

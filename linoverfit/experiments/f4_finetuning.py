@@ -133,7 +133,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
                "depth_percent": 100 * C.DEPTH, "shifts": {}}
     data = {"t": t, "ft_lrs": lrs, "pretrain_loss": np.asarray(run_.loss)}
     for kind, size, rank in shifts:
-        ft = lo.tasks.shifted(task, kind=kind, size=size, rank=rank, key=k_shift)
+        ft = lo.tasks.shifted(task, kind=kind, size=size, rank=rank, key=k_shift, scale="absolute")
         with stages(f"{kind}: fine-tune {len(t)} checkpoints x {len(lrs)} lrs"):
             fr = lo.finetune(net, run_, ft, lr=lrs, steps=cfg["ft_steps"], key=k_ft)
         with stages(f"{kind}: function-space flow prediction"):

@@ -131,7 +131,7 @@ def _run(out_dir, quick, seed, config, progress) -> dict:
     net = lo.DeepLinear((d, d, d))
     s0 = cfg["init_scale"] ** 2
     kind, size, rank = cfg["shift"]
-    ft32 = lo.tasks.shifted(task32, kind=kind, size=size, rank=rank, key=k_shift)
+    ft32 = lo.tasks.shifted(task32, kind=kind, size=size, rank=rank, key=k_shift, scale="absolute")
     ck = lo.log_checkpoints(cfg["steps"], cfg["checkpoints"], first=cfg["first_step"])
     W0 = tuple(w.astype(np.float64) for w in net.init(k_init, scale=cfg["init_scale"], scheme="aligned", task=task32))
     task, ft = (cast_objective(tk, np.float64) for tk in (task32, ft32))

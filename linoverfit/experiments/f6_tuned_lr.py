@@ -250,7 +250,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     task = lo.tasks.power_law(d, d, alpha=cfg["alpha"], key=k_task)
     net = lo.DeepLinear((d, d, d))
     kind, size, rank = cfg["shift"]
-    ft = lo.tasks.shifted(task, kind=kind, size=size, rank=rank, key=k_shift)
+    ft = lo.tasks.shifted(task, kind=kind, size=size, rank=rank, key=k_shift, scale="absolute")
     sig_ft = np.linalg.svd(np.asarray(ft.teacher, float), compute_uv=False)
 
     with stages("pre-train"):

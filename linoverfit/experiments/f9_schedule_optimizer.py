@@ -179,7 +179,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     k_task, k_shift, k_sgd = jax.random.split(jax.random.key(seed), 3)
     d = cfg["width"]
     task = lo.tasks.power_law(d, d, alpha=cfg["alpha"], key=k_task)
-    ft = lo.tasks.shifted(task, kind="additive", size=cfg["ft_shift"], key=k_shift)
+    ft = lo.tasks.shifted(task, kind="additive", size=cfg["ft_shift"], key=k_shift, scale="absolute")
     net = lo.DeepLinear((d, d, d))
     s0 = cfg["init_scale"] ** 2
     W0 = net.init(jax.random.key(0), scale=cfg["init_scale"], scheme="aligned", task=task)
@@ -283,7 +283,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     agree = {}
     for name in ("GD constant", "GD cosine", "GD WSD"):
         r = res[name]
-        flow = np.asarray(lo.theory.curves.perturbed_loss_curve(task, r["t"], cfg["gamma"], widths=net, s0=s0), float)
+        flow = np.asarray(lo.theory.curves.perturbed_loss_curve(task, r["t"], cfg["gamma"], widths=net, s0=s0), float)[:, 0]
         agree[name] = float(np.max(np.abs(r["pert"] / flow - 1)))
     th_gap = agree.pop("GD constant")
     sgd_c, sgd_d = per["SGD constant"], per["SGD cosine"]

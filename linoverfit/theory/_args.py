@@ -58,7 +58,8 @@ def _widths(widths, name: str = "widths") -> tuple[int, ...]:
 
 
 def _gamma(gamma):
-    """``gamma`` as an array (any shape, values >= 0); checked unless traced."""
+    """``gamma`` as an array of at least one axis (any shape, values >= 0; a scalar is one noise
+    scale, shape ``(1,)``, the simulation's convention); checked unless traced."""
     if gamma is None:
         raise TypeError("gamma is required (the perturbation scale, a scalar or an array)")
     if not _v.is_traced(gamma):
@@ -67,4 +68,4 @@ def _gamma(gamma):
             raise TypeError(f"gamma must be real numbers, got {gamma!r}")
         if not np.all(np.isfinite(arr)) or np.any(arr < 0):
             raise ValueError(f"gamma must be finite and >= 0, got {arr.ravel()[:3]}")
-    return jnp.asarray(gamma)
+    return jnp.atleast_1d(jnp.asarray(gamma))

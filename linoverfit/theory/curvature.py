@@ -152,7 +152,7 @@ def sharpness(weights: Sequence[ArrayLike] | PretrainResult, task: Task | Datase
     """
     if isinstance(weights, PretrainResult):
         if weights.weights is None:
-            raise ValueError("weights is a PretrainResult without weights (keep_weights=False)")
+            raise ValueError("weights is a PretrainResult without weights (lo.pretrain(..., keep_weights=False))")
         task = weights.task if task is None else task
         weights = weights.weights
     if task is None:

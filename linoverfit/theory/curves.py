@@ -125,7 +125,7 @@ def perturbed_loss_curve(task: Task | ArrayLike, t: ArrayLike, gamma: ArrayLike,
       task: a :class:`~linoverfit.Task` (identity input covariance, or one sharing the teacher's right
         singular vectors), or the teacher's singular values ``(r,)`` (then :math:`\Sigma = I`).
       t: pre-training times :math:`t = \eta\cdot\text{steps} \ge 0`, shape ``T``.
-      gamma: :math:`\gamma \ge 0`, scalar or shape ``G``.
+      gamma: :math:`\gamma \ge 0`, any shape ``G``; a scalar is one scale, ``G = (1,)``.
       widths: ``(d_in, h_1, ..., d_out)`` or a :class:`~linoverfit.DeepLinear` (depth is ``len - 1``).
       s0: initial mode value (``scale**depth`` for ``net.init(scheme="aligned", scale=scale)``), or
         one per carried mode ``(k,)`` (e.g. :func:`~linoverfit.theory.modes.gaussian_init_s0` for a small Gaussian init).
@@ -134,14 +134,15 @@ def perturbed_loss_curve(task: Task | ArrayLike, t: ArrayLike, gamma: ArrayLike,
         :math:`\eta`: then :math:`s(t)` is GD's, exactly (:func:`~linoverfit.theory.modes.mode_trajectory` with ``lr=``; the
         per-mode map :math:`a \mapsto a + \eta(\kappa_i a^{L-1}(\sigma_i - a^L) - \lambda a)`).
 
-    Returns shape ``t.shape + G``; :math:`\gamma = 0` gives the plain pre-training loss.
+    Returns shape ``t.shape + G`` (one noise scale keeps its axis: ``(T, 1)``, as the simulation's
+    ``(C, G)``); :math:`\gamma = 0` gives the plain pre-training loss.
 
     Examples:
       >>> import numpy as np, linoverfit as lo
       >>> f = lo.theory.curves.perturbed_loss_curve(1 / np.arange(1, 9), np.geomspace(1, 1e4, 50), 0.1,
       ...                                    widths=(8, 8, 8), s0=1e-6)
-      >>> f.shape, int(np.argmin(f)) not in (0, 49)    # a U-curve: interior minimum
-      ((50,), True)
+      >>> f.shape, int(np.argmin(f[:, 0])) not in (0, 49)    # a U-curve: interior minimum
+      ((50, 1), True)
     """
     widths = _widths(widths)
     L = len(widths) - 1

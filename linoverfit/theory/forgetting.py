@@ -93,7 +93,7 @@ def _resolve_start(start, depth, pretrain_task, with_weights=False):
     (``weights``: the run's layers as float64 arrays ``(C[, S], n_l, n_{l-1})``, None for maps)."""
     if isinstance(start, PretrainResult):
         if start.weights is None:
-            raise ValueError("start has no weights (it was pre-trained with keep_weights=False)")
+            raise ValueError("start has no weights (it was pre-trained with lo.pretrain(..., keep_weights=False))")
         run_depth = len(start.weights)
         if depth is not None and _depth(depth) != run_depth:
             raise ValueError(f"depth={depth} but the run's network has depth {run_depth}")

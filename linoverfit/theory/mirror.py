@@ -282,7 +282,7 @@ def finetune(net: DeepLinear, run: _rt.PretrainResult, task: Task, *, lr: float 
     if not isinstance(run, _rt.PretrainResult):
         raise TypeError(f"run must be a PretrainResult (lo.pretrain or lo.theory.pretrain), got {type(run).__name__}")
     if run.weights is None:
-        raise ValueError("run has no weights (it was pre-trained with keep_weights=False); fine-tuning needs them")
+        raise ValueError("run has no weights (it was pre-trained with lo.pretrain(..., keep_weights=False)); fine-tuning needs them")
     task = _population(net.check_task(task), "task")
     pre_task = run.task if pretrain_task is None else net.check_task(pretrain_task, "pretrain_task")
     net.check_weights(run.weights, "run.weights")
@@ -370,7 +370,7 @@ def gaussian(net: DeepLinear, run: _rt.PretrainResult, task: Task | None = None,
     if not isinstance(run, _rt.PretrainResult):
         raise TypeError(f"run must be a PretrainResult (lo.pretrain or lo.theory.pretrain), got {type(run).__name__}")
     if run.weights is None:
-        raise ValueError("run has no weights (it was pre-trained with keep_weights=False)")
+        raise ValueError("run has no weights (it was pre-trained with lo.pretrain(..., keep_weights=False))")
     task = run.task if task is None else task
     if not isinstance(task, (Task, Dataset)):
         raise TypeError(f"task must be a linoverfit Task or Dataset, got {type(task).__name__}")

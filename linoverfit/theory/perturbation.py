@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import deprecation as _deprecation
 from .. import validation as _v
 from ..tasks import Task
 from ._args import _gamma, _widths
@@ -129,11 +130,12 @@ def perturbation_sensitivity(weights: Sequence[ArrayLike], gamma: ArrayLike,
 
     Args:
       weights: tuple of ``L`` arrays ``(..., n_l, n_{l-1})``.
-      gamma: noise scale(s) :math:`\gamma \ge 0`, scalar or any shape ``G``.
+      gamma: noise scale(s) :math:`\gamma \ge 0`, any shape ``G``; a scalar is one scale, ``G = (1,)``.
       input_cov: :math:`\Sigma` ``(d_in, d_in)`` or ``None`` (identity).
 
     Returns shape ``(...) + G``, e.g. ``(C, G)`` for checkpoints x noise scales, the layout of
-    :class:`~linoverfit.sensitivity.SensitivityResult`.
+    :class:`~linoverfit.sensitivity.SensitivityResult`; one noise scale, passed as a scalar or as
+    ``[gamma]``, keeps its axis, ``(C, 1)``, as in ``lo.sensitivity.gaussian``.
     """
     weights = _check_weights(weights)
     cov = _check_cov(input_cov, weights[0].shape[-1], jnp.result_type(*weights))
@@ -145,8 +147,10 @@ def _sensitivity(weights, cov, gamma):
     return _polyval(0.5 * _coefficients(weights, cov)[..., 1:], gamma)
 
 
-def expected_perturbed_loss(weights: Sequence[ArrayLike], teacher: Task | ArrayLike, input_cov: ArrayLike | None = None,
-                            gamma: ArrayLike | None = None, noise: float = 0.0) -> jax.Array:
+@_deprecation.keyword_only("linoverfit.theory.expected_perturbed_loss", 2)
+def expected_perturbed_loss(weights: Sequence[ArrayLike], teacher: Task | ArrayLike, *,
+                            input_cov: ArrayLike | None = None, gamma: ArrayLike | None = None,
+                            noise: float = 0.0) -> jax.Array:
     r"""Exact :math:`\mathbb E_E[L(W + \gamma E)]` for any depth, widths and PSD input covariance.
 
     .. math:: \mathbb E\,L(W+\gamma E) = \tfrac12\operatorname{tr}\big((P-A)\Sigma(P-A)^\top\big)
@@ -160,10 +164,14 @@ def expected_perturbed_loss(weights: Sequence[ArrayLike], teacher: Task | ArrayL
       teacher: :math:`A` ``(d_out, d_in)``, or a :class:`~linoverfit.Task` (then its covariance and
         noise are used and ``input_cov`` must be left ``None``).
       input_cov: :math:`\Sigma` ``(d_in, d_in)`` PSD, or ``None`` for the identity.
-      gamma: noise scale(s) :math:`\gamma \ge 0`, scalar or shape ``G``.
+      gamma: noise scale(s) :math:`\gamma \ge 0`, any shape ``G``; a scalar is one scale, ``G = (1,)``.
       noise: label-noise variance :math:`\sigma_\varepsilon^2` (adds :math:`\sigma_\varepsilon^2 d_{out}/2`).
 
-    Returns shape ``(...) + G``.
+    ``input_cov``, ``gamma`` and ``noise`` are keyword-only (passing them positionally still works
+    until 0.3.0, with a ``DeprecationWarning``).
+
+    Returns shape ``(...) + G``: ``(C, G)`` for ``run.weights``, ``(C, 1)`` for one noise scale
+    (scalar or ``[gamma]``), as ``lo.sensitivity.gaussian``'s ``(C, G)``.
 
     Examples:
       >>> import jax.numpy as jnp, linoverfit as lo
@@ -292,16 +300,16 @@ def sensitivity_from_spectrum(s: ArrayLike, gamma: ArrayLike, widths: DeepLinear
     Args:
       s: learnt spectrum :math:`s_i \ge 0`, shape ``(..., M)`` with ``M <= min(widths)``
         (e.g. the output of :func:`~linoverfit.theory.modes.mode_trajectory`, ``(T, M)``).
-      gamma: :math:`\gamma \ge 0`, scalar or shape ``G``.
+      gamma: :math:`\gamma \ge 0`, any shape ``G``; a scalar is one scale, ``G = (1,)``.
       widths: ``(d_in, h_1, ..., d_out)`` or a :class:`~linoverfit.DeepLinear`.
 
-    Returns shape ``s.shape[:-1] + G`` (numpy).
+    Returns shape ``s.shape[:-1] + G`` (numpy): one noise scale keeps its axis.
 
     Examples:
       >>> import linoverfit as lo
       >>> # gamma^2/2 (2 + 2)(1 + 0.5) + gamma^4/2 (2 * 2 * 2)
-      >>> round(float(lo.theory.perturbation.sensitivity_from_spectrum([1.0, 0.5], 0.1, widths=(2, 2, 2))), 6)
-      0.0304
+      >>> lo.theory.perturbation.sensitivity_from_spectrum([1.0, 0.5], 0.1, widths=(2, 2, 2)).round(6)
+      array([0.0304])
     """
     widths = _widths(widths)
     s = np.asarray(s, dtype=np.float64)
@@ -312,4 +320,4 @@ def sensitivity_from_spectrum(s: ArrayLike, gamma: ArrayLike, widths: DeepLinear
     if s.shape[-1] > min(widths):
         raise ValueError(f"s has {s.shape[-1]} modes but a network with widths {widths} carries at most {min(widths)}")
     _gamma(gamma)
-    return _spectrum_sensitivity(s, gamma, widths)[0]
+    return _spectrum_sensitivity(s, np.atleast_1d(np.asarray(gamma, np.float64)), widths)[0]
