@@ -32,7 +32,8 @@ sufficiently misaligned late mode: with a small gap fine-tuning moves the learnt
 and the fully pre-trained model stays the better one. The GD curve then still has a minimum (the
 checkpoint from which fine-tuning carries the partly learnt late mode exactly onto
 :math:`\sigma_4`), but not overtraining that costs more than never learning the mode; panel (c)
-draws those points hollow.
+draws those points hollow. (The summary's ``rise_percent`` is measured from that minimum, which is
+near 0, so it is huge; ``min_pretrain_loss_after`` and ``pretrain_loss_after_last`` give the scale.)
 
 Run: ``python experiments/F13_springer.py [--quick] [--out DIR] [--set lams="(0.0, 1.0)"]``.
 """
