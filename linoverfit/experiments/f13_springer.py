@@ -74,8 +74,20 @@ QUICK = dict(checkpoints=100, marker_every=5, gaps=(0.25, 2.0), lams=(0.0, 0.3, 
 PENALTIES = ("map", "layers")
 PENALTY_LABEL = {"map": r"Springer's penalty $\lambda\|\theta-\theta_0\|_F^2$ on the map $\theta = W_2W_1$",
                  "layers": r"layer pull $\frac{\lambda}{2}\sum_l\|W_l - W_l^0\|_F^2$ (library default)"}
+#: late-mode gaps are coloured on a log scale over this range (:func:`gap_color`)
+GAP_RANGE = (0.2, 2.5)
 #: tolerance of theory vs simulation (both exact GD in float64: they differ by round-off, ~1e-14 measured)
 RTOL = 1e-10
+
+
+def gap_color(gap: float) -> str:
+    """Colour of a late-mode gap, the same in the full and the quick figure: plasma on a log scale over
+    :data:`GAP_RANGE` (dark for small gaps, orange for large)."""
+    import matplotlib
+    import matplotlib.colors as mcolors
+
+    x = np.clip(np.log(gap / GAP_RANGE[0]) / np.log(GAP_RANGE[1] / GAP_RANGE[0]), 0.0, 1.0)
+    return mcolors.to_hex(matplotlib.colormaps["plasma"](0.05 + 0.8 * x))
 
 
 def _lam_grid(lams, n) -> np.ndarray:
@@ -270,7 +282,7 @@ def _plot(out_dir, cfg, s, t, lams, gaps, lam_th, table, curves) -> None:
     every = int(cfg["marker_every"])
     mk = np.arange(len(t))[::every]
     lam_cols = lp.strength_colors(len(lams))
-    gap_cols = [lp.mode_color(i) for i in (0, 2, 3, 1, 4)][:len(gaps)]
+    gap_cols = [gap_color(g) for g in gaps]
     pen_style = {"map": dict(ls="-", marker="o"), "layers": dict(ls="--", marker="s")}
     kbig = len(gaps) - 1
     t_learn = s.learn_times()
