@@ -139,6 +139,16 @@ def test_schedule_noise_exposure_figures_report_turning_points(quick):
         assert fig["checks"] and all(c["ok"] for c in fig["checks"]), fig["checks"]
 
 
+def test_springer_figure_reported(quick):
+    """F13 (issue 18): Springer's setting in float64, theory on simulation to 1e-10, T* and the fine-tuning
+    loss monotone in lambda (details: tests/test_springer.py::assert_f13)."""
+    from test_springer import assert_f13
+
+    _, summary, _ = quick
+    assert summary["F13"]["quick"] is True
+    assert_f13(summary["F13"])
+
+
 def test_same_seed_same_summary(quick, tmp_path):
     """Determinism: F2 (Monte Carlo noise, seeds) again with the same seed gives the same entry."""
     _, summary, _ = quick
