@@ -70,6 +70,8 @@ nb_ipywidgets_js = {}  # no widget JavaScript from a CDN: the pages must work of
 autodoc_member_order = "bysource"
 autodoc_preserve_defaults = True  # defaults as written (`key=jax.random.key(0)`), not their repr
 autodoc_typehints = "signature"
+# array-like and dtype-like parameters print as their alias, not as JAX's/numpy's full union of types
+autodoc_type_aliases = {"ArrayLike": "ArrayLike", "DTypeLike": "DTypeLike"}
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autosummary_generate = False  # the pages are written below; autosummary only draws the tables
 napoleon_google_docstring = True
@@ -201,6 +203,7 @@ def setup(app):
 
 html_theme = "furo"
 html_title = f"linoverfit {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["linoverfit.css"]  # code boxes and long signatures wrap instead of overflowing
 html_show_sourcelink = False
 html_copy_source = False

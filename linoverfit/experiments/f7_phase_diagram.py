@@ -13,8 +13,9 @@ s_i -> sigma_i - gamma^2 (d_in + d_out)/2.
 Circles: T* measured in simulation, filled on the same colour scale (a point that agrees with
 the theory disappears into the background; a cross: no U-curve); the minimum over checkpoints of
 the perturbed loss, evaluated exactly on the gradient-descent weights with
-``lo.theory.expected_perturbed_loss`` (no sampling noise), judged by the same ``u_curve``; one
-pre-training run per simulated alpha serves every gamma. Theory and simulation agree when both
+``lo.theory.gaussian`` (no sampling noise), judged by ``lo.turning_point`` (the same definition); one
+pre-training run per simulated alpha serves every gamma. The prediction stays spectrum-level
+(``turning.turning_point``): the map is a continuum over gamma and alpha, not one result per point. Theory and simulation agree when both
 have no U-curve, or both have one and T* agrees within 5% or within the flat minimum
 (``_common.t_star_agreement``).
 (b) Slices at the simulated alphas: predicted T* against gamma (lines) and measured (markers).
@@ -30,6 +31,7 @@ import sys
 
 import jax
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 import linoverfit as lo
 from linoverfit import plotting as lp
@@ -118,12 +120,15 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         task = lo.tasks.power_law(d, d, alpha=float(alpha), key=k_task)
         W0 = net.init(k_init, scale=cfg["init_scale"], scheme="aligned", task=task)
         run_ = lo.pretrain(net, W0, task, lr=cfg["lr"], checkpoints=ck)
-        pl = np.asarray(lo.theory.expected_perturbed_loss(run_.weights, task, gamma=sim_gammas), float)  # (C, G)
+        meas = lo.theory.gaussian(net, run_, task, gamma=sim_gammas)  # the exact expectation on the GD weights
+        pl = np.asarray(meas.perturbed_loss, float)  # (C, G)
+        measured = lo.turning_point(meas, min_rise=C.DEPTH)
         pl_th = lo.theory.curves.perturbed_loss_curve(task, run_.t, sim_gammas, widths=net, s0=s0)
         curves[float(alpha)] = pl
         for g, gamma in enumerate(sim_gammas):
+            # predicted: the phase map's own spectrum-level turning point (a continuum of gamma and alpha)
             t_pred, st = _predicted(task, gamma, net, s0, t_horizon)
-            m = C.turning(run_.t, pl[:, g])
+            m = measured.curve(g)
             st_meas = _status(m.is_turning_point, m.index == 0, m.index == run_.t.size - 1)
             both = st == st_meas == "interior"
             agree = C.t_star_agreement(run_.t, pl[:, g], pl_th[:, g], t_pred, m, TOLERANCE) if both else {}
@@ -253,6 +258,11 @@ def _plot(png, gammas, alphas, t_map, status_map, boundary_gamma, g_dense, slice
         bx.set(xscale="log", yscale="log", xlabel=r"perturbation scale $\gamma$",
                ylabel=r"turning point $T^*$ (time $t = \eta\cdot$steps)")
         bx.set_title(r"(b) slices at the simulated $\alpha$", loc="left")
+        # a few labelled ticks: matplotlib's minor labels on a one-decade log axis ran into each other
+        lo_g, hi_g = bx.get_xlim()
+        ticks = [v for v in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5) if lo_g <= v <= hi_g]
+        bx.set_xticks(ticks, [f"{v:g}" for v in ticks])
+        bx.xaxis.set_minor_formatter(NullFormatter())
         lp.legend(bx, colors={rf"$\alpha = {a:g}$": _alpha_color(i) for i, a in enumerate(sim_alphas)},
                   theory_label=r"theory: lo.theory.turning.turning_point", sim_label="simulation: argmin over GD checkpoints",
                   loc="lower left", fontsize=6, ncol=2)

@@ -130,7 +130,8 @@ def pretrain(net: DeepLinear, W0: Sequence[ArrayLike], task: Task, *, lr: float,
     (:class:`~linoverfit.theory.PastEdgeWarning`, ``"modes"``); a predicted loss that is
     non-finite or above ``divergence_factor`` times its natural scale at a checkpoint raises
     :class:`~linoverfit.DivergenceError` (with ``.step`` the first such checkpoint; the simulation
-    names the exact step). ``rtol``/``atol``: tolerances of the ``"flow"`` solve.
+    names the exact step). ``rtol``/``atol``: tolerances of the ``"flow"`` solve. ``keep_weights=False``
+    drops the predicted layers from the result, as in ``lo.pretrain``.
     """
     _net(net)
     given = net.check_task(task)
@@ -276,7 +277,9 @@ def finetune(net: DeepLinear, run: _rt.PretrainResult, task: Task, *, lr: float 
     step), its losses from there on are NaN, and a :class:`~linoverfit.DivergenceWarning` is raised.
     The recorded fine-tuning losses are the task loss without the penalty, as in the simulation.
 
-    ``return_weights`` must be False (the prediction gives maps).
+    ``return_weights`` must be False (the prediction gives maps). ``pretrain_task`` (the task whose
+    loss measures forgetting, default ``run.task``), ``record_every`` and ``divergence_factor`` mean
+    what they mean in ``lo.finetune``.
     """
     _net(net)
     if not isinstance(run, _rt.PretrainResult):
