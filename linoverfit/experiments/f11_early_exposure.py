@@ -19,6 +19,7 @@ import sys
 
 import jax
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 import linoverfit as lo
 from linoverfit import plotting as lp
@@ -141,14 +142,30 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         png, npz = C.figure_paths(out_dir, NUMBER, NAME)
         cols = lp.strength_colors(len(rhos))
         with lp.style():
-            fig, axes = lp.subplots(1, 3, width="page", aspect=0.95, squeeze=False)
-            a, b, c = axes[0]
+            fig, axes = lp.subplots(2, 2, width="page", aspect=0.55, squeeze=False)
+            (a, ix), (b, c) = axes
             for j, (rho, r) in enumerate(res.items()):
                 lp.theory(a, t_th, r["th"], color=cols[j])
                 lp.simulation(a, t, r["after"], color=cols[j], markersize=3)
-                lp.mark_turning_point(a, predicted=r["th_u"].t_star, measured=r["u"].t_star,
-                                      y_measured=r["u"].min_value, color=cols[j])
+                lp.mark_turning_point(a, predicted=r["th_u"].t_star, color=cols[j])
                 lp.simulation(b, r["before"], r["after"], color=cols[j], markersize=3)
+            # (b) the minima lie within a factor 2 in t and 30% in loss: zoomed, so that their stars do not pile up
+            t_lo = min(r["u"].t_star for r in res.values())
+            t_hi = max(r["u"].t_star for r in res.values())
+            for j, (rho, r) in enumerate(res.items()):
+                keep = (t >= 0.5 * t_lo) & (t <= 2.0 * t_hi)
+                lp.theory(ix, t_th, r["th"], color=cols[j])
+                lp.simulation(ix, t[keep], r["after"][keep], color=cols[j], markersize=3)
+                lp.mark_turning_point(ix, predicted=r["th_u"].t_star, measured=r["u"].t_star,
+                                      y_measured=r["u"].min_value, color=cols[j])
+            y_lo = min(r["u"].min_value for r in res.values())
+            y_hi = max(r["u"].min_value for r in res.values())
+            ix.set(xscale="log", yscale="log", xlim=(0.6 * t_lo, 1.6 * t_hi), ylim=(0.93 * y_lo, 1.25 * y_hi),
+                   xlabel=r"pre-training time $t$")
+            ticks = sorted({float(f"{v:.2g}") for v in np.geomspace(0.7 * t_lo, 1.4 * t_hi, 4)})
+            ix.set_xticks(ticks, [f"{v:g}" for v in ticks])
+            ix.xaxis.set_minor_formatter(NullFormatter())
+            ix.set_title("(b) zoom on the minima", loc="left")
             lp.time_axis(a)
             a.set(yscale="log", ylabel="original-task loss after fine-tuning")
             a.set_title("(a) fine-tuning U-curves", loc="left")
@@ -156,7 +173,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
             b.set(xscale="log", yscale="log", xlabel="original-task loss before fine-tuning\n(pre-training progress)",
                   ylabel="after fine-tuning")
             b.invert_xaxis()
-            b.set_title("(b) at matched pre-training loss", loc="left")
+            b.set_title("(c) at matched pre-training loss", loc="left")
             x = np.arange(len(rhos))
             c.plot(x, [per[f"{r:g}"]["degradation_percent"] for r in rhos], "o-", color="tab:red", label="degradation (%)")
             c.plot(x, [per[f"{r:g}"]["degradation_percent_predicted"] for r in rhos], "-", color="tab:red", lw=0.8)
@@ -164,9 +181,11 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
                    label="after-ft loss at matched level vs rho=0 (%)")
             c.axhline(0, color="k", lw=0.6)
             c.set_xticks(x, [f"{r:g}" for r in rhos])
-            c.set(xlabel=r"mixing fraction $\rho$", ylabel="%")
+            top = max(max(per[f"{r:g}"]["degradation_percent"], per[f"{r:g}"]["after_ft_at_matched_vs_rho0_percent"])
+                      for r in rhos)
+            c.set(xlabel=r"mixing fraction $\rho$", ylabel="%", ylim=(-0.08 * top, 1.45 * top))  # room for the legend
             c.legend(fontsize=6, loc="upper left")
-            c.set_title(r"(c) degradation and retention vs $\rho$", loc="left")
+            c.set_title(r"(d) degradation and retention vs $\rho$", loc="left")
             lp.legend(fig, colors={rf"$\rho = {r:g}$": cols[j] for j, r in enumerate(rhos)},
                       theory_label="theory: mode dynamics of the mixture + fine-tuning flow",
                       sim_label="simulation: GD pre-training, GD fine-tuning", turning_point=True, measured_min=True,

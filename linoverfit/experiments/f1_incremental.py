@@ -113,7 +113,10 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
                 lp.theory(ax, c["t_dense"], c["loss_dense"], color=lp.depth_color(depth))
                 lp.simulation(ax, c["t"], c["loss"], color=lp.depth_color(depth))
             lp.time_axis(ax)
-            ax.set_ylim(0, 1.45 * float(np.max(curves[2]["loss"])))
+            # log scale: each learnt mode removes sigma_i^2 / 2, so the late (small) drops are visible too;
+            # the floor sits below the last plateau, 1/2 sigma_min^2
+            ax.set_yscale("log")
+            ax.set_ylim(0.2 * 0.5 * float(np.min(sigma)) ** 2, 2.5 * float(np.max(curves[2]["loss"])))
             ax.set_ylabel(r"pre-training loss $\frac{1}{2}\|P - A\|_F^2$")
             ax.set_title("(c) one loss drop per learnt mode", loc="left")
             lp.legend(ax, colors={f"depth {L}": lp.depth_color(L) for L in (2, 3)}, loc="upper right",

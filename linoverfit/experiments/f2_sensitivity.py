@@ -103,19 +103,20 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
             lp.time_axis(ax)
             ax.set_yscale("log")
             ax.set_ylabel(r"sensitivity $S = \mathbb{E}\,L(W+\gamma E) - L(W)$")
-            lp.legend(ax, theory_label="exact, on the simulated weights",
-                      sim_label=f"Monte Carlo ({cfg['samples']} draws) $\\pm$ s.e.", loc="lower right")
             ax.set_title(f"(a) small Gaussian init, mean of {cfg['seeds']} seeds", loc="left")
             lp.time_axis(bx)
             bx.set_yscale("log")
-            for a in (ax, bx):  # room below the curves for the legend
-                a.set_ylim(0.25 * float(np.min(exact_mean)), None)
             bx.set_ylabel(r"sensitivity $S$")
             bx.set_title("(b) aligned init: S from the learnt spectrum", loc="left")
-            lp.legend(bx, theory_label="closed form of the mode dynamics",
-                      sim_label="Monte Carlo $\\pm$ s.e.", loc="lower right")
+            # one legend below the panels (in-panel legends covered the rising curves)
+            from matplotlib.lines import Line2D
+
             lp.legend(fig, colors={rf"noise scale $\gamma = {g:g}$": lp.gamma_color(g) for g in gammas},
-                      theory_label=None, sim_label=None, loc="outside lower center", ncol=len(gammas))
+                      extra=[("(a) line: exact, on the simulated weights", Line2D([], [], color="0.2", lw=1.5)),
+                             ("(b) line: closed form of the mode dynamics", Line2D([], [], color="0.2", lw=1.5)),
+                             (f"markers: Monte Carlo ({cfg['samples']} draws) $\\pm$ s.e.",
+                              Line2D([], [], color="0.2", marker="o", markerfacecolor="none", linestyle="none"))],
+                      theory_label=None, sim_label=None, loc="outside lower center", ncol=len(gammas) - 1)
             lp.save(fig, png)
         C.save_data(npz, t=run_.t, gammas=gammas, mc_sensitivity=mc_mean, mc_stderr=mc_se,
                     exact_sensitivity=exact_mean, t_theory=t_dense, spectrum_theory_sensitivity=spec,

@@ -237,14 +237,14 @@ def _plot(png, t, lrs, panels):
                     ax.plot(t[bad], np.full(bad.sum(), 2.0), "x", color=col, ms=4, clip_on=False)
             lp.theory(bx, t, p_before, color="k")
             lp.simulation(bx, t, before, color="k", markersize=2.5)
-            ax.text(0.97, 0.97, "\n".join(verdicts), transform=ax.transAxes, va="top", ha="right", fontsize=6.5,
-                    bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1))
             if pan["key"] == "depth1_control":
                 ax.set_yscale("log")
                 ax.set_ylim(0.5, 1e6)
             else:
                 ax.set_ylim(0.93, 2.0)
-            ax.set_title(f"({letters[j]}) {pan['title']}\n{pan['steps']} fine-tuning steps", loc="left", fontsize=8)
+            # the verdicts go in the title: a box in the corner covered the curves
+            ax.set_title(f"({letters[j]}) {pan['title']}\n{pan['steps']} fine-tuning steps\n" + "\n".join(verdicts),
+                         loc="left", fontsize=7)
             bx.set_title(f"({letters[len(panels) + j]}) = loss before + forgetting", loc="left", fontsize=8)
             bx.set_yscale("symlog", linthresh=1e-4)
             bx.axhline(0, color="0.6", lw=0.6, zorder=0)
@@ -254,7 +254,7 @@ def _plot(png, t, lrs, panels):
                 bx.set_ylabel("pre-training loss\n(symlog scale)")
         extra = [("pre-training loss before fine-tuning", Line2D([], [], color="k", lw=1.2)),
                  ("coloured, bottom: forgetting = after - before", Line2D([], [], color="0.5", lw=1.2)),
-                 ("faint: no U-curve (lo.theory.u_curve: minimum at an end, or rise < 1%)",
+                 ("faint: no U-curve (lo.turning_point: minimum at an end, or rise < 1%)",
                   Line2D([], [], color="0.5", lw=1.2, alpha=0.3))]
         if n_div_total:
             extra.append((f"diverged fine-tuning run ({n_div_total}, not plotted)",

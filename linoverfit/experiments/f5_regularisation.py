@@ -196,6 +196,7 @@ def _run(out_dir, quick, seed, config, progress) -> dict:
                      "l2 to the pre-trained weights (fine-tuning)"),
                     ("wd", wds, wd_pre, wd_ft, wd_pre_th, wd_ft_th, wd_rows, wd_rows_th, r"$\lambda$",
                      "weight decay in pre-training")]
+            strength_colors = {}
             for j, (key, vals, pre, ftl, pre_th, ft_th, rows, rows_th, sym, what) in enumerate(spec):
                 ax, bx, cx = axes[j]
                 cols = lp.strength_colors(len(vals))
@@ -210,9 +211,6 @@ def _run(out_dir, quick, seed, config, progress) -> dict:
                 ax.set_ylim(0.97, 1.45)
                 ax.set_ylabel("pre-training loss after\nfine-tuning / its minimum")
                 ax.set_title(f"({'ad'[j]}) {what}", loc="left")
-                lp.legend(ax, colors={f"{sym} = {v:g}": c for v, c in zip(vals, cols)}, theory_label=None,
-                          sim_label=None, loc="upper center", fontsize=5.5, ncol=4, handlelength=1.0,
-                          columnspacing=0.8)
                 # T* against the strength (turning points only; 0 drawn as the reference line)
                 xs = vals[1:]
                 tm = np.array([r["t_star_measured"] if r["is_turning_point"] else np.nan for r in rows[1:]])
@@ -242,10 +240,13 @@ def _run(out_dir, quick, seed, config, progress) -> dict:
                 cx.set_yscale("symlog", linthresh=0.01)
                 cx.set_ylim(-0.001, 1.5 * max(deg.max(), 1.0))
                 cx.set_title(f"({'cf'[j]}) the trade-off (dotted: 1%)", loc="left")
+                # the strengths' colours go in the figure legend: inside a panel they covered data
+                strength_colors.update({f"({'ad'[j]}-{'cf'[j]}) {sym} = {v:g}": c for v, c in zip(vals, cols)})
             from matplotlib.lines import Line2D
 
-            lp.legend(fig, theory_label="theory: mode dynamics + function-space flow (weight decay only)",
-                      sim_label="simulation (GD)", measured_min=True, loc="outside lower center", ncol=4,
+            lp.legend(fig, colors=strength_colors,
+                      theory_label="theory: mode dynamics + function-space flow (weight decay only)",
+                      sim_label="simulation (GD)", measured_min=True, loc="outside lower center", ncol=5,
                       extra=[("no regularisation (dashed)", Line2D([], [], color="0.5", lw=0.8, ls="--")),
                              ("no turning point", Line2D([], [], color="k", marker="x", ls="none"))])
             lp.save(fig, png)

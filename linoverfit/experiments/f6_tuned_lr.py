@@ -417,7 +417,10 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
             lp.time_axis(ax)
             ax.set_ylim(0.97, 1.6)
             ax.set_ylabel("pre-training loss after\nfine-tuning / its minimum")
-            ax.set_title("(a) lr tuned per checkpoint, by criterion", loc="left")
+            # why the orange markers leave the line at t < 10: said where the reader looks
+            ax.set_title("(a) lr tuned per checkpoint, by criterion\n(orange, t < 10: a flat criterion over the largest "
+                         "stable lrs,\nso theory and simulation pick neighbouring lrs of the grid)", loc="left",
+                         fontsize=7)
             lp.time_axis(bx)
             bx.set_yscale("log")
             bx.set_ylabel(r"tuned fine-tuning lr $\eta^*$")

@@ -414,7 +414,8 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
             for name in ("GD constant", "momentum", "Adam", "SAM"):
                 mark(c, name, res[name]["pert"] / ref)
             c.set(ylim=(0.9, 2.5))
-            c.set_title(r"(c) optimisers (momentum at $t/(1-\beta)$)", loc="left")
+            c.set_title("(c) optimisers (momentum at $t/(1-\\beta)$;\nSAM lags: its ascent step slows the escape from $W=0$)",
+                        loc="left", fontsize=7)
             # (e) fine-tuning U-curves
             ref_f = th_fu.min_value
             lp.theory(e, t_th, th_ft / ref_f, color="k")
@@ -422,7 +423,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
                 mark(e, name, res[name]["ft"] / ref_f)
             lp.mark_turning_point(e, predicted=th_fu.t_star)
             e.set(ylim=(0.8, 3.0), ylabel="pre-training loss after\nfine-tuning / theory min")
-            e.set_title("(d) fine-tuning U-curves", loc="left")
+            e.set_title("(d) fine-tuning U-curves (SAM above the line\nbefore T*: the same lag)", loc="left", fontsize=7)
             # (f) minibatch noise
             lp.theory(f_, t_th, th_pert / ref, color="k")
             for name in ("SGD constant", "SGD cosine"):
