@@ -185,6 +185,14 @@ def gaussian(
     shapes = [tuple(np.shape(w)[len(lead):]) if nonlinear else tuple(np.shape(w)[-2:]) for w in leaves]
     sizes = [int(np.prod(s)) for s in shapes]
     P, isz, batch = sum(sizes), np.dtype(dtype).itemsize, _sample_batch(samples, sizes)
+    # the perturbed loss grows like gamma^2 * P (the noise's own sum of squares, before the network
+    # multiplies it): a gamma whose gamma^2 * P already exceeds the dtype can only give inf/NaN
+    too_big = gammas[np.asarray(gammas, np.float64) ** 2 * P * 1e6 > float(jnp.finfo(dtype).max)]
+    if too_big.size:
+        raise ValueError(f"gamma={too_big[0]:g} overflows {np.dtype(dtype).name}: the perturbation alone has a squared "
+                         f"norm of about gamma^2 x {P} parameters; use a gamma below "
+                         f"{np.sqrt(float(jnp.finfo(dtype).max) / (1e6 * P)):.3g} or float64 weights "
+                         "(jax_enable_x64)")
     footprint = Footprint(  # the draws (twice while drawn), the weights, 3 networks per draw of a batch in flight
         shared=(2 * samples + B) * P * isz, per_run=3 * batch * P * isz, per_output=2 * gammas.size * isz,
         label="the sensitivity estimate",

@@ -76,11 +76,16 @@ def test_divergence_in_one_huge_step_is_reported(dtype, setup):
 
 
 def test_sensitivity_overflow_warns_naming_gamma(setup):
+    """A gamma whose perturbation alone overflows the dtype is refused at the boundary, naming the largest
+    usable gamma; one that passes it but whose perturbed loss (~gamma^(2L)) overflows is computed and
+    warned about by name (inf/NaN in the result)."""
     task, ft, net, W0, _, _ = setup
     W = tuple(jnp.asarray(w, jnp.float32) for w in W0)
     run32 = lo.pretrain(net, W, task, lr=0.1, checkpoints=[5])
-    with pytest.warns(lo.sensitivity.NonFiniteWarning, match="gamma=1e\\+20"):
+    with pytest.raises(ValueError, match="gamma=1e\\+20 overflows float32.*use a gamma below"):
         lo.sensitivity.gaussian(net, run32, gamma=(0.1, 1e20), samples=4, key=0)
+    with pytest.warns(lo.sensitivity.NonFiniteWarning, match="gamma=1e\\+14"):
+        lo.sensitivity.gaussian(net, run32, gamma=(0.1, 1e14), samples=4, key=0)
 
 
 # ----------------------------------------------------------------------------- step counts
