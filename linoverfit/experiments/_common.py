@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from ..files import atomic_write
@@ -168,6 +169,21 @@ def degradation_percent(y, index=None) -> float:
     if index is None:
         index = int(np.nanargmin(y))
     return float(100.0 * (y[-1] - y[index]) / y[index])
+
+
+def draw_keys(key, n: int) -> list:
+    """``n`` keys for repeated random draws of one quantity: ``key`` itself first (so draw 0 is the
+    figure's headline draw), then ``n - 1`` fresh keys derived from it."""
+    return [key] + list(jax.random.split(jax.random.fold_in(key, 1), n - 1))
+
+
+def spread(values) -> dict:
+    """Median and spread of a headline number over random draws: ``dict(median, min, max, n, values)``
+    (NaN draws are kept in ``values`` and left out of the statistics)."""
+    v = np.asarray(values, float)
+    ok = v[np.isfinite(v)]
+    stats = (float(np.median(ok)), float(ok.min()), float(ok.max())) if ok.size else (math.nan,) * 3
+    return {"median": stats[0], "min": stats[1], "max": stats[2], "n": int(v.size), "values": v.tolist()}
 
 
 def rel_diff(predicted, measured) -> float:

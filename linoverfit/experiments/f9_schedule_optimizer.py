@@ -71,9 +71,10 @@ CONFIG = dict(
     edge_checkpoints=40,   # log-spaced EVEN steps: above the edge the weights alternate on a period-2 orbit
     unbalanced_scales=(1.0, 0.05),  # (i): Gaussian init, entries N(0, c_l^2 / d) for layer 1 and 2
     sam_rhos=(0.05, 0.4),  # (i): SAM radii from the unbalanced init
+    draws=5,               # random fine-tuning shifts behind the headline fine-tuning numbers (median, range)
 )
 QUICK = dict(width=8, t_final=40.0, steps=4096, checkpoints=24, sgd_seeds=2, sharpness_iters=16, edge_steps=400,
-             edge_checkpoints=16)
+             edge_checkpoints=16, draws=3)
 # ----------------------------------------------------------------------------- end of config
 
 
@@ -118,7 +119,7 @@ STYLE = {"GD constant": ("k", "o"), "GD cosine": ("tab:blue", "s"), "GD WSD": ("
          "SGD constant": ("0.45", "o"), "SGD cosine": ("tab:cyan", "s")}
 
 
-def _edge_runs(cfg, net, task, ft, W0) -> dict:
+def _edge_runs(cfg, net, task, ft, W0, runs: dict) -> dict:
     """(g, h): GD at a constant lr and under cosine decay from the same peak, at fractions of the
     stability edge of the minimum, eta_edge = 2 / lambda_min with lambda_min = L sigma_1^(2 - 2/L) the
     sharpness of the balanced global minimum (the flattest one). Sharpness and forgetting (pre-training
@@ -149,10 +150,11 @@ def _edge_runs(cfg, net, task, ft, W0) -> dict:
                          sharp_th=np.asarray(lo.theory.sharpness(th.weights, task, iters=cfg["sharpness_iters"]), float),
                          forget_th=np.asarray(fth.forgetting, float)[:, 0])
             out[f"{frac:g}_{name}"] = r
+            runs[f"{frac:g}_{name}"] = run_
     return out
 
 
-def _sam_runs(cfg, net, task, ft, W0) -> dict:
+def _sam_runs(cfg, net, task, ft, W0, runs: dict) -> dict:
     """(i): GD and SAM from the balanced aligned init ``W0`` and from an unbalanced Gaussian init
     (layer l entries N(0, c_l^2 / d)), each pre-trained to ``t_final``: final sharpness and forgetting."""
     d, n = cfg["width"], int(cfg["steps"])
@@ -168,14 +170,44 @@ def _sam_runs(cfg, net, task, ft, W0) -> dict:
                 "init": init, "optimizer": opt, "final_loss": float(np.asarray(run_.loss)[-1]),
                 "sharpness": float(np.asarray(lo.theory.sharpness(run_.weights, task, iters=cfg["sharpness_iters"]))[-1]),
                 "forgetting": float(np.asarray(fr.forgetting)[-1, 0])}
+            runs[f"{init}, {opt}"] = run_
     return out
+
+
+def _draws(cfg, net, task, runs, k_shift) -> dict:
+    """The headline fine-tuning numbers over ``cfg["draws"]`` random fine-tuning shifts (draw 0: the
+    figure's), re-fine-tuning the same pre-trained runs: GD's and SAM's fine-tuning degradation, the
+    extra forgetting of decay above the edge, of an unbalanced init, and SAM's cut there."""
+    rho_hi, frac_hi = max(cfg["sam_rhos"]), max(cfg["edge_fractions"])
+    rows = {k: [] for k in ("GD constant", "SAM")}
+    decay, unbalanced, cut = [], [], []
+    for key in C.draw_keys(k_shift, int(cfg["draws"])):
+        ft = lo.tasks.shifted(task, kind="additive", size=cfg["ft_shift"], key=key, scale="absolute")
+
+        def fine_tune(name):
+            return lo.finetune(net, runs[name], ft, lr=cfg["ft_lr"], steps=cfg["ft_steps"], pretrain_task=task)
+
+        for name in rows:
+            u = lo.turning_point(fine_tune(name), min_rise=C.DEPTH, seeds="mean").curve(0)
+            rows[name].append(100 * u.degradation)
+        last = {k: float(np.asarray(fine_tune(k).forgetting)[-1, 0])
+                for k in (f"{frac_hi:g}_constant", f"{frac_hi:g}_cosine", "balanced, GD", "unbalanced, GD",
+                          f"unbalanced, SAM {rho_hi:g}")}
+        decay.append(100 * (last[f"{frac_hi:g}_cosine"] / last[f"{frac_hi:g}_constant"] - 1))
+        unbalanced.append(100 * (last["unbalanced, GD"] / last["balanced, GD"] - 1))
+        cut.append(100 * (1 - last[f"unbalanced, SAM {rho_hi:g}"] / last["unbalanced, GD"]))
+    return {"n": int(cfg["draws"]), "what": "additive fine-tuning shift, one key per draw (draw 0: the figure's)",
+            "finetune_degradation_percent": {k: C.spread(v) for k, v in rows.items()},
+            "decay_vs_constant_forgetting_percent": C.spread(decay),
+            "unbalanced_vs_balanced_forgetting_percent": C.spread(unbalanced),
+            "sam_cut_unbalanced_percent": C.spread(cut)}
 
 
 def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None, progress=None) -> dict:
     """Make ``F9_schedule_optimizer.png`` / ``.npz`` in ``out_dir``; return the headline numbers."""
     cfg = C.resolve_config(CONFIG, QUICK, quick, config)
     setts = settings(cfg)
-    stages = C.Stages(len(setts) + 4, progress)
+    stages = C.Stages(len(setts) + 5, progress)
     k_task, k_shift, k_sgd = jax.random.split(jax.random.key(seed), 3)
     d = cfg["width"]
     task = lo.tasks.power_law(d, d, alpha=cfg["alpha"], key=k_task)
@@ -188,7 +220,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     S = cfg["sgd_seeds"]
     W0_seeds = tuple(jnp.broadcast_to(w, (S,) + w.shape) for w in W0)
 
-    res, data = {}, {}
+    res, data, runs = {}, {}, {}  # runs: every pre-training result by name, for the random-shift draws
     for name, st in setts.items():
         with stages(name):
             if st.get("online"):
@@ -216,7 +248,8 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
             sharp = sharp_all[start:start + n].reshape(r["lead"])
             start += n
             # exact E L(W + gamma E) on the original (noise-free) task, and its turning point (seed mean)
-            meas = lo.theory.gaussian(net, r.pop("run"), task, gamma=cfg["gamma"])
+            runs[name] = r.pop("run")
+            meas = lo.theory.gaussian(net, runs[name], task, gamma=cfg["gamma"])
             pert = np.asarray(meas.perturbed_loss, float)[:, 0]
             if pert.ndim == 2:  # seeds averaged
                 pert, sharp = pert.mean(1), sharp.mean(1)
@@ -249,8 +282,8 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
                     sharpness_theory=th_sharp)
 
     with stages("at and above the stability edge; SAM from an unbalanced init"):
-        edge = _edge_runs(cfg, net, task, ft, W0)
-        sam_rows = _sam_runs(cfg, net, task, ft, W0)
+        edge = _edge_runs(cfg, net, task, ft, W0, runs)
+        sam_rows = _sam_runs(cfg, net, task, ft, W0, runs)
         for key, r in edge.items():
             data.update({f"edge{key}_t": r["t"], f"edge{key}_sharpness": r["sharp"], f"edge{key}_forgetting": r["forget"]})
             if "t_th" in r:
@@ -319,6 +352,11 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     bal, unb = sam_rows["balanced, GD"], sam_rows["unbalanced, GD"]
     rho_hi = max(cfg["sam_rhos"])
     sam_unb = sam_rows[f"unbalanced, SAM {rho_hi:g}"]
+    with stages(f"{cfg['draws']} random shifts: the headline fine-tuning numbers"):
+        draws = _draws(cfg, net, task, runs, k_shift)
+    edge_checks.append(C.check("draw 0 reproduces the headline fine-tuning degradations (GD constant, SAM)", max(
+        abs(draws["finetune_degradation_percent"][k]["values"][0] - per[k]["finetune_degradation_percent"])
+        for k in ("GD constant", "SAM")), at_most=1e-9))
     sam_sum = {"rows": sam_rows,
                "unbalanced_vs_balanced_forgetting_percent": 100 * (unb["forgetting"] / bal["forgetting"] - 1),
                "sam_cut_unbalanced_percent": {f"{r:g}": 100 * (1 - sam_rows[f"unbalanced, SAM {r:g}"]["forgetting"]
@@ -371,6 +409,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         "sam_finetune_degradation_cut_percent": sam_cut,
         "stability_edge": edge_sum,
         "sam_inits": sam_sum,
+        "draws": draws,
         # discretisation: GD at peak rates <= 0.03 moves each mode's time by O(eta sigma_1 log(sigma/s0)) ~ 1-3%,
         # which moves the perturbed loss by at most that where a mode is mid-transition: 3% / 2% as tolerances
         "checks": [C.check("GD cosine/WSD vs the flow curve in t, max relative gap", max(agree.values()), at_most=0.03),
