@@ -230,7 +230,7 @@ class FinetuneResult(Result):
           lr: one of ``self.lr``; may be omitted when there is only one.
         """
         if self.weights is None:
-            raise ValueError("this fine-tuning result kept no weights: fine-tune with return_weights=True to start "
+            raise ValueError("this fine-tuning result kept no weights: fine-tune with lo.finetune(..., return_weights=True) to start "
                              "another stage from it")
         if not isinstance(task, (Task, Dataset)):
             raise TypeError(f"task must be the Task or Dataset this stage fine-tuned on, got {type(task).__name__}")

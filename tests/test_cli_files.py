@@ -35,8 +35,10 @@ def run(out_dir, quick=False, seed=0, config=None, progress=None):
     from linoverfit.experiments import _common as C
     print(f"{NUMBER} start", file=sys.stderr, flush=True)
     # compiled work that does not return to Python for a while (Ctrl-C must still stop at once)
-    spin = jax.jit(lambda x: jax.lax.fori_loop(0, int(os.environ.get("TINY_SPIN", "2000000")),
-                                               lambda i, v: v * 0.999999 + 1e-6, x))
+    n = int(os.environ.get("TINY_SPIN", "2000000"))
+    inner, outer = min(n, 1_000_000_000), max(1, n // 1_000_000_000)  # int32 loop bounds; n may exceed them
+    body = lambda i, v: jax.lax.fori_loop(0, inner, lambda j, w: w * 0.999999 + 1e-6, v)
+    spin = jax.jit(lambda x: jax.lax.fori_loop(0, outer, body, x))
     jax.block_until_ready(spin(jnp.ones(4)))
     rng = np.random.default_rng(seed)
     data = rng.standard_normal(500_000)  # 4 MB: a wide write window
@@ -148,7 +150,9 @@ def test_killed_runs_leave_old_or_new_files(tiny, references, tmp_path, sig):
 
 
 def test_ctrl_c_during_compiled_work_is_prompt(tiny, tmp_path):
-    p = _start(tiny, tmp_path, "--only", "F90", spin=400_000_000)  # minutes of compiled work
+    # ~40e9 iterations: a minute or more of compiled work on any machine (0.4e9 took under a second, so a
+    # loaded test process could send its Ctrl-C after the figure had already finished)
+    p = _start(tiny, tmp_path, "--only", "F90", spin=40_000_000_000)
     _wait_started(p)
     time.sleep(1.0)  # inside the compiled loop now
     sent = time.monotonic()

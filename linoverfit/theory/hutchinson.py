@@ -150,7 +150,7 @@ def second_order_sensitivity(
     if not isinstance(run, PretrainResult):
         raise TypeError(f"run must be a PretrainResult from lo.pretrain, got {type(run).__name__}")
     if run.weights is None:
-        raise ValueError("run has no weights (it was pre-trained with keep_weights=False)")
+        raise ValueError("run has no weights (it was pre-trained with lo.pretrain(..., keep_weights=False))")
     task = run.task if task is None else task
     if not isinstance(task, (Task, Dataset)):
         raise TypeError(f"task must be a linoverfit Task or Dataset, got {type(task).__name__}")

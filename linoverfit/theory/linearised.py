@@ -164,7 +164,7 @@ def finetune(
     if not isinstance(run, PretrainResult):
         raise TypeError(f"run must be a PretrainResult from lo.pretrain or lo.theory.pretrain, got {type(run).__name__}")
     if run.weights is None:
-        raise ValueError("run has no weights (it was pre-trained with keep_weights=False); fine-tuning needs them")
+        raise ValueError("run has no weights (it was pre-trained with lo.pretrain(..., keep_weights=False)); fine-tuning needs them")
     task = check_objective(net, task, "task")
     pre_task = check_objective(net, run.task if pretrain_task is None else pretrain_task, "pretrain_task")
     weights = net.check_weights(run.weights, "run.weights")
