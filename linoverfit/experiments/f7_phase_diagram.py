@@ -36,6 +36,8 @@ from matplotlib.ticker import NullFormatter
 import linoverfit as lo
 from linoverfit import plotting as lp
 from linoverfit.experiments import _common as C
+from linoverfit.precision import enable_x64
+from linoverfit.validation import cast_objective
 
 NUMBER, NAME = "F7", "phase_diagram"
 TITLE = "phase diagram of the turning point T* over perturbation gamma and spectrum decay alpha, theory vs simulation"
@@ -123,11 +125,20 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         meas = lo.theory.gaussian(net, run_, task, gamma=sim_gammas)  # the exact expectation on the GD weights
         pl = np.asarray(meas.perturbed_loss, float)  # (C, G)
         measured = lo.turning_point(meas, min_rise=C.DEPTH)
-        pl_th = lo.theory.curves.perturbed_loss_curve(task, run_.t, sim_gammas, widths=net, s0=s0)
+        # predicted at the simulated points: the same call on the gradient flow of the same start over a dense
+        # step grid holding the checkpoints (the map in (a) stays spectrum-level: a continuum of gamma, alpha)
+        dense = np.union1d(ck, np.round(np.geomspace(ck[0], ck[-1], 400)).astype(int))
+        with enable_x64(True):
+            flow = lo.theory.pretrain(net, tuple(np.asarray(w, np.float64) for w in W0), cast_objective(task, np.float64),
+                                      lr=cfg["lr"], checkpoints=dense, method="flow")
+            pred = lo.theory.gaussian(net, flow, gamma=sim_gammas)
+        predicted = lo.turning_point(pred, min_rise=C.DEPTH)
+        pl_th = np.asarray(pred.perturbed_loss, float)[np.searchsorted(dense, ck)]  # (C, G) at the checkpoints
         curves[float(alpha)] = pl
         for g, gamma in enumerate(sim_gammas):
-            # predicted: the phase map's own spectrum-level turning point (a continuum of gamma and alpha)
-            t_pred, st = _predicted(task, gamma, net, s0, t_horizon)
+            p_ = predicted.curve(g)
+            st = _status(p_.is_turning_point, p_.index == 0, p_.index == dense.size - 1)
+            t_pred = p_.t_star
             m = measured.curve(g)
             st_meas = _status(m.is_turning_point, m.index == 0, m.index == run_.t.size - 1)
             both = st == st_meas == "interior"
