@@ -1,4 +1,4 @@
-"""The paper figures F1-F11, one module each, run by ``linoverfit figures``.
+"""The paper figures F1-F12, one module each, run by ``linoverfit figures``.
 
 Every module is a thin layer over the public API (``lo.pretrain``, ``lo.finetune``,
 ``lo.sensitivity``, ``lo.theory``, ``lo.plotting``) with its parameters in one ``CONFIG`` block
@@ -27,11 +27,12 @@ FIGURES = {
     "F9": "f9_schedule_optimizer",
     "F10": "f10_noise_data",
     "F11": "f11_early_exposure",
+    "F12": "f12_nonlinear",
 }
 
 
 def load(number: str):
-    """The module of figure ``number`` (``"F1"`` ... ``"F11"``)."""
+    """The module of figure ``number`` (``"F1"`` ... ``"F12"``)."""
     key = str(number).upper()
     if key not in FIGURES:
         raise ValueError(f"unknown figure {number!r}; choose from {', '.join(FIGURES)}")
