@@ -301,8 +301,8 @@ def _plot(png, rows, lrs, summary):
                 if i < n - 1:
                     a.tick_params(labelbottom=False)
             if i == 0:
-                ax.set_title("(a) singular values of the\nbest linear map of the outputs", loc="left", fontsize=7)
-                bx.set_title("(b) sensitivity to weight noise\n" + rf"$\mathbb{{E}}L(W+\gamma E) - L(W)$, $\gamma$ = {summary['gamma']:g}",
+                ax.set_title("(a) singular values, best\nlinear map of the outputs", loc="left", fontsize=7)
+                bx.set_title("(b) sensitivity to weight\n" + rf"noise, $\gamma$ = {summary['gamma']:g}",
                              loc="left", fontsize=7)
                 cx.set_title("(c) pre-training loss after\nfine-tuning / its minimum", loc="left", fontsize=7)
         # (d) T* predicted vs measured, per setting (colour) and lr (open / filled) with a measured U-curve
@@ -347,19 +347,20 @@ def _plot(png, rows, lrs, summary):
             for lr, v in s["per_lr"].items():
                 if v["is_turning_point"]:
                     th, li = v["t_star_linear_theory"], v["t_star_linearised"]
-                    parts.append(f"lr {lr}: T* {v['t_star_measured']:.3g}; theory "
-                                 + ("no U" if th is None else f"{th:.3g}") + ", linearised "
-                                 + ("no U" if li is None else f"{li:.3g}"))
+                    parts.append(f"{lr}: {v['t_star_measured']:.3g} | " + ("no U" if th is None else f"{th:.3g}")
+                                 + " | " + ("no U" if li is None else f"{li:.3g}"))
                 else:
-                    parts.append(f"lr {lr}: no U measured; theory " + ("no U" if v["t_star_linear_theory"] is None
-                                                                      else f"{v['t_star_linear_theory']:.3g}"))
-            lines.append(_short(row["key"]) + " (student / teacher)\n  " + "\n  ".join(parts))
+                    th = v["t_star_linear_theory"]
+                    parts.append(f"{lr}: no U | " + ("no U" if th is None else f"{th:.3g}") + " | "
+                                 + ("no U" if v["t_star_linearised"] is None else f"{v['t_star_linearised']:.3g}"))
+            lines.append(_short(row["key"]) + "\n  " + "\n  ".join(parts))
         tx.axis("off")
-        tx.text(0.0, 1.0, "\n".join(lines), transform=tx.transAxes, va="top", ha="left", fontsize=6)
+        tx.text(0.0, 1.0, "T* by student / teacher, lr:\nmeasured | linear theory | linearised\n" + "\n".join(lines),
+                transform=tx.transAxes, va="top", ha="left", fontsize=5.5)
         lp.legend(fig, colors={**{f"mode {j + 1}": lp.mode_color(j + 1) for j in SHOWN_MODES if j < d},
                                **{rf"fine-tuning lr $\eta = {lr:g}$": lp.lr_color(lr) for lr in lrs}},
                   theory_label="line: (a) DeepLinear, same init and sample; (b) Hutchinson; (c) linearised MLP",
-                  sim_label="marker: the MLP (GD, Monte Carlo, GD fine-tuning)",
+                  sim_label=r"marker: the MLP ((b) Monte Carlo $\mathbb{E}L(W+\gamma E) - L(W)$)",
                   turning_point=True, measured_min=True, loc="outside lower center", ncol=4, fontsize=6.5, extra=[
                       ("dashed: (a) teacher's best linear map;\n(b, c) linear theory (DeepLinear)",
                        Line2D([], [], color="0.55", linestyle="--"))])
