@@ -24,9 +24,11 @@ Rows: one setting (student activation x teacher). Columns:
     the linear theory, grey), in units of its minimum, with T*;
 (d) T* measured vs the linear theory vs the linearised prediction, per setting and lr.
 
-A verdict per setting and lr is in the summary. Checks (things that must hold): the linearised
-prediction matches fine-tuning at small lr x steps (a third lr, 1e-4 x 500 steps), and Hutchinson
-matches Monte Carlo within standard errors for the smooth (tanh) students.
+A verdict per setting and lr is in the summary, with the turning point of the perturbed loss
+``L + S`` (``perturbation``: Monte Carlo, Hutchinson, linear theory; not plotted). Checks (things
+that must hold): the linearised prediction matches fine-tuning at small lr x steps (a third lr,
+1e-4 x 500 steps), and Hutchinson matches Monte Carlo within standard errors for the smooth (tanh)
+students.
 
 Run: ``python experiments/F12_nonlinear.py [--quick] [--out DIR] [--set samples=128]``.
 """
@@ -200,6 +202,10 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
                 checks.append(C.check(f"{key}: Hutchinson within {cfg['z_max']:g} combined stderr of Monte Carlo "
                                       f"(gamma {cfg['gamma']:g}) at >= {cfg['z_fraction']:.0%} of the checkpoints past the saddle",
                                       bool(within >= cfg["z_fraction"]), expected=True))
+            # U-curves after perturbation: the perturbed loss L + S over checkpoints, measured (Monte
+            # Carlo), second order (Hutchinson) and the linear theory (exact expectation, DeepLinear)
+            pert = {name: lo.turning_point(res, min_rise=C.DEPTH).curve(0)
+                    for name, res in (("measured", mc), ("hutchinson", hu), ("linear_theory", th_sens))}
             half, half_th = _half_times(t, sv), _half_times(t, th_sv)
             k = min(8, d)
             per_lr, verdicts = {}, []
@@ -231,6 +237,12 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
                     np.asarray(th_sens.sensitivity, float)[-1, 0] / np.asarray(th_sens.sensitivity, float)[0, 0]),
                 "linearised_small_lr_error_percent": 100 * lin_small,
                 "hutchinson_within_stderr_percent": 100 * within,
+                "perturbation": {f"t_star_{name}": (c.t_star if c.is_turning_point else None)
+                                 for name, c in pert.items()}
+                | {"degradation_percent": 100 * pert["measured"].degradation,
+                   "linear_theory_error_percent": (100 * C.rel_diff(pert["linear_theory"].t_star, pert["measured"].t_star)
+                                                   if pert["measured"].is_turning_point
+                                                   and pert["linear_theory"].is_turning_point else None)},
                 "per_lr": per_lr, "verdict": "; ".join(verdicts),
             }
             rows.append(dict(key=key, t=t, sv=sv, th_sv=th_sv, teacher_sv=teacher_sv, sm=sm, se_m=se_m, sh=sh,
