@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.run W1 [--torch] [--cpu-devices N] [--repeat 3]
+    python -m benchmarks.run W1 [--torch] [--mlp] [--cpu-devices N] [--repeat 3]
     python -m benchmarks.run W2 [--ft-steps 50] [--memory]
     python -m benchmarks.run all --torch --json results.json
 
@@ -11,7 +11,9 @@ second, cached call), run time (best cached call), steps/s, achieved GFLOP/s (co
 FLOPs, see :mod:`benchmarks.workloads`, over the run time), peak RSS, and whether a second call
 with new *values* recompiled. The reference is the float32 GFLOP/s of a large square matmul
 measured in the same process. ``--torch`` also runs :mod:`benchmarks.torch_w1` (W1 only) and prints
-the end-to-end ratio, JAX's side *including* compilation.
+the end-to-end ratio, JAX's side *including* compilation. ``--mlp`` also runs the W1 schedule on a
+tanh :class:`lo.MLP` of the same widths (trained on ``--mlp-samples`` samples: it has no population
+loss) and prints its time over the DeepLinear W1's, per phase.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ def _parse(argv=None):
                    help="torch.set_num_threads for --torch; default 1, torch's fastest setting for these tiny matmuls "
                         "(its default, one thread per core, was slower here and much slower on a loaded machine); "
                         "0 = torch's default")
+    p.add_argument("--mlp", action="store_true",
+                   help="also run W1's schedule on a tanh MLP of the same widths and print the ratio MLP / DeepLinear")
+    p.add_argument("--mlp-samples", type=int, default=None,
+                   help="samples the MLP is trained on (default benchmarks.workloads.MLP_SAMPLES = 64)")
+    p.add_argument("--mlp-activation", default="tanh", help="activation of the --mlp network (default tanh)")
     p.add_argument("--cpu-devices", type=int, default=None,
                    help="expose N CPU devices (lo.parallel.use_cpu_devices) so sweeps shard over cores; 0 = one per core")
     p.add_argument("--repeat", type=int, default=1, help="cached calls per phase; the best is reported")
@@ -140,7 +147,8 @@ def _phase(name, first, again, flops, steps, repeat, compiles):
     return out, row
 
 
-def run_workload(spec, args, compiles, peak):
+def run_workload(spec, args, compiles, peak, mlp_samples=None):
+    """Time the three phases of ``spec`` (of its MLP variant on ``mlp_samples`` samples when given)."""
     import jax
 
     import linoverfit as lo
@@ -150,11 +158,16 @@ def run_workload(spec, args, compiles, peak):
     ck = spec.checkpoints if args.pretrain_steps is None else spec.checkpoints_for(total)
     full_ft = spec.ft_steps
     ft_steps = args.ft_steps or (full_ft if spec.width <= 64 else 50)
-    fl = workloads.phase_flops(spec, ft_steps=ft_steps, total_steps=total)
+    fl = workloads.phase_flops(spec, ft_steps=ft_steps, total_steps=total, mlp_samples=mlp_samples)
     skip = set(filter(None, args.skip.split(",")))
-    net, task, ft, W0 = workloads.build(spec)
+    if mlp_samples is None:
+        build = workloads.build
+    else:
+        def build(spec, key=0):
+            return workloads.build_mlp(spec, mlp_samples, getattr(args, "mlp_activation", "tanh"), key=key)
+    net, task, ft, W0 = build(spec)
     # the same shapes with other values (teacher, init, lr, gamma): must not recompile
-    net_b, task_b, ft_b, W0_b = workloads.build(spec, key=1)
+    net_b, task_b, ft_b, W0_b = build(spec, key=1)
     rows = []
 
     pre, row = _phase(
@@ -202,7 +215,8 @@ def run_workload(spec, args, compiles, peak):
     total_row["gflops"] = total_row["gflop"] / total_row["run_s"]
     total_row["frac_of_matmul_peak"] = total_row["gflops"] / peak
     rows.append(total_row)
-    return {"workload": spec.name, "pretrain_steps": total, "checkpoints": len(ck), "ft_steps_timed": ft_steps,
+    name = spec.name if mlp_samples is None else f"{spec.name}-MLP"
+    return {"workload": name, "pretrain_steps": total, "checkpoints": len(ck), "ft_steps_timed": ft_steps,
             "rows": rows, "_pre": pre, "_inputs": (task, ft, W0)}
 
 
@@ -223,6 +237,9 @@ def _fmt(rows):
 
 def main(argv=None):
     args = _parse(argv)
+    # no progress bars (they would only appear on the slower phases and clutter the tables); the
+    # ticks are compiled in either way, so this does not change what is timed
+    os.environ.setdefault("LINOVERFIT_PROGRESS", "0")
     if args.cpu_devices is not None:
         import linoverfit.parallel as par
 
@@ -256,6 +273,8 @@ def main(argv=None):
               f"{res['pretrain_steps']}, fine-tune {len(spec.ft_lrs)} lrs x {spec.ft_steps} steps, "
               f"sensitivity {len(spec.gammas)} gammas x {spec.samples} samples")
         print(_fmt(res["rows"]), flush=True)
+        if args.mlp and name == "W1":
+            res["mlp"] = _mlp_compare(spec, res, args, compiles, peak)
         if args.torch and name == "W1":
             res["torch"] = _torch_compare(spec, res, args)
         if args.memory:
@@ -268,6 +287,28 @@ def main(argv=None):
         with open(args.json, "w") as fh:
             json.dump(report, fh, indent=1, default=float)
     return report
+
+
+def _mlp_compare(spec, res, args, compiles, peak):
+    """The W1 schedule on a tanh MLP of the same widths (same teacher, shift, init), on a fixed sample."""
+    from benchmarks import workloads
+
+    n = args.mlp_samples or workloads.MLP_SAMPLES
+    mlp = run_workload(spec, args, compiles, peak, mlp_samples=n)
+    print(f"== W1 on a {args.mlp_activation} MLP {spec.widths} (no population loss: full-batch GD on {n} samples "
+          f"of the teacher; fine-tuning on {n} samples of the shifted task; sensitivity on the {n} samples)")
+    print(_fmt(mlp["rows"]))
+    lin = {r["phase"]: r for r in res["rows"]}
+    ratios = {}
+    for r in mlp["rows"]:
+        if r["phase"] in lin:
+            ratios[r["phase"]] = {"run": r["run_s"] / lin[r["phase"]]["run_s"],
+                                  "first": r["first_s"] / lin[r["phase"]]["first_s"]}
+            print(f"  MLP / DeepLinear {r['phase']:<12} cached {r['run_s']:7.2f} / {lin[r['phase']]['run_s']:5.2f} s "
+                  f"= {ratios[r['phase']]['run']:4.2f}x | incl. compile {r['first_s']:7.2f} / "
+                  f"{lin[r['phase']]['first_s']:5.2f} s = {ratios[r['phase']]['first']:4.2f}x", flush=True)
+    return {"samples": n, "activation": args.mlp_activation, "ratios": ratios,
+            **{k: v for k, v in mlp.items() if not k.startswith("_")}}
 
 
 def _memory(name, steps):

@@ -51,6 +51,11 @@ class Spec:
 
 
 W1 = Spec("W1", width=64)
+#: Samples of the MLP variant of a workload (``--mlp``): the network has no population loss, so it is
+#: trained on a fixed sample of this size (the pre-training loss is its full-batch loss, the
+#: fine-tuning task a sample of the same size). 64 = the input width: one step is then the same
+#: size of matmul as the population step of the DeepLinear (``N x 64 x 64``), 5 of them instead of 3.
+MLP_SAMPLES = 64
 W2 = Spec("W2", width=256)
 WORKLOADS = {"W1": W1, "W2": W2}
 
@@ -64,6 +69,23 @@ def build(spec: Spec, key: int = 0, dtype=np.float32):
     net = lo.DeepLinear(spec.widths)
     W0 = net.init(k_init, scale=spec.init_scale, scheme="gaussian", seeds=spec.seeds, dtype=dtype)
     return net, task, ft, W0
+
+
+def build_mlp(spec: Spec, n_samples: int = MLP_SAMPLES, activation: str = "tanh", key: int = 0,
+              dtype=np.float32):
+    """``(net, data, ft_data, W0)``: the MLP variant of a workload. The same teacher, shift and
+    initial weights as :func:`build` (the same key), an ``activation`` :class:`lo.MLP` of the same
+    widths, and ``n_samples`` samples of the task and of the shifted task (Datasets)."""
+    _, task, ft, W0 = build(spec, key, dtype)
+    k_data, k_ft = jax.random.split(jax.random.fold_in(jax.random.key(key), 7))
+    return lo.MLP(spec.widths, activation), task.sample(n_samples, k_data), ft.sample(n_samples, k_ft), W0
+
+
+def sample_step_flops(widths, n: int) -> int:
+    """Counted matmul FLOPs of one full-batch GD step of an MLP on ``n`` samples: ``L`` forward
+    matmuls, ``L`` weight gradients and ``L - 1`` gradients of hidden activations (``(3L - 1)`` in all)."""
+    per = [2 * n * widths[l] * widths[l - 1] for l in range(1, len(widths))]
+    return 2 * sum(per) + sum(per[1:])
 
 
 def step_flops(widths, identity_cov: bool = True) -> int:
@@ -84,17 +106,21 @@ def perturbed_loss_flops(widths, identity_cov: bool = True) -> int:
     return fwd + (0 if identity_cov else 2 * widths[-1] * n0 * n0)
 
 
-def phase_flops(spec: Spec, ft_steps: int | None = None, total_steps: int | None = None) -> dict:
-    """Counted FLOPs and GD steps of each phase of ``spec``."""
+def phase_flops(spec: Spec, ft_steps: int | None = None, total_steps: int | None = None,
+                mlp_samples: int | None = None) -> dict:
+    """Counted FLOPs and GD steps of each phase of ``spec`` (of its MLP variant on ``mlp_samples``
+    samples when given: a perturbed-loss evaluation is then the ``L`` forward matmuls on the samples)."""
     total = spec.total_steps if total_steps is None else total_steps
     ck = spec.checkpoints if total_steps is None else spec.checkpoints_for(total)
     ft_steps = spec.ft_steps if ft_steps is None else ft_steps
-    sf = step_flops(spec.widths)
+    sf = step_flops(spec.widths) if mlp_samples is None else sample_step_flops(spec.widths, mlp_samples)
+    ef = (perturbed_loss_flops(spec.widths) if mlp_samples is None
+          else sum(2 * mlp_samples * spec.widths[l] * spec.widths[l - 1] for l in range(1, len(spec.widths))))
     pre_steps = spec.seeds * total
     ft_runs = spec.seeds * len(ck) * len(spec.ft_lrs)
     n_eval = spec.seeds * len(ck) * len(spec.gammas) * spec.samples
     return {
         "pretrain": {"steps": pre_steps, "flops": pre_steps * sf},
         "finetune": {"steps": ft_runs * ft_steps, "flops": ft_runs * ft_steps * sf},
-        "sensitivity": {"steps": n_eval, "flops": n_eval * perturbed_loss_flops(spec.widths)},
+        "sensitivity": {"steps": n_eval, "flops": n_eval * ef},
     }

@@ -149,6 +149,31 @@ def test_springer_figure_reported(quick):
     assert_f13(summary["F13"])
 
 
+def assert_f12(f12):
+    """F12 (issue 19, acceptance 4): per setting a verdict naming the linear theory, per lr T* measured /
+    linear theory / linearised (None where that curve has no U), and the figure's own checks pass."""
+    assert f12["settings"] and f12["checks"] and all(c["ok"] for c in f12["checks"]), f12["checks"]
+    for key, row in f12["settings"].items():
+        assert row["activation"] in key and row["teacher"] in key
+        assert isinstance(row["verdict"], str) and "linear theory" in row["verdict"]
+        assert row["linearised_small_lr_error_percent"] >= 0 and row["sensitivity_growth"] > 1
+        for v in row["per_lr"].values():
+            assert v["is_turning_point"] == (v["t_star_measured"] is not None)
+            assert ("within" in v["verdict"]) == (v["linear_theory_error_percent"] is not None
+                                                  and v["linear_theory_error_percent"] <= f12["tolerance_percent"])
+
+
+def test_nonlinear_figure_reports_verdicts(quick):
+    assert_f12(quick[1]["F12"])
+
+
+def test_committed_nonlinear_figure_has_every_setting():
+    f12 = json.loads(COMMITTED.read_text())["F12"]
+    assert_f12(f12)
+    assert {(r["activation"], r["teacher"]) for r in f12["settings"].values()} == {
+        (a, t) for a in ("tanh", "relu") for t in ("linear", "tanh")}
+
+
 def test_same_seed_same_summary(quick, tmp_path):
     """Determinism: F2 (Monte Carlo noise, seeds) again with the same seed gives the same entry."""
     _, summary, _ = quick

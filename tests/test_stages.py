@@ -32,10 +32,10 @@ def _loss(P, A, cov):
 @pytest.fixture(scope="module")
 def chain():
     pre = lo.tasks.power_law(D, D, 1.0, key=jax.random.key(0))
-    post = lo.tasks.shifted(pre, kind="additive", size=0.4, key=jax.random.key(1))
+    post = lo.tasks.shifted(pre, kind="additive", size=0.4, key=jax.random.key(1), scale="absolute")
     # the third task: a new teacher whose inputs never excite the last input direction (Lemma C.16's setting)
     v = np.eye(D)[:, -1]
-    third = lo.tasks.shifted(pre, kind="additive", size=0.6, key=jax.random.key(2)).with_(
+    third = lo.tasks.shifted(pre, kind="additive", size=0.6, key=jax.random.key(2), scale="absolute").with_(
         input_cov=np.eye(D) - np.outer(v, v))
     net = lo.DeepLinear((D, D, D))
     run = lo.pretrain(net, net.init(jax.random.key(3), scale=0.1), pre, lr=LR, checkpoints=CK)

@@ -211,7 +211,7 @@ def test_theory_takes_a_dataset_and_predicts_full_batch_gd_on_it():
     d = 8
     task = lo.tasks.power_law(d, d, 1.0, key=jax.random.key(0))
     data = task.sample(40, key=1)
-    shift = lo.tasks.shifted(task, kind="additive", size=0.3, key=jax.random.key(2))
+    shift = lo.tasks.shifted(task, kind="additive", size=0.3, key=jax.random.key(2), scale="absolute")
     ft = shift.sample(40, key=3)
     net = lo.DeepLinear((d, d, d))
     W0 = net.init(jax.random.key(1), scale=1e-2)

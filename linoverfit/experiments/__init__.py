@@ -1,4 +1,4 @@
-"""The paper figures F1-F11 and F13 (F12 is reserved), one module each, run by ``linoverfit figures``.
+"""The paper figures F1-F13, one module each, run by ``linoverfit figures``.
 
 Every module is a thin layer over the public API (``lo.pretrain``, ``lo.finetune``,
 ``lo.sensitivity``, ``lo.theory``, ``lo.plotting``) with its parameters in one ``CONFIG`` block
@@ -27,6 +27,7 @@ FIGURES = {
     "F9": "f9_schedule_optimizer",
     "F10": "f10_noise_data",
     "F11": "f11_early_exposure",
+    "F12": "f12_nonlinear",
     "F13": "f13_springer",
 }
 
