@@ -78,10 +78,18 @@ def tiny(tmp_path_factory):
     return d
 
 
+def _ctrl_c_reaches_python():
+    """In the child before exec: SIGINT to its default, as in a terminal. A test runner started in the
+    background of a non-interactive shell ignores SIGINT, its children inherit that, and Python then
+    installs no KeyboardInterrupt handler, so a Ctrl-C test would test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(tiny, out, *args, spin=None):
     env = dict(os.environ, TINY_SPIN=str(spin or 2_000_000))
     return subprocess.Popen([sys.executable, str(tiny / "runner.py"), str(tiny / "tiny.py"), "--out", str(out), *args],
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_ctrl_c_reaches_python)
 
 
 def _wait_started(p):
@@ -317,7 +325,8 @@ def test_jobs_split_balanced_and_ctrl_c_stops_the_child_processes(tmp_path):
 
     out = tmp_path / "jobs-out"
     p = subprocess.Popen([sys.executable, "-m", "linoverfit", "figures", "--quick", "--only", "F9,F8,F4", "--jobs", "2",
-                          "--no-progress", "--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                          "--no-progress", "--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         preexec_fn=_ctrl_c_reaches_python)
     deadline = time.monotonic() + 120
     while len(_processes_naming(str(out))) < 2:  # the parent and its child
         assert p.poll() is None and time.monotonic() < deadline, "no child process was started"

@@ -125,7 +125,9 @@ def test_interrupted_sweep_stops_its_compiled_work():
     """Issue 20, acceptance 2: Ctrl-C in the middle of a sweep of well over 20 s returns within 2 s,
     the next small call runs at its normal speed, and no thread keeps a core busy."""
     p = subprocess.Popen([sys.executable, "-c", INTERRUPTED], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                         stderr=subprocess.PIPE, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a terminal's Ctrl-C, even
+    # when the test runner itself was started in the background of a shell (which ignores SIGINT)
     try:
         assert p.stdout.readline().strip() == "READY", p.stderr.read()
         time.sleep(3.0)  # well inside the long sweep (3 million steps of a depth-3 width-48 net: minutes)
