@@ -36,7 +36,7 @@ def _figures(out, *args):
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("figs")
-    proc = _figures(out, "--quick", "--jobs", "1")  # one process: the xdist workers already use both cores, and memory stays < 3 GB
+    proc = _figures(out, "--quick")
     return out, json.loads((out / "summary.json").read_text()), proc.stderr
 
 
