@@ -52,7 +52,7 @@ CONFIG = dict(
     cov_spread=(2.0, 0.5),        # anisotropic input variances: geometric from the first to the second
     draws=5,                      # SGD sample streams behind the headline numbers (median, range)
 )
-QUICK = dict(width=8, steps=2000, checkpoints=24, seeds=2, batch_sizes=(2, 16), batch=16, noises=(0.0, 0.4), draws=2)
+QUICK = dict(width=8, steps=2000, checkpoints=24, seeds=2, batch_sizes=(2, 16), batch=16, noises=(0.0, 0.4), draws=1)
 # ----------------------------------------------------------------------------- end of config
 
 

@@ -43,7 +43,7 @@ CONFIG = dict(
     ft_steps=100,               # fine-tuning flow time 2
     draws=5,                    # random shifts behind the headline degradations (median and range)
 )
-QUICK = dict(width=8, steps=2000, checkpoints=24, rhos=(0.0, 0.1, 0.4), draws=2)
+QUICK = dict(width=8, steps=2000, checkpoints=24, rhos=(0.0, 0.1, 0.4), draws=1)
 # ----------------------------------------------------------------------------- end of config
 
 

@@ -57,7 +57,7 @@ CONFIG = dict(
     theory_rtol=1e-7,            # ODE tolerance of the flow
     draws=5,                     # random shifts behind the headline degradations (median, range)
 )
-QUICK = dict(width=16, steps=8192, checkpoints=40, ft_steps=500, ft_lrs=(0.01, 0.03), draws=2,
+QUICK = dict(width=16, steps=8192, checkpoints=40, ft_steps=500, ft_lrs=(0.01, 0.03), draws=1,
              shifts=(("additive", 0.2, None), ("subspace", 0.3, 8)))
 # ----------------------------------------------------------------------------- end of config
 

@@ -74,7 +74,7 @@ CONFIG = dict(
     draws=5,               # random fine-tuning shifts behind the headline fine-tuning numbers (median, range)
 )
 QUICK = dict(width=8, t_final=40.0, steps=4096, checkpoints=24, sgd_seeds=2, sharpness_iters=16, edge_steps=400,
-             edge_checkpoints=16, draws=2)
+             edge_checkpoints=16, draws=1)
 # ----------------------------------------------------------------------------- end of config
 
 
