@@ -115,6 +115,22 @@ def _layout(base, mean, se, lead):
     return jnp.reshape(base, lead), to_cg(mean), to_cg(se)
 
 
+def checked_run_task(net, run, task):
+    """The objective to perturb at every checkpoint of ``run``: ``task``, or ``run.task`` when ``None``;
+    refuses a network outside the protocol, a run without weights, and a population Task for a
+    nonlinear network, each by name."""
+    check_network(net)
+    if not isinstance(run, PretrainResult):
+        raise TypeError(f"run must be a PretrainResult from lo.pretrain, got {type(run).__name__}")
+    if run.weights is None:
+        raise ValueError("run has no weights (it was pre-trained with lo.pretrain(..., keep_weights=False))")
+    task = run.task if task is None else task
+    if not isinstance(task, (Task, Dataset)):
+        raise TypeError(f"task must be a linoverfit Task or Dataset, got {type(task).__name__}")
+    _obj.require_samples(net, net.check_task(task))
+    return task
+
+
 def gaussian(
     net: Network,
     run: PretrainResult,
@@ -152,15 +168,7 @@ def gaussian(
     random numbers): each entry is an unbiased estimate with standard error ``stderr``, and
     differences between checkpoints carry much less noise than independent draws would give.
     """
-    check_network(net)
-    if not isinstance(run, PretrainResult):
-        raise TypeError(f"run must be a PretrainResult from lo.pretrain, got {type(run).__name__}")
-    if run.weights is None:
-        raise ValueError("run has no weights (it was pre-trained with lo.pretrain(..., keep_weights=False))")
-    task = run.task if task is None else task
-    if not isinstance(task, (Task, Dataset)):
-        raise TypeError(f"task must be a linoverfit Task or Dataset, got {type(task).__name__}")
-    _obj.require_samples(net, net.check_task(task))
+    task = checked_run_task(net, run, task)
     nonlinear = _obj.nonlinear(net)
     weights = net.check_weights(run.weights, "run.weights")
     dtype = _v.working_dtype(jax.tree.leaves(weights), "run.weights")

@@ -149,6 +149,17 @@ def step_grid(x, name: str = "checkpoints") -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def record_grid(steps: int, record_every) -> np.ndarray:
+    """The steps at which a fine-tuning run records its losses: ``[steps]`` without ``record_every``,
+    else every ``record_every`` steps up to ``steps`` (which it must divide)."""
+    if record_every is None:
+        return np.array([steps])
+    record_every = positive_int(record_every, "record_every")
+    if steps % record_every:
+        raise ValueError(f"record_every ({record_every}) must divide steps ({steps})")
+    return record_every * np.arange(1, steps // record_every + 1)
+
+
 def weights_tuple(weights, name: str = "weights") -> tuple:
     """Check a non-empty tuple/list of finite arrays (any leading batch axes)."""
     if not isinstance(weights, Sequence) or isinstance(weights, (str, bytes)) or len(weights) == 0:

@@ -43,8 +43,9 @@ from jax.typing import ArrayLike
 
 from .. import objective as _obj
 from .. import validation as _v
-from ..networks import Network, check_network, end_to_end
+from ..networks import Network, end_to_end
 from ..result_types import PretrainResult, SensitivityResult, checkpoint_axis
+from ..sensitivity import checked_run_task
 from ..sweeps import Footprint, Layout, Work, sweep
 from ..tasks import Dataset, Task
 
@@ -146,15 +147,7 @@ def second_order_sensitivity(
     ``exact`` False (it is the :math:`\gamma^2` term only). ``lo.turning_point`` reads it as a
     measured result.
     """
-    check_network(net)
-    if not isinstance(run, PretrainResult):
-        raise TypeError(f"run must be a PretrainResult from lo.pretrain, got {type(run).__name__}")
-    if run.weights is None:
-        raise ValueError("run has no weights (it was pre-trained with lo.pretrain(..., keep_weights=False))")
-    task = run.task if task is None else task
-    if not isinstance(task, (Task, Dataset)):
-        raise TypeError(f"task must be a linoverfit Task or Dataset, got {type(task).__name__}")
-    _obj.require_samples(net, net.check_task(task))
+    task = checked_run_task(net, run, task)
     gammas = _v.positive_vector(gamma, "gamma")
     probes = _check_probes(probes)
     exact = probes == "exact"

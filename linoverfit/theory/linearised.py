@@ -173,13 +173,7 @@ def finetune(
     lrs = _v.positive_vector(lr, "lr")
     steps = _v.positive_int(steps, "steps")
     factor = _v.positive_scalar(divergence_factor, "divergence_factor")
-    if record_every is None:
-        record_steps = np.array([steps])
-    else:
-        record_every = _v.positive_int(record_every, "record_every")
-        if steps % record_every:
-            raise ValueError(f"record_every ({record_every}) must divide steps ({steps})")
-        record_steps = record_every * np.arange(1, steps // record_every + 1)
+    record_steps = _v.record_grid(steps, record_every)
     lead = tuple(run.loss.shape)
     B = int(np.prod(lead))
     with enable_x64(True):
