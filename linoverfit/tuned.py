@@ -53,8 +53,9 @@ class TunedFinetune(Result):
     * ``pretrain_loss_before`` / ``finetune_loss_before`` ``(C[, S])`` at the checkpoint.
     * ``pretrain_loss_after`` / ``finetune_loss_after`` ``(C, K[, S])``: the result's losses after
       ``ft_steps`` steps at :math:`\lambda_{c,k}` (interpolated in :math:`(\log\eta, \log y)` by
-      ``interpolation``, see :mod:`linoverfit.tuned`); NaN where the run diverged. ``ft_steps`` is
-      ``None`` when each checkpoint stopped at its own step (built by hand from such a rule).
+      ``interpolation``, see :mod:`linoverfit.tuned`); NaN where the run diverged. ``ft_steps`` and
+      ``interpolation`` are ``None`` for a result built by hand, e.g. from a rule that stops each
+      checkpoint at its own step (F6's matched fine-tuning loss).
 
     :func:`linoverfit.turning_point` gives one U-curve per tuned curve, over the dimension ``"tuned"``.
     ``to_xarray`` names the axes ``checkpoint``, ``tuned``, ``seed``; ``lr`` is a 2-D coordinate.
@@ -68,7 +69,7 @@ class TunedFinetune(Result):
     finetune_loss_after: Any = None
     steps: np.ndarray | None = None
     ft_steps: int | None = static(None)
-    interpolation: str = "linear"
+    interpolation: str | None = static(None)
 
     _dims = {
         **{k: ("checkpoint", "seed") for k in ("pretrain_loss_before", "finetune_loss_before")},
