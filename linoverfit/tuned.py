@@ -21,7 +21,9 @@ Between grid points the losses are interpolated in :math:`(\log\eta, \log y)`, w
 :math:`m` the grid point nearest :math:`\xi` (the lower one on a tie). A rate on the grid reads the
 grid value itself. The linear rule is the one a crossing of a target interpolated in
 :math:`(\log\eta, \log y)` implies; the quadratic one is exact to third order at a parabolic vertex in
-:math:`\log\eta` (whose :math:`m` is the grid minimum: the vertex lies within half a grid step of it).
+:math:`\log\eta` (on a grid equally spaced in :math:`\log\eta` the vertex through the grid minimum and its
+neighbours lies within half a grid step of that minimum, so :math:`m` is it and the parabola is the one
+that placed the vertex).
 Reading a coarse grid at its nearest point instead jumps by a whole grid step and fakes a few percent
 of degradation (figure F6, ``docs/theory.md`` 4.4).
 """
