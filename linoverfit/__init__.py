@@ -43,7 +43,7 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - a source tree that 
 #: imports neither JAX nor scipy, matplotlib or ipywidgets: ``linoverfit --version`` answers in
 #: about 0.1 s. ``lo.tasks`` (or any name below) imports JAX and the modules it needs, once.
 _LAZY_MODULES = ("tasks", "springer", "sensitivity", "optimizers", "errors", "theory", "plotting", "explorer",
-                 "parallel", "experiments", "cli")
+                 "parallel", "experiments", "cli", "tuned")
 #: Lazy names: ``name -> "module.attr"`` (``lo.explore`` needs ipywidgets only when it is called).
 _LAZY_FUNCTIONS = {
     "DeepLinear": "linoverfit.networks.DeepLinear",

@@ -24,6 +24,7 @@ import numpy as np
 from .networks import end_to_end
 from .results import Result, expect_shape, expect_weights, result, static
 from .tasks import Dataset, Task
+from .tuned import TunedFinetune, at_lr
 
 __all__ = ["PretrainResult", "FinetuneResult", "SensitivityResult", "DivergenceError", "DivergenceWarning",
            "NonFiniteWarning"]
@@ -212,6 +213,14 @@ class FinetuneResult(Result):
     def plasticity(self):
         """Fine-tuning loss before minus after (how much the new task was learnt), ``(C, R[, S])``."""
         return jnp.expand_dims(self.finetune_loss_before, 1) - self.finetune_loss_after
+
+    def at_lr(self, lr, *, interpolation: str = "linear", steps: int | None = None,
+              missing: str = "raise") -> TunedFinetune:
+        r"""The result read at one learning rate per checkpoint :math:`\lambda_c`, ``lr`` ``(C,)`` or ``(C, K)``:
+        a :class:`~linoverfit.tuned.TunedFinetune` with losses after ``(C, K[, S])``, interpolated in
+        :math:`(\log\eta, \log y)` between the grid rates (:func:`linoverfit.tuned.at_lr`, which
+        documents the arguments), so ``lo.turning_point`` judges the tuned curves like the grid's."""
+        return at_lr(self, lr, interpolation=interpolation, steps=steps, missing=missing)
 
     def as_run(self, task: Task | Dataset, lr: float | None = None) -> PretrainResult:
         r"""The fine-tuned weights at one learning rate as a :class:`PretrainResult`, so that the next

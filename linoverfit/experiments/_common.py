@@ -21,14 +21,12 @@ import jax
 import numpy as np
 
 from ..files import atomic_write
-from ..theory.ucurve import u_curve
 
 __all__ = [
     "resolve_config",
     "Stages",
     "measured_minimum",
     "DEPTH",
-    "turning",
     "check",
     "t_star_agreement",
     "degradation_percent",
@@ -108,19 +106,6 @@ def measured_minimum(t, y):
 #: Depth of every figure's turning points (lo.theory.u_curve): a curve rising less than 1% after its
 #: interior minimum is not a U-curve.
 DEPTH = 0.01
-
-
-def turning(t, y, depth: float = DEPTH):
-    """``lo.theory.u_curve`` of a measured or predicted curve, skipping non-finite (diverged) points.
-
-    Returns the :class:`~linoverfit.theory.UCurve`, or ``None`` when fewer than one finite point is left.
-    """
-    t = np.asarray(t, float)
-    y = np.asarray(y, float)
-    ok = np.isfinite(y)
-    if not np.any(ok):
-        return None
-    return u_curve(t[ok], y[ok], depth=depth)
 
 
 def check(what: str, value, *, at_most=None, expected=None) -> dict:

@@ -17,12 +17,16 @@ a few percent of degradation):
   fine-tuning loss reaches a target (interpolated between records): smaller lr, same fine-tuning
   loss — does it forget less?
 
+Each criterion picks the rates; ``result.at_lr(lr)`` reads the fine-tuning result there (a
+``linoverfit.tuned.TunedFinetune``, linear or quadratic in (log lr, log loss) as the criterion implies),
+for the simulation (``lo.finetune``) and the prediction (``FinetunePrediction``) alike, and
+``lo.turning_point`` judges both (an interior minimum and a rise of at least 1%).
+
 Left: the pre-training loss after fine-tuning at the tuned lr, in units of each curve's minimum,
 with a fixed lr for reference; middle: the tuned lr; right: matched fine-tuning loss across fixed
 lrs. Lines: the same selection applied to ``lo.theory.curves.finetune_curve``, which predicts gradient
 descent at each learning rate and step count (not only the flow); compared with the simulation
 where both selected lrs lie below GD's stability edge.
-Every curve is judged by ``lo.theory.u_curve`` (an interior minimum and a rise of at least 1%).
 
 Run: ``python experiments/F6_tuned_lr.py [--quick] [--out DIR] [--set targets="(0.01,)"]``.
 
@@ -32,6 +36,7 @@ theory then the three panels, top to bottom like the other figure scripts.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 
@@ -41,6 +46,7 @@ import numpy as np
 import linoverfit as lo
 from linoverfit import plotting as lp
 from linoverfit.experiments import _common as C
+from linoverfit.tuned import TunedFinetune
 
 NUMBER, NAME = "F6", "tuned_lr"
 TITLE = "tuning the fine-tuning learning rate per checkpoint: which criteria leave the degradation?"
@@ -104,7 +110,8 @@ def best_lr(lrs, crit, value):
     The grid argmin (finite entries only) is refined by the vertex of the parabola through it and
     its two neighbours in ``(log lr, log crit)``; ``value`` is interpolated there by the parabola
     through the same three points in ``(log lr, log value)``. At the grid's ends or next to a
-    non-finite (diverged) neighbour the grid point is used. Returns ``(lr, value)``, ``(C,)``.
+    non-finite (diverged) neighbour the grid point is used. Returns ``(lr, value)``, ``(C,)``; the
+    value is ``result.at_lr(lr, interpolation="quadratic")``'s (round-off aside), which F6 reads.
     """
     x = np.log(lrs)
     out_lr, out_v = np.full(len(crit), np.nan), np.full(len(crit), np.nan)
@@ -129,7 +136,8 @@ def tune_to_target(lrs, ft_after, pre_after, target):
     interpolating log loss in log lr (where the loss crosses the target), and every grid lr above
     it is a candidate too; the tuned lr is the candidate with the lowest pre-training loss after
     (pre-training loss interpolated the same way at the crossing). Returns ``(lr, pre)``, ``(C,)``,
-    NaN where no grid lr reaches the target.
+    NaN where no grid lr reaches the target; ``pre`` is ``result.at_lr(lr)``'s (linear; round-off
+    aside), which F6 reads.
     """
     x = np.log(lrs)
     out_lr, out_pre = np.full(len(ft_after), np.nan), np.full(len(ft_after), np.nan)
@@ -174,9 +182,18 @@ def at_matched_loss(steps, ft_traj, pre_traj, target):
     return out_s, out_p
 
 
-def _entry(t, y, lr_sel, t_th, y_th, lr_edge, lr_th=None):
-    """Summary row of one selected curve: the U-curve verdict, the tuned lr range, theory vs simulation."""
-    u = C.turning(t, y)
+def _u(tuned: TunedFinetune):
+    """The U-curve of a tuned result's one curve (``lo.turning_point``), ``None`` when it has no finite point."""
+    tp = lo.turning_point(tuned, min_rise=C.DEPTH)
+    return None if tp.index[0] < 0 else tp.curve(0)
+
+
+def _entry(sim: TunedFinetune, th: TunedFinetune | None, lr_edge, lr_th=None):
+    """Summary row of one selected curve: the U-curve verdict (``lo.turning_point`` on the simulated and
+    the predicted tuned result alike), the tuned lr range, theory vs simulation."""
+    y, lr_sel = np.asarray(sim.pretrain_loss_after)[:, 0], np.asarray(sim.lr)[:, 0]
+    t = np.asarray(sim.t)
+    u = _u(sim)
     row = {"survives": bool(u is not None and u.is_turning_point),
            "degradation_percent": None if u is None else 100.0 * u.degradation,
            "rise_percent": None if u is None else 100.0 * u.rise,
@@ -185,8 +202,9 @@ def _entry(t, y, lr_sel, t_th, y_th, lr_edge, lr_th=None):
            "depth_percent": 100.0 * C.DEPTH,
            "checkpoints_selected": int(np.isfinite(y).sum()),
            "tuned_lr_first": _first(lr_sel), "tuned_lr_last": _last(lr_sel)}
-    if y_th is not None:
-        uth = C.turning(t_th, y_th)
+    if th is not None:
+        t_th, y_th = np.asarray(th.t), np.asarray(th.pretrain_loss_after)[:, 0]
+        uth = _u(th)
         row["theory_survives"] = bool(uth is not None and uth.is_turning_point)
         row["theory_degradation_percent"] = None if uth is None else 100.0 * uth.degradation
         every = len(t) // len(t_th) if len(t_th) else 1
@@ -275,29 +293,33 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
     def rec_of(b):
         return int(np.searchsorted(steps, b))
 
-    # ---- simulated selections
-    sel = {}  # name -> dict(lr=(C,), y=(C,), label=...)
+    # ---- simulated selections: each criterion picks the rates, fr.at_lr reads the runs there
+    sel = {}  # (name, setting) -> dict(sim=TunedFinetune, th=TunedFinetune, lr_th=(C_th,))
     for g in targets:
-        lr_t, y = tune_to_target(lrs, fin[:, :, -1], pre[:, :, -1], g)
-        sel[("target_loss", f"target={g:g}")] = dict(lr=lr_t, y=y)
+        lr_t, _ = tune_to_target(lrs, fin[:, :, -1], pre[:, :, -1], g)
+        sel[("target_loss", f"target={g:g}")] = dict(sim=fr.at_lr(lr_t, missing="nan"))
     for b in budgets:
         k = rec_of(b)
-        lr_b, y = best_lr(lrs, fin[:, :, k], pre[:, :, k])
-        sel[("best_finetune_loss", f"budget={b}")] = dict(lr=lr_b, y=y)
+        lr_b, _ = best_lr(lrs, fin[:, :, k], pre[:, :, k])
+        sel[("best_finetune_loss", f"budget={b}")] = dict(sim=fr.at_lr(lr_b, interpolation="quadratic", steps=b,
+                                                                       missing="nan"))
     for b in sum_budgets:
         k = rec_of(b)
-        lr_b, y = best_lr(lrs, fin[:, :, k] + pre[:, :, k], pre[:, :, k])
-        sel[("best_sum", f"budget={b}")] = dict(lr=lr_b, y=y)
+        lr_b, _ = best_lr(lrs, fin[:, :, k] + pre[:, :, k], pre[:, :, k])
+        sel[("best_sum", f"budget={b}")] = dict(sim=fr.at_lr(lr_b, interpolation="quadratic", steps=b, missing="nan"))
     for r in matched:
-        st, y = at_matched_loss(steps, fin[:, r], pre[:, r], cfg["matched_target"])
-        sel[("matched_finetune_loss", f"lr={lrs[r]:.3g}")] = dict(lr=np.where(np.isfinite(y), lrs[r], np.nan),
-                                                                   y=y, step=st)
+        # a fixed lr stopped at its own step per checkpoint (not a rate per checkpoint): built by hand
+        _, y = at_matched_loss(steps, fin[:, r], pre[:, r], cfg["matched_target"])
+        sim = TunedFinetune(t=t, lr=np.where(np.isfinite(y), lrs[r], np.nan)[:, None], steps=np.asarray(fr.steps),
+                            pretrain_loss_before=pre[:, r, 0], finetune_loss_before=fin[:, r, 0],
+                            pretrain_loss_after=y[:, None])
+        sel[("matched_finetune_loss", f"lr={lrs[r]:.3g}")] = dict(sim=sim)
 
     # ---- theory: lo.theory.curves.finetune_curve (GD at the real lr and steps) on the whole grid at every budget
     t_th = t[:: cfg["theory_every"]]
     every = cfg["theory_every"]
     edge = 2.0 / lo.theory.curvature.sharpness_from_spectrum(sig_ft, ft, net)  # GD's stability edge at the solution A'
-    th = {}  # budget -> (pre (C_th, R), fin (C_th, R)); NaN where the predicted run diverges or is not predicted
+    th = {}  # budget -> FinetunePrediction over the whole grid (C_th, R); NaN where the run diverges or is not predicted
     used = sorted(set(budgets) | set(sum_budgets) | {S})
     with stages(f"predict {len(t_th)} checkpoints x {len(lrs)} lrs at {len(used)} budgets"):
         for b in used:
@@ -317,28 +339,38 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
             g_pre[:, th_r], g_fin[:, th_r] = pred.pretrain_loss_after, pred.finetune_loss_after
             bad = ~(np.isfinite(g_pre) & np.isfinite(g_fin)) | (g_fin > 1e3 * np.asarray(pred.finetune_loss_before)[:, None])
             g_pre[bad], g_fin[bad] = np.nan, np.nan
-            th[b] = (g_pre, g_fin)
-    pre_th = th[S][0]  # the plotted fixed-lr line
+            th[b] = dataclasses.replace(pred, lr=lrs, tau=lrs * b, pretrain_loss_after=g_pre, finetune_loss_after=g_fin,
+                                        past_edge=None)
+    pre_th = th[S].pretrain_loss_after  # the plotted fixed-lr line
 
+    # ---- theory selections: the same criteria on the prediction, read by the same at_lr
     for key in sel:
         name, sub = key
         if name == "target_loss":
             g = float(sub.split("=")[1])
-            sel[key]["lr_th"], sel[key]["y_th"] = tune_to_target(lrs, th[S][1], th[S][0], g)
+            lr_th, _ = tune_to_target(lrs, th[S].finetune_loss_after, th[S].pretrain_loss_after, g)
+            sel[key]["th"] = th[S].at_lr(lr_th, missing="nan")
         elif name == "best_sum":
             b = int(sub.split("=")[1])
-            sel[key]["lr_th"], sel[key]["y_th"] = best_lr(lrs, th[b][1] + th[b][0], th[b][0])
+            lr_th, _ = best_lr(lrs, th[b].finetune_loss_after + th[b].pretrain_loss_after, th[b].pretrain_loss_after)
+            sel[key]["th"] = th[b].at_lr(lr_th, interpolation="quadratic", missing="nan")
         elif name == "matched_finetune_loss":
             # one-path approximation (exact for the flow): where the predicted runs of ft_steps reach the
             # target along the lr grid; it carries no dependence on the fixed lr (GD's is O(lr))
-            lr_m, sel[key]["y_th"] = tune_to_target(lrs, th[S][1], th[S][0], cfg["matched_target"])
-            sel[key]["lr_th"] = np.where(np.isfinite(sel[key]["y_th"]), float(sub.split("=")[1]), np.nan)
+            lr_m, _ = tune_to_target(lrs, th[S].finetune_loss_after, th[S].pretrain_loss_after, cfg["matched_target"])
+            sel[key]["th"] = th[S].at_lr(lr_m, missing="nan")
+            lr_th = np.where(np.isfinite(sel[key]["th"].pretrain_loss_after[:, 0]), float(sub.split("=")[1]), np.nan)
         else:  # best_finetune_loss
             b = int(sub.split("=")[1])
-            sel[key]["lr_th"], sel[key]["y_th"] = best_lr(lrs, th[b][1], th[b][0])
+            lr_th, _ = best_lr(lrs, th[b].finetune_loss_after, th[b].pretrain_loss_after)
+            sel[key]["th"] = th[b].at_lr(lr_th, interpolation="quadratic", missing="nan")
+        sel[key]["lr_th"] = lr_th
+    for s in sel.values():  # the plotted curves
+        s["y"], s["lr"] = s["sim"].pretrain_loss_after[:, 0], s["sim"].lr[:, 0]
+        s["y_th"] = s["th"].pretrain_loss_after[:, 0]
 
     # ---- summary
-    u_fixed = C.turning(t, pre[:, fixed, -1])
+    u_fixed = lo.turning_point(fr, min_rise=C.DEPTH).curve(fixed)
     summary = {"width": d, "depth": net.depth, "shift": {"kind": kind, "size": size, "rank": rank}, "ft_steps": S,
                "record_every": rec, "lr_grid": lrs, "targets": targets, "budgets": list(budgets),
                "sum_budgets": list(sum_budgets), "matched_lrs": lrs[matched], "matched_target": cfg["matched_target"], "lr_grid_ratio": float(10 ** (1 / per)),
@@ -354,7 +386,7 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         rows = {}
         for (n, sub), s in sel.items():
             if n == name:
-                rows[sub] = _entry(t, s["y"], s["lr"], t_th, s["y_th"], edge, s["lr_th"])
+                rows[sub] = _entry(s["sim"], s["th"], edge, s["lr_th"])
         summary["criteria"][name] = {**_worst(rows), "settings": rows}
     tl = summary["criteria"]["target_loss"]
     tl["selection"] = f"lowest pre-training loss among lrs reaching the fine-tuning-loss target after {S} steps"
@@ -456,8 +488,8 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
         keep = np.unique([0, *[rec_of(b) for b in budgets + sum_budgets], len(steps) - 1])  # the records used
         C.save_data(npz, t=t, t_theory=t_th, lr_grid=lrs, record_steps=steps[keep], pretrain_loss=pre[:, :, keep],
                     finetune_loss=fin[:, :, keep], diverged=diverged,
-                    **{f"pretrain_loss_theory_{b}_steps": th[b][0] for b in th},
-                    **{f"finetune_loss_theory_{b}_steps": th[b][1] for b in th}, **{f"matched_lr_{lrs[r]:.3g}_pretrain_loss": pre[:, r]
+                    **{f"pretrain_loss_theory_{b}_steps": th[b].pretrain_loss_after for b in th},
+                    **{f"finetune_loss_theory_{b}_steps": th[b].finetune_loss_after for b in th}, **{f"matched_lr_{lrs[r]:.3g}_pretrain_loss": pre[:, r]
                                                                 for r in matched},
                     **{f"{n}_{sub}_pretrain_loss_after": s["y"] for (n, sub), s in sel.items()},
                     **{f"{n}_{sub}_lr": s["lr"] for (n, sub), s in sel.items()},

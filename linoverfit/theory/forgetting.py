@@ -19,6 +19,7 @@ from .. import validation as _v
 from ..result_types import PretrainResult
 from ..results import Result, result, static
 from ..tasks import Dataset, Task
+from ..tuned import TunedFinetune, at_lr
 from ._args import _depth, _nonneg
 from ._gd import AUTO_EXACT_ABOVE, AUTO_EXACT_STEPS, _gd_order, _integrate_gd, _iterate_gd
 from .curvature import check_edge
@@ -86,6 +87,13 @@ class FinetunePrediction(Result):
     def plasticity(self) -> np.ndarray:
         """Fine-tuning loss before minus after, ``(C, R[, S])``."""
         return np.expand_dims(self.finetune_loss_before, 1) - self.finetune_loss_after
+
+    def at_lr(self, lr, *, interpolation: str = "linear", steps: int | None = None,
+              missing: str = "raise") -> TunedFinetune:
+        r"""The prediction read at one learning rate per checkpoint :math:`\lambda_c`, ``lr`` ``(C,)`` or
+        ``(C, K)``: a :class:`~linoverfit.tuned.TunedFinetune` with losses after ``(C, K[, S])``, the same
+        type and interpolation as :meth:`linoverfit.FinetuneResult.at_lr` (:func:`linoverfit.tuned.at_lr`)."""
+        return at_lr(self, lr, interpolation=interpolation, steps=steps, missing=missing)
 
 
 def _resolve_start(start, depth, pretrain_task, with_weights=False):

@@ -26,6 +26,7 @@ import numpy as np
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
     from ..result_types import FinetuneResult, SensitivityResult
+    from ..tuned import TunedFinetune
     from .forgetting import FinetunePrediction
 
 
@@ -213,7 +214,8 @@ class TurningPoints:
 
     The curves run over the checkpoint axis; one per entry of ``dims`` (``("lr",)`` or
     ``("lr", "seed")`` for a fine-tuning result, ``("gamma",)`` or ``("gamma", "seed")`` for a
-    sensitivity result). Every array field has the shape of ``dims``; entries are the fields of
+    sensitivity result, ``("tuned",)`` for a result at one tuned rate per checkpoint). Every array
+    field has the shape of ``dims``; entries are the fields of
     :class:`UCurve` (``interval`` split into ``interval_lo`` / ``interval_hi``). A curve with no
     finite point (every run diverged) has ``t_star`` NaN, ``index`` -1 and no turning point.
 
@@ -250,13 +252,15 @@ class TurningPoints:
 DEFAULT_QUANTITY = {"lr": "pretrain_loss_after", "gamma": "perturbed_loss"}
 
 
-def turning_point(result: FinetuneResult | SensitivityResult | FinetunePrediction, *, min_rise: float = 0.01,
+def turning_point(result: FinetuneResult | SensitivityResult | FinetunePrediction | TunedFinetune, *, min_rise: float = 0.01,
                   quantity: str | None = None, seeds: str = "each") -> TurningPoints:
     r"""Turning point of each U-curve over pre-training time in a result, measured or predicted alike.
 
     One definition (:func:`u_curve`) for simulated and predicted results: a fine-tuning result
     (``lo.finetune``, ``lo.theory.finetune``, ``FinetunePrediction``) gives one curve per learning
-    rate (and seed), by default its ``pretrain_loss_after`` ``(C, R[, S])``; a sensitivity result
+    rate (and seed), by default its ``pretrain_loss_after`` ``(C, R[, S])``; a result tuned to one
+    rate per checkpoint (``result.at_lr(lr)``, a :class:`~linoverfit.tuned.TunedFinetune` whose ``lr``
+    is ``(C, K)``) one curve per tuned curve, over the dimension ``"tuned"``; a sensitivity result
     (``lo.sensitivity.gaussian``, ``lo.theory.gaussian``) one per noise scale (and seed), by default
     its ``perturbed_loss`` ``(C, G[, S])``. Non-finite points (diverged runs) are dropped from their
     curve first. The result is recognised by its fields (``lr`` / ``gamma`` and the quantity), so
@@ -272,8 +276,8 @@ def turning_point(result: FinetuneResult | SensitivityResult | FinetunePredictio
         checkpoint :math:`c` makes :math:`\bar y_c` non-finite, and the point is dropped). A result
         without a seed axis has one curve either way.
 
-    Returns a :class:`TurningPoints` with arrays over ``("lr"[, "seed"])`` or ``("gamma"[, "seed"])``
-    (no ``"seed"`` with ``seeds="mean"``).
+    Returns a :class:`TurningPoints` with arrays over ``("lr"[, "seed"])``, ``("tuned"[, "seed"])`` or
+    ``("gamma"[, "seed"])`` (no ``"seed"`` with ``seeds="mean"``).
     """
     if isinstance(min_rise, bool) or not isinstance(min_rise, (int, float, np.integer, np.floating)) \
             or not math.isfinite(min_rise) or min_rise < 0:
@@ -294,6 +298,10 @@ def turning_point(result: FinetuneResult | SensitivityResult | FinetunePredictio
                          "whose times it carries")
     t = np.asarray(result.t, np.float64)
     axis_values = np.asarray(getattr(result, axis))
+    if axis == "lr" and axis_values.ndim == 2:  # one tuned rate per checkpoint (TunedFinetune): curves over "tuned"
+        if axis_values.shape[0] != t.size:
+            raise ValueError(f"lr has shape {axis_values.shape}; a tuned result needs ({t.size}, curves)")
+        axis, axis_values = "tuned", np.arange(axis_values.shape[1])
     if values.ndim not in (2, 3) or values.shape[:2] != (t.size, axis_values.size):
         raise ValueError(f"quantity={quantity!r} has shape {values.shape}; a U-curve needs (checkpoint, {axis}[, seed]) "
                          f"= ({t.size}, {axis_values.size}[, S])")
