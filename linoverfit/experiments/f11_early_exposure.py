@@ -444,6 +444,10 @@ def _run(out_dir, quick, config, progress) -> dict:
             a.text(t_pre + t_post + 0.5 * t_ft, 0.97, "fine-tune", transform=a.get_xaxis_transform(), ha="center",
                    va="top", fontsize=6)
             a.set_title(r"(a) $\Delta$: what fine-tuning adds", loc="left")
+            a.text(0.98, 0.88, "\n".join([r"$\Delta$ = " + f"{delta['unmixed']:.4g} (unmixed)",
+                                          f"{delta['mixed_simulated']:.3g} (mixed, simulated)",
+                                          f"{delta['mixed_idealised']:.1g} (mixed, idealised)"]),
+                   transform=a.transAxes, ha="right", va="top", fontsize=6)
             b.set(yscale="log", ylim=(1e-12, 3), xlabel="training time $t$ (pre-train, post-train, fine-tune)",
                   ylabel="conflicting mode $s_c$")
             b.text(0.98, 0.04, "idealised: $s_c = 0$ exactly after pre-training\n(off the log axis)",
@@ -471,7 +475,7 @@ def _run(out_dir, quick, config, progress) -> dict:
             lp.simulation(dd, [sim_eps], [delta["mixed_simulated"]], color=cols["mixed_simulated"], marker="s",
                           markersize=4)
             dd.text(sim_eps, 0.45 * delta["unmixed"], " simulated\n checkpoint", fontsize=6, color=cols["mixed_simulated"])
-            dd.set(xscale="log", xlabel=rf"conflicting mode $s_c$ of the mixed checkpoint ($\rho = {rho:g}$)",
+            dd.set(xscale="log", xlabel=rf"conflicting mode $s_c$ put into the idealised checkpoint ($\rho = {rho:g}$)",
                    ylabel=r"$\Delta$ (post-training loss added)", ylim=(-0.05 * delta["unmixed"], 1.15 * delta["unmixed"]))
             dd.set_title("(d) how exact the zero must be", loc="left")
             lp.legend(fig, colors={labels[k]: cols[k] for k in routes},
