@@ -153,6 +153,28 @@ def test_simulated_mixed_checkpoint_is_fragile(chains):
     assert chains["delta"]["simulated"] > 0.1 * chains["delta"]["unmixed"]
 
 
+def test_a_gaussian_start_has_no_zero_to_keep():
+    """From a small Gaussian init (not balanced, not aligned) the mixed checkpoint represents the mixture's
+    negative conflicting value, and fine-tuning then undoes more than in the unmixed route: the API chain
+    equals the numpy chain from the same init."""
+    pre, post, _ = _tasks()
+    net = lo.DeepLinear((D, D, D))
+    W0 = net.init(jax.random.key(3), scale=float(np.exp(-T) / np.sqrt(D)), dtype=jnp.float64)
+    starts, expected = [], []
+    for rho in (0.0, 0.75):
+        run = lo.pretrain(net, W0, lo.tasks.mixture(pre, post, rho), lr=LR, checkpoints=[1000])  # F11's budget
+        starts.append(tuple(w[-1] for w in run.weights))
+        A = (1 - rho) * _mat(S_PRE) + rho * _mat(S_POST)
+        W1, W2 = _gd(np.asarray(W0[0]), np.asarray(W0[1]), A, np.eye(D), 1000)
+        np.testing.assert_allclose(np.asarray(starts[-1][1] @ starts[-1][0]), W2 @ W1, **TOL)
+        expected.append(_numpy_delta(W1, W2))
+    delta = _api_deltas(starts)[0]
+    np.testing.assert_allclose(delta, expected, rtol=1e-9, atol=1e-12)
+    W1, W2 = (np.asarray(w) for w in starts[1])
+    assert U[:, 1] @ W2 @ W1 @ U[:, 1] < -0.3  # the mixture's -0.5 on the conflicting mode, learnt
+    assert delta[1] > delta[0] > 1.0
+
+
 @pytest.mark.parametrize("rho, zero", [(0.49, False), (0.5, True), (0.75, True), (1.0, True)])
 def test_rho_star_is_where_the_conflicting_mode_hits_zero(rho, zero):
     """tau_c(rho) = (1 - rho) - rho <= 0 from rho* = 1/2: there the idealised Delta is 0 to round-off,
@@ -201,6 +223,8 @@ def assert_f11(entry):
         else:
             assert row["delta_idealised"] > 0.1, r
     assert entry["draws"]["n"] >= 1 and set(entry["draws"]["delta"]) == {"unmixed", "mixed_idealised", "mixed_simulated"}
+    g = entry["gaussian_init"]  # no zero to keep: the mixed checkpoint learns the negative conflicting value
+    assert g["conflicting_mode_mixed_checkpoint"]["median"] < 0 and "small Gaussian init" in entry["verdict"]
 
 
 @pytest.mark.skipif(not COMMITTED.exists(), reason="paper_figs/summary.json not generated yet")
@@ -223,6 +247,13 @@ def test_committed_f11_and_the_readme_quotes():
         "floor_for_half_of_delta_unmixed": f"{entry['floor_for_half_of_delta_unmixed']:.2g}",
         "rho_star": f"{entry['rho_star']:g}",
     }
+    g = entry["gaussian_init"]
+    assert g["delta_mixed"]["n"] >= 5 and g["delta_unmixed"]["n"] >= 5
+    for name in ("delta_mixed", "delta_unmixed"):
+        v = g[name]
+        quoted[f"gaussian {name}"] = f"{v['median']:.4g} ({v['min']:.4g}-{v['max']:.4g})"
+    quoted["gaussian checkpoint"] = f"({g['conflicting_mode_mixed_checkpoint']['median']:.4g})"
     for k, text in quoted.items():
         assert text in para, (k, text)
     assert f"{entry['delta_unmixed']:.4g}" in bullet and f"{entry['delta_mixed_simulated']:.4g}" in bullet
+    assert f"{g['delta_mixed']['median']:.4g} vs {g['delta_unmixed']['median']:.4g}" in bullet

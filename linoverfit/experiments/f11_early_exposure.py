@@ -34,7 +34,10 @@ idealised and the simulated mixed checkpoint (rho = ``rho``): what fine-tuning a
 (b) the conflicting mode through all three stages (log scale: zero, small, regrown); (c) :math:`\Delta`
 against the mixture fraction for idealised and simulated checkpoints (:math:`\rho = 0` is the unmixed
 route: ``lo.tasks.mixture(pre, post, 0.0)`` returns ``pre``); (d) :math:`\Delta` against a floor under the
-conflicting mode of the idealised checkpoint, with the simulated checkpoint's value marked.
+conflicting mode of the idealised checkpoint, with the simulated checkpoint's value marked. Panel (c)
+also shows pre-training from a small Gaussian init (not balanced, not aligned; markers only, median and
+range over ``draws`` init draws): such a network represents the mixture's negative conflicting value,
+so there is no zero to keep.
 
 Lines are theory: the exact per-mode scalar GD map :math:`a \leftarrow a - \eta\kappa a(a^2 - \tau)` of
 a balanced aligned depth-2 network (mode value :math:`s = a^2`), iterated in numpy, without simulating
@@ -261,13 +264,33 @@ def _chains(cfg, key, full=True):
 ROUTES = ("unmixed", "mixed_idealised", "mixed_simulated")
 
 
+def _gaussian(cfg, h, g_rhos) -> dict:
+    """The three stages from a small Gaussian init (entries N(0, e^{-2T}/d): the Frobenius norm of
+    e^{-T}I; not balanced, not aligned), ``cfg['draws']`` init draws x every fraction in ``g_rhos``, one
+    batch through the API. No theory line (the modes couple). Returns ``delta`` and the signed conflicting
+    mode of the checkpoint, each ``(draws, len(g_rhos))``."""
+    d = len(cfg["sigma_pre"])
+    net, pre, post, ft, U = h["net"], h["pre"], h["post"], h["ft"], h["U"]
+    starts = []
+    for key in C.draw_keys(jax.random.fold_in(jax.random.key(cfg["key"]), 7), int(cfg["draws"])):
+        W0 = net.init(key, scale=float(np.exp(-cfg["T"]) / np.sqrt(d)), dtype=jnp.float64)
+        for r in g_rhos:
+            run_ = lo.pretrain(net, W0, lo.tasks.mixture(pre, post, float(r)), lr=cfg["lr"], checkpoints=[cfg["pre_steps"]])
+            starts.append(tuple(w[-1] for w in run_.weights))
+    start = as_run(starts, post)
+    delta = stages(cfg, net, start, post, ft, record=False)[2].reshape(int(cfg["draws"]), len(g_rhos))
+    s_c = mode_values(U, *start.weights)[:, MODES.index("conflicting")].reshape(delta.shape)
+    return {"delta": delta, "conflicting_mode": s_c}
+
+
 def _run(out_dir, quick, config, progress) -> dict:
     cfg = C.resolve_config(CONFIG, QUICK, quick, config)
     rhos = np.asarray(cfg["rhos"], float)
     floors = np.asarray(cfg["floors"], float)
     rho = float(cfg["rho"])
     d = len(cfg["sigma_pre"])
-    st = C.Stages(4, progress)
+    st = C.Stages(5, progress)
+    g_rhos = np.unique(np.concatenate([rhos, [rho]]))
     lr = cfg["lr"]
     ci = MODES.index("conflicting")
     si = MODES.index("specialised")
@@ -308,6 +331,9 @@ def _run(out_dir, quick, config, progress) -> dict:
         for key in C.draw_keys(jax.random.key(cfg["key"]), int(cfg["draws"]))[1:]:
             for k, v in zip(routes, _chains(cfg, key, full=False)["delta"].tolist()):
                 per_draw[k].append(v)
+
+    with st(f"small Gaussian init ({cfg['draws']} draws x {len(g_rhos)} fractions)"):
+        gauss = _gaussian(cfg, h, g_rhos)
 
     # ---------------------------------------------------------------- numbers and checks
     def rel(a, b):
@@ -353,6 +379,10 @@ def _run(out_dir, quick, config, progress) -> dict:
                 max(abs(v - per_draw[k][0]) / max(1.0, abs(per_draw[k][0])) for k in routes for v in per_draw[k]),
                 at_most=RTOL),
     ]
+    gi0, gir = int(np.flatnonzero(g_rhos == 0.0)[0]) if 0.0 in g_rhos else None, int(np.flatnonzero(g_rhos == rho)[0])
+    g_unmixed = C.spread(gauss["delta"][:, gi0]) if gi0 is not None else None
+    g_mixed = C.spread(gauss["delta"][:, gir])
+    g_mode = C.spread(gauss["conflicting_mode"][:, gir])
     verdict = (
         f"Feng et al.'s (2026, arXiv:2605.12705) three stages in the linear setting their App. C restates from "
         f"Springer et al. (2025): depth 2, tasks sharing U = V, init exp(-T) I (T = {cfg['T']:g}), GD at lr {lr:g} "
@@ -369,7 +399,13 @@ def _run(out_dir, quick, config, progress) -> dict:
         f"Delta_mixed = {delta['mixed_simulated']:.4g} ({gain_kept:.3g}% of the gain kept); a floor of "
         f"{eps_half:.2g} under that mode already costs half of Delta_unmixed (growth-rate estimate "
         f"exp(-2 (sigma_ft t_ft + sigma_post t_post)) = {eps_est:.2g}); a longer fine-tuning regrows any nonzero "
-        f"value, only an exact zero keeps the gain for every fine-tuning length. Immediate post-training loss "
+        f"value, only an exact zero keeps the gain for every fine-tuning length. From a small Gaussian init (not "
+        f"balanced, not aligned) there is no zero at all: the network represents the mixture's negative conflicting "
+        f"value (checkpoint {g_mode['median']:.3g}, median of {g_mode['n']} init draws), post-training takes it to about "
+        f"-1 and fine-tuning undoes all of it: Delta_mixed = {g_mixed['median']:.4g} ({g_mixed['min']:.4g}-"
+        f"{g_mixed['max']:.4g}) against Delta_unmixed = {g_unmixed['median']:.4g} ({g_unmixed['min']:.4g}-"
+        f"{g_unmixed['max']:.4g}) from the same inits: early exposure then adds to what fine-tuning undoes. "
+        f"Immediate post-training loss "
         f"does not predict retention: {loss_post['unmixed']:.4g} (unmixed), {loss_post['mixed_idealised']:.4g} "
         f"(mixed, idealised), {loss_post['mixed_simulated']:.4g} (mixed, simulated)."
     )
@@ -384,9 +420,16 @@ def _run(out_dir, quick, config, progress) -> dict:
         "floor_growth_rate_estimate": eps_est,
         "post_training_loss_before_finetuning": loss_post,
         "per_rho": per_rho, "per_floor": floor_rows,
+        "gaussian_init": {
+            "what": "pre-training from a small Gaussian init (entries N(0, exp(-2T)/d)), not balanced or aligned; "
+                    "median and range over the draws of the init",
+            "delta_unmixed": g_unmixed, "delta_mixed": g_mixed, "conflicting_mode_mixed_checkpoint": g_mode,
+            "per_rho": {f"{r:g}": C.spread(gauss["delta"][:, j]) for j, r in enumerate(g_rhos)}},
         "max_rel_error_theory_vs_simulation": err,
         "draws": {"n": int(cfg["draws"]), "what": "Haar-random U = V, one key per draw (draw 0: the figure's)",
-                  "delta": {k: C.spread(v) for k, v in per_draw.items()}},
+                  "delta": {k: C.spread(v) for k, v in per_draw.items()},
+                  "gaussian_init_delta": {"what": "the small Gaussian init, one init key per draw (section "
+                                                  "gaussian_init)", "unmixed": g_unmixed, "mixed": g_mixed}},
         "checks": checks,
         "condition": "depth 2, width 3, tasks sharing U = V, white pre- and post-training inputs, fine-tuning inputs "
                      "with zero variance on the specialised feature, balanced aligned checkpoints, full-batch GD, "
@@ -398,7 +441,8 @@ def _run(out_dir, quick, config, progress) -> dict:
     # ---------------------------------------------------------------- plot
     with st("plot"):
         png, npz = C.figure_paths(out_dir, NUMBER, NAME)
-        cols = {"unmixed": "tab:red", "mixed_idealised": "tab:blue", "mixed_simulated": "tab:purple"}
+        cols = {"unmixed": "tab:red", "mixed_idealised": "tab:blue", "mixed_simulated": "tab:purple",
+                "gaussian": "tab:green"}
         labels = {"unmixed": r"unmixed ($\rho = 0$; simulated pre-training)",
                   "mixed_idealised": rf"mixed, idealised checkpoint ($\rho = {rho:g}$ in a, b, d)",
                   "mixed_simulated": rf"mixed, simulated checkpoint ($\rho = {rho:g}$ in a, b)"}
@@ -458,14 +502,19 @@ def _run(out_dir, quick, config, progress) -> dict:
             lp.simulation(c, rhos, sweep_ideal, color=cols["mixed_idealised"], markersize=4)
             lp.theory(c, rho_th, th_sweep_sim, color=cols["mixed_simulated"])
             lp.simulation(c, rhos, sweep_sim, color=cols["mixed_simulated"], marker="s", markersize=4)
+            g_med = np.median(gauss["delta"], axis=0)
+            g_err = np.stack([g_med - gauss["delta"].min(axis=0), gauss["delta"].max(axis=0) - g_med])
+            if gauss["delta"].shape[0] > 1:  # the range over init draws
+                c.errorbar(g_rhos, g_med, yerr=g_err, fmt="none", ecolor=cols["gaussian"], elinewidth=0.7)
+            lp.simulation(c, g_rhos, g_med, color=cols["gaussian"], marker="^", markersize=4)
             c.axhline(delta["unmixed"], color=cols["unmixed"], lw=0.8, ls="--")
             c.axvline(rs, color="0.5", lw=0.6, ls=":")
             c.text(rs, 0.5 * delta["unmixed"], rf" $\rho^* = {rs:g}$", fontsize=6, ha="left")
             c.axvline(rho, color="0.5", lw=0.6, ls="-.")
-            c.text(rho, 0.9 * delta["unmixed"], rf" $\rho = {rho:g}$ (a, b, d)", fontsize=6, ha="left", va="top")
+            c.text(rho, 0.8 * delta["unmixed"], rf" $\rho = {rho:g}$ (a, b, d)", fontsize=6, ha="left", va="top")
             c.set(xlabel=r"mixture fraction $\rho$ (post-training data in pre-training)",
-                  ylabel=r"$\Delta$ (post-training loss added)", ylim=(-0.05 * delta["unmixed"],
-                                                                                   1.15 * delta["unmixed"]))
+                  ylabel=r"$\Delta$ (post-training loss added)",
+                  ylim=(-0.05 * delta["unmixed"], 1.1 * max(delta["unmixed"], float(np.max(gauss["delta"])))))
             c.set_title(r"(c) $\Delta$ against the mixture fraction", loc="left")
             # (d) Delta vs the floor under the conflicting mode
             lp.theory(dd, eps_th, th_floor, color=cols["mixed_idealised"])
@@ -478,13 +527,15 @@ def _run(out_dir, quick, config, progress) -> dict:
             dd.set(xscale="log", xlabel=rf"conflicting mode $s_c$ put into the idealised checkpoint ($\rho = {rho:g}$)",
                    ylabel=r"$\Delta$ (post-training loss added)", ylim=(-0.05 * delta["unmixed"], 1.15 * delta["unmixed"]))
             dd.set_title("(d) how exact the zero must be", loc="left")
-            lp.legend(fig, colors={labels[k]: cols[k] for k in routes},
+            labels["gaussian"] = f"small Gaussian init (c; {int(cfg['draws'])} draws: median, range; no theory)"
+            lp.legend(fig, colors={labels[k]: cols[k] for k in (*routes, "gaussian")},
                       theory_label="theory: exact per-mode GD map (numpy)",
                       sim_label="simulation: matrix GD, lo.pretrain / lo.finetune / as_run",
                       extra=[(r"$\Delta_{unmixed}$ (c, d)", Line2D([], [], color=cols["unmixed"], lw=0.8, ls="--"))],
                       loc="outside lower center", ncol=3)
             lp.save(fig, png)
-        C.save_data(npz, rhos=rhos, delta_idealised=sweep_ideal, delta_simulated=sweep_sim, rho_theory=rho_th,
+        C.save_data(npz, gaussian_rhos=g_rhos, gaussian_delta=gauss["delta"],
+                    gaussian_conflicting_mode=gauss["conflicting_mode"], rhos=rhos, delta_idealised=sweep_ideal, delta_simulated=sweep_sim, rho_theory=rho_th,
                     delta_idealised_theory=th_sweep_ideal, delta_simulated_theory=th_sweep_sim, floors=floors,
                     delta_floor=floor_delta, floor_theory=eps_th, delta_floor_theory=th_floor,
                     delta_headline=np.asarray([delta[k] for k in routes]), delta_headline_theory=th_delta,
