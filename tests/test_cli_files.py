@@ -344,9 +344,15 @@ def test_jobs_split_balanced_and_ctrl_c_stops_the_child_processes(tmp_path):
 def test_a_child_with_much_output_does_not_block(tmp_path):
     """The children's output is drained while this process runs its own figures: a child that writes far
     more than a pipe holds (1 MB here) must not stall the run (stand-in child: a shell script)."""
+    import linoverfit.cli as cli
+    from linoverfit.experiments import load
+
     script, stamps = tmp_path / "child.sh", tmp_path / "stamps"
+    # the child reports the figure the cost table sends it (the lighter one goes to the child)
+    here, there = cli._split(["F3", "F11"], 2, True)
+    child = f"{there[0]} {load(there[0]).NAME}"
     script.write_text(f"#!/bin/sh\ndate +%s.%N > {stamps}\nhead -c 1000000 /dev/zero | tr '\\000' 'x' >&2\n"
-                      f"echo >&2\ndate +%s.%N >> {stamps}\necho 'F11 early_exposure   1.0 s  -> x' >&2\n")
+                      f"echo >&2\ndate +%s.%N >> {stamps}\necho '{child}   1.0 s  -> x' >&2\n")
     script.chmod(0o755)
     code = (f"import sys; import linoverfit.cli as cli; sys.executable = {str(script)!r}; "
             f"t = cli.run_figures({str(tmp_path / 'out')!r}, only=['F3', 'F11'], quick=True, progress=False, jobs=2); "
@@ -356,5 +362,5 @@ def test_a_child_with_much_output_does_not_block(tmp_path):
     assert proc.stdout.strip() == "['F11', 'F3']" and proc.stderr.count("x" * 1000) >= 999
     began, ended = (float(x) for x in stamps.read_text().split())
     # drained as written, the child is done in well under a second; blocked on a full pipe, it would wait
-    # for this process's own figure (F3, several seconds)
+    # for this process's own figure (several seconds)
     assert ended - began < 2.0

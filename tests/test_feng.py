@@ -243,8 +243,8 @@ def test_committed_f11_and_the_readme_quotes():
         "delta_unmixed": f"{entry['delta_unmixed']:.4g}",
         "delta_mixed_simulated": f"{entry['delta_mixed_simulated']:.4g}",
         "gain_kept_simulated_percent": f"{entry['gain_kept_simulated_percent']:.3g}%",
-        "conflicting_mode_simulated_checkpoint": f"{entry['conflicting_mode_simulated_checkpoint']:.3g}",
-        "floor_for_half_of_delta_unmixed": f"{entry['floor_for_half_of_delta_unmixed']:.2g}",
+        "conflicting_mode_simulated_checkpoint": f"{entry['conflicting_mode_simulated_checkpoint']:.4g}",
+        "floor_for_half_of_delta_unmixed": f"{entry['floor_for_half_of_delta_unmixed']:.4g}",
         "rho_star": f"{entry['rho_star']:g}",
     }
     g = entry["gaussian_init"]

@@ -45,12 +45,15 @@ matrices. Markers are the simulation (the library's matrix GD through its public
 GD in float64: they agree to round-off (checked to 1e-10).
 
 App. C of the paper could not be retrieved here; the setting above is a reconstruction from the
-issue's description (shared singular vectors, specialised features with zero fine-tuning input variance,
+secondary descriptions of its App. C (shared singular vectors, specialised features with zero fine-tuning input variance,
 inconsistent features, exact zeros on the conflicting features of the mixed checkpoint; docs/theory.md
 section 8.5). The two-stage variant of earlier versions (a fraction of the *fine-tuning* task mixed into
 pre-training, a fixed fine-tuning budget) is a different protocol and is no longer drawn.
 
 Run: ``python experiments/F11_early_exposure.py [--quick] [--out DIR] [--set rhos="(0.0, 0.75)"]``.
+
+Size: one figure of one protocol in three variants (idealised and simulated mixed checkpoints, a Gaussian
+init), each with its theory line and its checks; its panels share the three-stage chain, so it stays one file.
 """
 
 from __future__ import annotations
