@@ -17,7 +17,8 @@ from test_reproducible import ACCEPTANCE, COMMITTED, _leaves, _same
 def test_acceptance_numbers_regenerate_from_a_clean_state(tmp_path):
     committed = json.loads(COMMITTED.read_text())
     cmd = [sys.executable, "-m", "linoverfit.cli", "figures", "--only", ",".join(ACCEPTANCE),
-           "--out", str(tmp_path), "--no-progress"]
+           "--out", str(tmp_path), "--no-progress",
+           "--jobs", "1"]  # one process: the test runner's workers already use every core
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=tmp_path)
     # exit 3 = ran but missed a tolerance: that is itself a failure of the committed claims
     assert proc.returncode == 0, proc.stderr[-4000:]

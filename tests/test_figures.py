@@ -27,7 +27,10 @@ COMMITTED = ROOT / "paper_figs" / "summary.json"
 
 
 def _figures(out, *args):
-    cmd = [sys.executable, "-m", "linoverfit.cli", "figures", "--out", str(out), "--no-progress", *args]
+    # one process per run (the test runner's workers already use every core; the process layout itself is
+    # tested in test_figure_layout.py and test_cli_files.py)
+    jobs = [] if "--jobs" in args else ["--jobs", "1"]
+    cmd = [sys.executable, "-m", "linoverfit.cli", "figures", "--out", str(out), "--no-progress", *jobs, *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
