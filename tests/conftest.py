@@ -9,18 +9,22 @@ import tempfile
 # progress bars of long sweeps stay off in the tests (tests that check them pass progress=True)
 os.environ.setdefault("LINOVERFIT_PROGRESS", "0")
 
-# One on-disk JAX compilation cache for the whole test session, fresh each session: the first process
-# to import this file (the xdist controller, or the only process) makes it, and the workers and every
-# subprocess they start (figure runs, simulated-device sweeps) inherit it through the environment, so
-# a program compiled once is loaded, not compiled again, in the other processes (a quick figure run:
-# 32 s cold, 22 s warm, the same bytes). Counted as a compilation by ``count_compiles`` below. A cache
-# the user set up is used as it is.
-_OWN_CACHE = None
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _OWN_CACHE = tempfile.mkdtemp(prefix="linoverfit-tests-jax-cache-")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # tests compile small programs
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# One folder per test session, made by the first process to import this file (the xdist controller, or
+# the only process) and inherited through the environment by the workers and every subprocess they
+# start; removed at the end. It holds:
+# - an on-disk JAX compilation cache, fresh each session: a program compiled once is loaded, not
+#   compiled again, in the other processes (a quick figure run: 32 s cold, 22 s warm, the same bytes);
+#   ``count_compiles`` below counts a load as a compilation. A cache the user set up is used as it is.
+# - the documentation site, built once for all workers (``docs_site``).
+_SESSION_ENV = "LINOVERFIT_TEST_SESSION_DIR"
+_OWN_SESSION = None
+if _SESSION_ENV not in os.environ:
+    _OWN_SESSION = tempfile.mkdtemp(prefix="linoverfit-tests-")
+    os.environ[_SESSION_ENV] = _OWN_SESSION
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(_OWN_SESSION, "jax-cache")
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # tests compile small programs
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax
 import jax.monitoring
@@ -38,9 +42,26 @@ jax.monitoring.register_event_duration_secs_listener(
 jax.monitoring.register_event_listener(lambda name, *a, **k: _compiles.append(name) if name == _CACHE_HIT_EVENT else None)
 
 
+#: The longest test files (``--durations`` on 2 idle cores: 40-160 s each, most of it subprocesses and
+#: compilation), handed to the workers first so that the two finish together: a long file drawn last
+#: would run alone on one core at the end. The rest follow, most tests first (xdist's own default).
+#: Only the order changes, so a stale entry costs time, never a result.
+_LONG_FILES = ("test_figures.py", "test_performance.py", "test_theory_flow.py", "test_acceptance_numbers.py",
+               "test_nonlinear.py", "test_training.py", "test_cli_files.py", "test_theory_sharpness.py",
+               "test_pretrain_variants.py", "test_figure_layout.py", "test_theory_mirror.py", "test_site.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONG_FILES)}
+    count: dict = {}
+    for item in items:
+        count[item.path] = count.get(item.path, 0) + 1
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), -count[item.path], str(item.path)))
+
+
 def pytest_unconfigure(config):
-    if _OWN_CACHE is not None and not hasattr(config, "workerinput"):
-        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+    if _OWN_SESSION is not None and not hasattr(config, "workerinput"):
+        shutil.rmtree(_OWN_SESSION, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -111,19 +132,36 @@ class BuiltSite:
 
 
 @pytest.fixture(scope="session")
-def docs_site(tmp_path_factory):
-    """Build docs/ once: the tutorial is executed by this build only, and both the site tests and
-    the tutorial tests read its result."""
-    import os
-    import subprocess
-    import sys
-    import time
+def docs_site():
+    """Build docs/ once per test session: the tutorial is executed by this build only, and both the
+    site tests and the tutorial tests read its result. The first worker to ask builds it into the
+    session folder under a file lock; another worker waits for that build and reads it."""
+    import fcntl
+    import json
     from pathlib import Path
 
     pytest.importorskip("sphinx", reason="the docs extra is not installed: pip install -e '.[docs]'")
     pytest.importorskip("myst_nb", reason="the docs extra is not installed: pip install -e '.[docs]'")
     root = Path(__file__).resolve().parents[1]
-    out = tmp_path_factory.mktemp("docs_build")
+    out = Path(os.environ[_SESSION_ENV]) / "docs_build"
+    with open(str(out) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        done = out / "build.json"
+        if not done.exists():
+            out.mkdir(exist_ok=True)
+            done.write_text(json.dumps(_build_docs(root, out)))
+        record = json.loads(done.read_text())
+    site = BuiltSite(out, record["returncode"], record["log"])
+    site.seconds = record["seconds"]
+    return site
+
+
+def _build_docs(root, out) -> dict:
+    """``sphinx-build -W --keep-going`` of ``docs/`` into ``out / "html"``: return code, log, seconds."""
+    import subprocess
+    import sys
+    import time
+
     env = dict(os.environ)
     env.pop("MPLBACKEND", None)  # the kernel's inline backend draws the tutorial's figures (Agg would hide them)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
@@ -131,6 +169,4 @@ def docs_site(tmp_path_factory):
     proc = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html",
                            str(root / "docs"), str(out / "html")],
                           cwd=root, env=env, capture_output=True, text=True, timeout=1500)
-    site = BuiltSite(out, proc.returncode, proc.stdout + proc.stderr)
-    site.seconds = time.perf_counter() - start
-    return site
+    return {"returncode": proc.returncode, "log": proc.stdout + proc.stderr, "seconds": time.perf_counter() - start}
