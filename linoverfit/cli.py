@@ -26,7 +26,6 @@ status 130; the files of the figures already written stay as they are.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import sys
@@ -177,31 +176,7 @@ def _spawn(group: list[str], out: Path, quick: bool, seed: int):
 #: Between figures, a process over this resident size releases its compiled programs: the quick set in
 #: one process peaked at 1.96 GB without it, 0.89 GB releasing after every figure (at +15% time, the
 #: recompilation of programs the figures share), so it releases only past 1 GiB.
-_RELEASE_ABOVE_MB = 1024
-
-
-def _resident_mb() -> float:
-    """This process's resident memory in MB (Linux ``/proc``; 0 elsewhere, where nothing is released)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-    except (OSError, StopIteration, ValueError):
-        return 0.0
-
-
-def _release_memory() -> None:
-    """Drop JAX's compiled programs and traces and hand the freed heap back to the system, so that a
-    run's resident memory stays near one figure's, not the sum of all (the files do not change)."""
-    import gc
-
-    import jax
-
-    jax.clear_caches()
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # glibc only; elsewhere freed pages stay mapped
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+_RELEASE_ABOVE_BYTES = 2**30
 
 
 def _stop_children() -> None:
@@ -245,6 +220,7 @@ def run_figures(out: str | os.PathLike = "paper_figs", only: list[str] | None = 
     matplotlib.use("Agg")  # headless; the figures themselves never need a display
     from tqdm.auto import tqdm
 
+    from . import memory
     from .experiments import FIGURES, load
     from .experiments._common import rounded
 
@@ -290,8 +266,8 @@ def run_figures(out: str | os.PathLike = "paper_figs", only: list[str] | None = 
             merge_summary(summary_path, {number: new[number]}, FIGURES)  # at once: an interrupted run keeps it
             png = out / f"{number}_{module.NAME}.png"
             tqdm.write(f"{number} {module.NAME:<16s} {times[number]:7.1f} s  -> {png}", file=stream)
-            if _resident_mb() > _RELEASE_ABOVE_MB:
-                _release_memory()
+            if memory.resident_bytes() > _RELEASE_ABOVE_BYTES:
+                memory.release_compiled()
     for group, child in children:
         child.wait()
         child.reader.join()

@@ -10,6 +10,9 @@ Available memory: on CPU, ``MemAvailable`` of ``/proc/meminfo`` (``os.sysconf`` 
 capped by the cgroup limit of a container; on an accelerator, the device's
 ``bytes_limit - bytes_in_use``. The environment variable ``LINOVERFIT_MEMORY_LIMIT`` (bytes, or
 with a ``K``/``M``/``G`` suffix) overrides it; ``0`` or ``off`` disables the check.
+
+Between independent pieces of work (figures, test files), :func:`release_compiled` hands back what
+JAX keeps for programs that will not run again; :func:`resident_bytes` says when that is worth it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 if TYPE_CHECKING:
     import jax
 
-__all__ = ["MemoryBudgetError", "available_bytes", "require", "gib"]
+__all__ = ["MemoryBudgetError", "available_bytes", "require", "gib", "resident_bytes", "release_compiled"]
 
 
 class MemoryBudgetError(MemoryError):
@@ -131,3 +134,29 @@ def require(nbytes: float, what: str, sizes: str, fixes: str, device: jax.Device
 
 def itemsize(dtype) -> int:
     return int(np.dtype(dtype).itemsize)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory in bytes (``VmRSS`` of ``/proc/self/status``; 0 where there is no
+    ``/proc``, so that nothing is released on a threshold there)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) * 1024
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def release_compiled() -> None:
+    """Drop JAX's compiled programs and traces (``jax.clear_caches``), collect garbage, and hand the freed
+    heap pages back to the system (glibc's ``malloc_trim``; elsewhere they stay mapped). Results do not
+    change; a program needed again is traced and compiled again (or loaded from JAX's on-disk cache)."""
+    import contextlib
+    import ctypes
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -30,6 +30,8 @@ import jax
 import jax.monitoring
 import pytest
 
+from linoverfit import memory
+
 jax.config.update("jax_enable_x64", True)
 
 # a compilation is an XLA backend compile or a program loaded from the on-disk cache instead of one
@@ -69,34 +71,19 @@ def _release_compiled_programs():
     """After each test file, drop JAX's compiled programs and traces: a worker runs many files, and
     their caches otherwise accumulate (a worker reached 4.3 GB; issue 20 asks the suite for < 3 GB)."""
     yield
-    _release_memory()
-
-
-def _resident_mb() -> float:
-    with open("/proc/self/status") as f:  # Linux; elsewhere the bound below is not applied
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-
-
-def _release_memory() -> None:
-    """Drop JAX's compiled programs and traces, collect, and hand freed heap pages back to the system."""
-    jax.clear_caches()
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed pages otherwise
+    memory.release_compiled()
 
 
 #: A worker above this resident size after a test releases its compiled programs (they reload from the
-#: on-disk cache when needed again): the two workers and their subprocesses stay near 3 GB together.
-_WORKER_MB = float(os.environ.get("LINOVERFIT_TEST_WORKER_MB", "800"))
+#: on-disk cache when needed again): the two workers and the subprocesses they start stay under 3 GB.
+_WORKER_BYTES = float(os.environ.get("LINOVERFIT_TEST_WORKER_MB", "600")) * 2**20
 
 
 @pytest.fixture(autouse=True)
 def _bounded_memory():
     yield
-    if os.path.exists("/proc/self/status") and _resident_mb() > _WORKER_MB:
-        _release_memory()
+    if memory.resident_bytes() > _WORKER_BYTES:
+        memory.release_compiled()
 
 
 @contextlib.contextmanager
