@@ -137,8 +137,8 @@ def itemsize(dtype) -> int:
 
 
 def resident_bytes() -> int:
-    """This process's resident memory in bytes (``VmRSS`` of ``/proc/self/status``; 0 where there is no
-    ``/proc``, so that nothing is released on a threshold there)."""
+    """This process's resident memory in bytes: :math:`1024 \cdot` ``VmRSS`` (kB) of ``/proc/self/status``;
+    0 where there is no ``/proc``, so that nothing is released on a threshold there."""
     try:
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) * 1024
@@ -149,7 +149,8 @@ def resident_bytes() -> int:
 def release_compiled() -> None:
     """Drop JAX's compiled programs and traces (``jax.clear_caches``), collect garbage, and hand the freed
     heap pages back to the system (glibc's ``malloc_trim``; elsewhere they stay mapped). Results do not
-    change; a program needed again is traced and compiled again (or loaded from JAX's on-disk cache)."""
+    change (same bits): a program needed again, for any input shape, is traced and compiled again (or
+    loaded from JAX's on-disk cache)."""
     import contextlib
     import ctypes
     import gc
