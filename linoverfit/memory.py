@@ -137,7 +137,7 @@ def itemsize(dtype) -> int:
 
 
 def resident_bytes() -> int:
-    """This process's resident memory in bytes: :math:`1024 \cdot` ``VmRSS`` (kB) of ``/proc/self/status``;
+    r"""This process's resident memory in bytes: :math:`1024 \cdot` ``VmRSS`` (kB) of ``/proc/self/status``;
     0 where there is no ``/proc``, so that nothing is released on a threshold there."""
     try:
         with open("/proc/self/status") as f:
