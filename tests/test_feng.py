@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import linoverfit as lo
+from test_stages import _gd, _loss  # the independent numpy GD chain and loss
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "paper_figs" / "summary.json"
@@ -63,31 +64,19 @@ def _ideal(rho):
 
 
 # ----------------------------------------------------------------------------- independent numpy chain
-def _gd(W1, W2, A, cov, k):
-    for _ in range(k):
-        G = (W2 @ W1 - A) @ cov
-        W1, W2 = W1 - LR * W2.T @ G, W2 - LR * G @ W1.T
-    return W1, W2
-
-
-def _loss(P, A, cov):
-    E = P - A
-    return 0.5 * np.sum(E * (E @ cov))
-
-
 def _numpy_delta(W1, W2):
     """Post-train then fine-tune in numpy; Delta = L_post(after) - L_post(before)."""
     A2, A3, c3 = _mat(S_POST), _mat(S_FT), _mat(FT_VAR)
-    W1, W2 = _gd(W1, W2, A2, np.eye(D), K_POST)
+    W1, W2 = _gd(W1, W2, A2, np.eye(D), LR, K_POST)
     before = _loss(W2 @ W1, A2, np.eye(D))
-    W1, W2 = _gd(W1, W2, A3, c3, K_FT)
+    W1, W2 = _gd(W1, W2, A3, c3, LR, K_FT)
     return _loss(W2 @ W1, A2, np.eye(D)) - before
 
 
 def _numpy_pretrain(rho):
     A = (1 - rho) * _mat(S_PRE) + rho * _mat(S_POST)  # equal (white) covariances: the mixture teacher
     W = np.exp(-T) * np.eye(D)
-    return _gd(W, W.copy(), A, np.eye(D), K_PRE)
+    return _gd(W, W.copy(), A, np.eye(D), LR, K_PRE)
 
 
 # ----------------------------------------------------------------------------- the library's chain
@@ -165,7 +154,7 @@ def test_a_gaussian_start_has_no_zero_to_keep():
         run = lo.pretrain(net, W0, lo.tasks.mixture(pre, post, rho), lr=LR, checkpoints=[1000])  # F11's budget
         starts.append(tuple(w[-1] for w in run.weights))
         A = (1 - rho) * _mat(S_PRE) + rho * _mat(S_POST)
-        W1, W2 = _gd(np.asarray(W0[0]), np.asarray(W0[1]), A, np.eye(D), 1000)
+        W1, W2 = _gd(np.asarray(W0[0]), np.asarray(W0[1]), A, np.eye(D), LR, 1000)
         np.testing.assert_allclose(np.asarray(starts[-1][1] @ starts[-1][0]), W2 @ W1, **TOL)
         expected.append(_numpy_delta(W1, W2))
     delta = _api_deltas(starts)[0]
