@@ -113,8 +113,8 @@ def check_out(out) -> Path:
 
 
 #: Relative run times of the figures (seconds on 2 cores: quick, full), to balance them over processes.
-_COST = {"F1": (5, 5), "F2": (6, 11), "F3": (4, 7), "F4": (6, 29), "F5": (4, 7), "F6": (4, 6), "F7": (4, 21),
-         "F8": (7, 8), "F9": (11, 14), "F10": (5, 10), "F11": (9, 13), "F12": (8, 60), "F13": (8, 20)}
+_COST = {"F1": (5, 5), "F2": (6, 13), "F3": (4, 15), "F4": (6, 69), "F5": (4, 12), "F6": (4, 10), "F7": (4, 21),
+         "F8": (7, 26), "F9": (11, 34), "F10": (5, 19), "F11": (9, 16), "F12": (8, 70), "F13": (8, 12)}
 
 #: Child processes of the running ``run_figures`` (stopped with it on Ctrl-C).
 _CHILDREN: list = []

@@ -157,14 +157,26 @@ def assert_f12(f12):
     """F12 (issue 19, acceptance 4): per setting a verdict naming the linear theory, per lr T* measured /
     linear theory / linearised (None where that curve has no U), and the figure's own checks pass."""
     assert f12["settings"] and f12["checks"] and all(c["ok"] for c in f12["checks"]), f12["checks"]
+    curves = []
     for key, row in f12["settings"].items():
-        assert row["activation"] in key and row["teacher"] in key
+        assert row["activation"] in key and row["teacher"] in key and f"depth-{row['depth']} " in key
+        assert row["depth"] in f12["depths"]
         assert isinstance(row["verdict"], str) and "linear theory" in row["verdict"]
-        assert row["linearised_small_lr_error_percent"] >= 0 and row["sensitivity_growth"] > 1
+        assert row["linearised_small_lr_error_percent"] >= 0 and row["sensitivity_growth_past_saddle"] > 1
+        assert row["sensitivity_growth"] is None or row["sensitivity_growth"] > 1
         for v in row["per_lr"].values():
             assert v["is_turning_point"] == (v["t_star_measured"] is not None)
             assert ("within" in v["verdict"]) == (v["linear_theory_error_percent"] is not None
                                                   and v["linear_theory_error_percent"] <= f12["tolerance_percent"])
+            curves.append(v)
+    # the tally the README quotes counts what the settings hold
+    tally = f12["tally"]
+    assert tally["settings"] == len(f12["settings"]) and tally["u_curves"] == len(curves)
+    assert tally["u_curves_measured"] == sum(v["is_turning_point"] for v in curves)
+    assert tally["u_curves_linear_theory_within_tolerance"] == sum(
+        "within" in v["verdict"] for v in curves if v["is_turning_point"])
+    assert tally["sensitivity_resolved_at_start"] == sum(
+        r["sensitivity_growth"] is not None for r in f12["settings"].values())
 
 
 def test_nonlinear_figure_reports_verdicts(quick):
@@ -174,8 +186,8 @@ def test_nonlinear_figure_reports_verdicts(quick):
 def test_committed_nonlinear_figure_has_every_setting():
     f12 = json.loads(COMMITTED.read_text())["F12"]
     assert_f12(f12)
-    assert {(r["activation"], r["teacher"]) for r in f12["settings"].values()} == {
-        (a, t) for a in ("tanh", "relu") for t in ("linear", "tanh")}
+    assert {(r["depth"], r["activation"], r["teacher"]) for r in f12["settings"].values()} == {
+        (d, a, t) for d in (2, 3) for a in ("tanh", "relu") for t in ("linear", "tanh")}
 
 
 def test_same_seed_same_summary(quick, tmp_path):
