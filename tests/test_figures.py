@@ -11,6 +11,7 @@ parabolic refinement usually does much better, and the summaries report the actu
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,9 @@ def assert_f12(f12):
         assert isinstance(row["verdict"], str) and "linear theory" in row["verdict"]
         assert row["linearised_small_lr_error_percent"] >= 0 and row["sensitivity_growth_past_saddle"] > 1
         assert row["sensitivity_growth"] is None or row["sensitivity_growth"] > 1
+        assert row["sharpness_final"] > 0 and row["sharpness_final_linear_theory"] > 0 and row["weight_norm_growth"] > 1
+        assert math.isclose(row["sharpness_final_ratio_to_linear_theory"],
+                            row["sharpness_final"] / row["sharpness_final_linear_theory"], rel_tol=2e-3)  # 4 digits
         for v in row["per_lr"].values():
             assert v["is_turning_point"] == (v["t_star_measured"] is not None)
             assert ("within" in v["verdict"]) == (v["linear_theory_error_percent"] is not None

@@ -114,6 +114,11 @@ def _best_linear(net, weights, x):
     return np.array(out)
 
 
+def _weight_norm(weights):
+    """``||W||_F`` over every layer, per checkpoint ``(C,)``."""
+    return np.sqrt(sum(np.sum(np.asarray(w, float) ** 2, axis=tuple(range(1, np.ndim(w)))) for w in weights))
+
+
 def _short(key):
     """``"depth-2 tanh student, linear teacher"`` -> ``"depth 2 tanh / linear"``."""
     student, teacher = key.split(", ")
@@ -194,12 +199,14 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
                 th_sens = lo.theory.gaussian(lin_net, th, gamma=cfg["gamma"])
                 th_sv = np.array([np.linalg.svd(np.asarray(P, float), compute_uv=False)
                                   for P in lin_net.end_to_end(th.weights)])
+                th_sharp, th_norm = lo.theory.sharpness(th), _weight_norm(th.weights)
             th_tp = lo.turning_point(th_ft, min_rise=C.DEPTH)
             for act in acts:
                 key = _key(depth, act, teacher)
                 row = _setting(cfg, stages, key, lo.MLP(widths, activation=act), W0, ck, data_pre, data_ft, x, lrs,
                                k_mc, k_probe, checks)
-                row.update(label=f"depth {depth}\n{act} student\n{teacher} teacher", th_sv=th_sv, teacher_sv=teacher_sv, th_ft=th_ft, th_tp=th_tp,
+                row.update(label=f"depth {depth}\n{act} student\n{teacher} teacher", th_sv=th_sv,
+                           th_sharpness=th_sharp, th_norm=th_norm, teacher_sv=teacher_sv, th_ft=th_ft, th_tp=th_tp,
                            th_sens=np.asarray(th_sens.sensitivity, float)[:, 0],
                            th_pert=np.asarray(th_sens.perturbed_loss, float)[:, 0])
                 summary["settings"][key] = _summarise(cfg, row, th, th_sens, lin_fit, data_pre, lrs[:R]) | {
@@ -208,6 +215,8 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
                 tag = f"depth{depth}_{act}_{teacher}"
                 data.update({f"{tag}_t": row["t"], f"{tag}_singular_values": row["sv"],
                              f"{tag}_singular_values_linear_theory": th_sv,
+                             f"{tag}_sharpness": row["sharpness"], f"{tag}_sharpness_linear_theory": th_sharp,
+                             f"{tag}_weight_norm": row["norm"], f"{tag}_weight_norm_linear_theory": th_norm,
                              f"{tag}_sensitivity_mc": row["sm"], f"{tag}_sensitivity_mc_stderr": row["se_m"],
                              f"{tag}_sensitivity_hutchinson": row["sh"],
                              f"{tag}_sensitivity_linear_theory": row["th_sens"],
@@ -258,6 +267,7 @@ def _setting(cfg, stages, key, net, W0, ck, data_pre, data_ft, x, lrs, k_mc, k_p
         mc = lo.sensitivity.gaussian(net, run_, gamma=cfg["gamma"], samples=cfg["mc_samples"], key=k_mc)
         hu = hutchinson.second_order_sensitivity(net, run_, gamma=cfg["gamma"], probes=cfg["probes"], key=k_probe)
         sv = _best_linear(net, run_.weights, x)
+        sharp = lo.theory.sharpness(run_, net=net)
     # the small lr x steps check of the linearised prediction (the last lr)
     before = np.asarray(fr.pretrain_loss_before, float)
     change = np.asarray(fr.pretrain_loss_after, float)[:, R] - before
@@ -278,7 +288,8 @@ def _setting(cfg, stages, key, net, W0, ck, data_pre, data_ft, x, lrs, k_mc, k_p
         checks.append(C.check(f"{key}: Hutchinson within {cfg['z_max']:g} combined stderr of Monte Carlo "
                               f"(gamma {cfg['gamma']:g}) at >= {cfg['z_fraction']:.0%} of the checkpoints past the saddle",
                               bool(within >= cfg["z_fraction"]), expected=True))
-    return dict(key=key, t=np.asarray(run_.t, float), loss=loss, past=past, sv=sv, sm=sm, se_m=se_m, sh=sh,
+    return dict(key=key, t=np.asarray(run_.t, float), loss=loss, past=past, sv=sv, sharpness=sharp,
+                norm=_weight_norm(run_.weights), sm=sm, se_m=se_m, sh=sh,
                 pm=np.asarray(mc.perturbed_loss, float)[:, 0], ph=np.asarray(hu.perturbed_loss, float)[:, 0],
                 fr=fr, pr=pr, mc=mc, hu=hu, lin_small=lin_small, within=within,
                 m_tp=lo.turning_point(fr, min_rise=C.DEPTH), p_tp=lo.turning_point(pr, min_rise=C.DEPTH))
@@ -331,6 +342,14 @@ def _summarise(cfg, row, th, th_sens, lin_fit, data_pre, lrs):
         "sensitivity_growth_past_saddle": float(row["sm"][-1] / row["sm"][i0]),
         "sensitivity_growth_past_saddle_linear_theory": float(th_s[-1] / th_s[i0]),
         "sensitivity_past_saddle_stderrs": float(row["sm"][i0] / row["se_m"][i0]),
+        # the quantities the field reports per checkpoint: sharpness (top Hessian eigenvalue of the
+        # pre-training loss) and the weight norm, at the saddle exit and at the end, MLP and linear theory
+        "sharpness_past_saddle": float(row["sharpness"][i0]), "sharpness_final": float(row["sharpness"][-1]),
+        "sharpness_past_saddle_linear_theory": float(row["th_sharpness"][i0]),
+        "sharpness_final_linear_theory": float(row["th_sharpness"][-1]),
+        "sharpness_final_ratio_to_linear_theory": float(row["sharpness"][-1] / row["th_sharpness"][-1]),
+        "weight_norm_growth": float(row["norm"][-1] / row["norm"][0]),
+        "weight_norm_growth_linear_theory": float(row["th_norm"][-1] / row["th_norm"][0]),
         "linearised_small_lr_error_percent": 100 * row["lin_small"],
         "hutchinson_within_stderr_percent": 100 * row["within"],
         "perturbation": {f"t_star_{name}": (c.t_star if c.is_turning_point else None) for name, c in pert.items()}

@@ -27,8 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.flatten_util import ravel_pytree
+
+from .. import objective as _obj
 from .. import validation as _v
-from ..networks import end_to_end
+from ..networks import Network, end_to_end
 from ..result_types import PretrainResult
 from ..tasks import Dataset, Task
 from ._args import _nonneg, _widths
@@ -116,8 +119,9 @@ def _lanczos_top(hvp, x, key, m):
     return jnp.linalg.eigvalsh(T)[-1]
 
 
-def sharpness(weights: Sequence[ArrayLike] | PretrainResult, task: Task | Dataset | None = None, *,
-              weight_decay: float = 0.0, iters: int | None = None, key: int | jax.Array = 0) -> float | np.ndarray:
+def sharpness(weights: Sequence[ArrayLike] | PretrainResult | Any, task: Task | Dataset | None = None, *,
+              net: Network | None = None, weight_decay: float = 0.0, iters: int | None = None,
+              key: int | jax.Array = 0) -> float | np.ndarray:
     r"""Top eigenvalue :math:`\lambda_{max}` of the Hessian of the loss in the layer weights, for any weights.
 
     .. math:: \lambda_{max} = \max_{\lVert V\rVert = 1} \frac{\mathrm d^2}{\mathrm d\varepsilon^2} L(W + \varepsilon V)\Big|_0 + \lambda_{wd}
@@ -127,11 +131,19 @@ def sharpness(weights: Sequence[ArrayLike] | PretrainResult, task: Task | Datase
     ``iters`` steps, Rayleigh-Ritz on the whole basis (``docs/theory.md``, section 7.2). Always in
     float64 (``jax.enable_x64`` inside). Every checkpoint (and seed) is one ``vmap`` lane.
 
+    For a nonlinear ``net`` (:class:`~linoverfit.MLP`, :class:`~linoverfit.Model`) the loss is the sample
+    loss :math:`L(W) = \tfrac1{2N}\sum_n\lVert f_W(x_n) - y_n\rVert^2` on a Dataset, :math:`W` every leaf
+    of the params pytree (flattened), so it needs ``f`` twice differentiable almost everywhere (a ReLU
+    network's Hessian is that of its current linear pieces: the kinks carry no curvature).
+
     Args:
       weights: tuple of ``L`` arrays ``(..., n_l, n_{l-1})`` with any leading batch axes
-        (checkpoints, seeds), or a :class:`~linoverfit.PretrainResult` (its weights; its task when
-        ``task`` is None).
-      task: the :class:`~linoverfit.Task` (population loss) or :class:`~linoverfit.Dataset`.
+        (checkpoints, seeds), a params pytree of ``net`` with the same leading axes on every leaf, or a
+        :class:`~linoverfit.PretrainResult` (its weights; its task when ``task`` is None).
+      task: the :class:`~linoverfit.Task` (population loss) or :class:`~linoverfit.Dataset` (a
+        Dataset for a nonlinear ``net``).
+      net: the network the weights are of; needed for a nonlinear one (``None``: a linear network, whose
+        loss is that of its end-to-end map).
         ``sharpness(run, ft_task)`` is each checkpoint's sharpness on the fine-tuning loss (its edge
         for ``lo.finetune``); ``sharpness(finetune_result.weights, task)`` that of fine-tuned weights.
       weight_decay: :math:`\lambda_{wd} \ge 0`; the objective :math:`L + \tfrac{\lambda_{wd}}2\lVert W\rVert^2`
@@ -158,8 +170,10 @@ def sharpness(weights: Sequence[ArrayLike] | PretrainResult, task: Task | Datase
     if task is None:
         raise TypeError("task is required (the Task or Dataset whose loss the Hessian is of)")
     task = _objective(task)
-    weights = _v.weights_tuple(weights, "weights")
     lam = _v.positive_scalar(weight_decay, "weight_decay", allow_zero=True)
+    if _obj.nonlinear(net):
+        return _net_sharpness(net, weights, _obj.require_samples(net, task), lam, iters, key)
+    weights = _v.weights_tuple(weights, "weights")
     with enable_x64(True):
         ws = [jnp.asarray(w, jnp.float64) for w in weights]
         shapes = [tuple(w.shape[-2:]) for w in ws]
@@ -178,6 +192,35 @@ def sharpness(weights: Sequence[ArrayLike] | PretrainResult, task: Task | Datase
         top = _sharpness_core(_as_float64(task), flat, k, tuple(shapes), m)
         out = np.asarray(top, dtype=np.float64).reshape(lead) + lam
     return float(out) if out.ndim == 0 else out
+
+
+def _net_sharpness(net, params, task, lam, iters, key):
+    """:func:`sharpness` of a nonlinear network's params pytree (leading batch axes on every leaf)."""
+    params = net.check_weights(params, "weights")
+    net.check_task(task, "task")
+    template = jax.eval_shape(net.init, jax.random.key(0))  # one network's leaf shapes
+    leaves, t_leaves = jax.tree.leaves(params), jax.tree.leaves(template)
+    lead = tuple(np.shape(leaves[0])[:np.ndim(leaves[0]) - len(t_leaves[0].shape)])
+    n = sum(int(np.prod(t.shape)) for t in t_leaves)
+    m = min(min(n, 96) if iters is None else _v.positive_int(iters, "iters"), n)
+    B = int(np.prod(lead)) if lead else 1
+    with enable_x64(True):
+        lanes = jax.tree.map(lambda w, t: jnp.reshape(jnp.asarray(w, jnp.float64), (B,) + tuple(t.shape)),
+                             params, template)
+        k = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
+        top = _net_sharpness_core(net, _as_float64(task), lanes, k, m)
+        out = np.asarray(top, dtype=np.float64).reshape(lead) + lam
+    return float(out) if out.ndim == 0 else out
+
+
+@partial(jax.jit, static_argnames=("net", "m"))
+def _net_sharpness_core(net, task, lanes, key, m):
+    def lane(params):
+        flat, unravel = ravel_pytree(params)
+        grad = jax.grad(lambda x: _obj.sample_loss(net, unravel(x), task.x, task.y))
+        return _lanczos_top(lambda x, v: jax.jvp(grad, (x,), (v,))[1], flat, key, m)
+
+    return jax.vmap(lane)(lanes)
 
 
 @partial(jax.jit, static_argnames=("shapes", "m"))
