@@ -237,12 +237,19 @@ def _complete_basis(Q, r):
 
 def check_linear(net: object, name: str = "net") -> DeepLinear:
     r"""``net`` checked to be a :class:`DeepLinear` that computes :math:`y = W_L\cdots W_1 x` (what the
-    closed forms of :mod:`linoverfit.theory` predict): a subclass overriding ``__call__``, ``apply``
-    or ``end_to_end`` (e.g. to apply a nonlinearity) would be predicted as the linear network and
-    is refused with a ``TypeError`` naming ``name``."""
+    closed forms of :mod:`linoverfit.theory` predict), returned as one: a linear
+    :class:`~linoverfit.MLP` (``activation="identity"``, bit for bit a DeepLinear in the sweeps) is
+    returned as the DeepLinear of its widths. A subclass overriding ``__call__``, ``apply`` or
+    ``end_to_end`` (e.g. to apply a nonlinearity) would be predicted as the linear network and is
+    refused with a ``TypeError`` naming ``name``, as is any nonlinear network."""
+    if not isinstance(net, DeepLinear) and is_linear(net) and isinstance(getattr(net, "_linear_net", None), DeepLinear):
+        return net._linear_net
     if not isinstance(net, DeepLinear):
-        raise TypeError(f"{name} must be a DeepLinear, got {type(net).__name__} (the closed forms hold for deep "
-                        "linear networks only; simulate other networks with lo.pretrain / lo.finetune)")
+        what = type(net).__name__ + (f" with activation={net.activation!r}" if hasattr(net, "activation") else "")
+        raise TypeError(f"{name} must be a deep linear network (lo.DeepLinear, or lo.MLP(..., activation='identity')), "
+                        f"got a {what} (the closed forms hold for deep linear networks only; simulate other "
+                        "networks with lo.pretrain / lo.finetune, and predict them with lo.theory.linearised.finetune or "
+                        "lo.theory.hutchinson.second_order_sensitivity)")
     for attr in ("__call__", "apply", "end_to_end"):
         if getattr(type(net), attr) is not getattr(DeepLinear, attr):
             raise TypeError(

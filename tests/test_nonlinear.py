@@ -169,10 +169,27 @@ def test_check_network_accepts_the_protocol_and_refuses_a_disguised_deep_linear(
         check_network(Tanh((4, 4)))
     with pytest.raises(TypeError, match="must be a network"):
         check_network(object())
-    with pytest.raises(TypeError, match="DeepLinear"):  # the closed forms take linear networks only
+    with pytest.raises(TypeError, match=r"deep linear network.*got a MLP with activation='tanh'"):
         lo.theory.pretrain(lo.MLP((4, 4, 4)), lo.MLP((4, 4, 4)).init(0), lo.tasks.power_law(4, 4, key=0),
                           lr=0.1, checkpoints=[5])
     assert check_network(lo.MLP((4, 4))) == lo.MLP((4, 4))
+
+
+def test_identity_mlp_runs_the_linear_theory_of_its_deep_linear():
+    """An identity MLP is a deep linear network: lo.theory predicts it as the DeepLinear of its widths,
+    with the same bits (the same weights go through the same closed forms)."""
+    task = lo.tasks.power_law(5, 4, 1.0, key=0, dtype=jnp.float64)
+    ft = lo.tasks.shifted(task, "additive", 0.2, key=1)
+    out = {}
+    for net in (lo.MLP((5, 6, 4), "identity"), lo.DeepLinear((5, 6, 4))):
+        W0 = net.init(2, scale=0.1, seeds=2, dtype=jnp.float64)
+        run = lo.theory.pretrain(net, W0, task, lr=0.05, checkpoints=[0, 10, 100])
+        fr = lo.theory.finetune(net, run, ft, lr=(0.01, 0.05), steps=20)
+        sens = lo.theory.gaussian(net, run, gamma=0.03)
+        out[type(net).__name__] = [run.loss, *run.weights, fr.pretrain_loss_after, fr.finetune_loss_after,
+                                   sens.sensitivity]
+    for a, b in zip(out["MLP"], out["DeepLinear"]):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_results_with_a_params_pytree_refuse_to_save(tmp_path):

@@ -78,7 +78,8 @@ FINETUNE_METHODS = ("gd", "modes")
 
 
 def _net(net):
-    check_network(net)
+    """``net`` as the DeepLinear the closed forms predict (an identity MLP becomes the DeepLinear of its widths)."""
+    return check_network(net)
 
 
 def _population(task, name):
@@ -133,7 +134,7 @@ def pretrain(net: DeepLinear, W0: Sequence[ArrayLike], task: Task, *, lr: float,
     names the exact step). ``rtol``/``atol``: tolerances of the ``"flow"`` solve. ``keep_weights=False``
     drops the predicted layers from the result, as in ``lo.pretrain``.
     """
-    _net(net)
+    net = _net(net)
     given = net.check_task(task)
     task = _population(given, "task")
     W0 = net.check_weights(W0, "W0")
@@ -281,7 +282,7 @@ def finetune(net: DeepLinear, run: _rt.PretrainResult, task: Task, *, lr: float 
     loss measures forgetting, default ``run.task``), ``record_every`` and ``divergence_factor`` mean
     what they mean in ``lo.finetune``.
     """
-    _net(net)
+    net = _net(net)
     if not isinstance(run, _rt.PretrainResult):
         raise TypeError(f"run must be a PretrainResult (lo.pretrain or lo.theory.pretrain), got {type(run).__name__}")
     if run.weights is None:
@@ -363,7 +364,7 @@ def gaussian(net: DeepLinear, run: _rt.PretrainResult, task: Task | None = None,
     ``samples`` and ``key`` are accepted, and ignored, so the simulation's call runs unchanged.
     """
     del samples, key  # an expectation in closed form draws nothing
-    _net(net)
+    net = _net(net)
     if not isinstance(run, _rt.PretrainResult):
         raise TypeError(f"run must be a PretrainResult (lo.pretrain or lo.theory.pretrain), got {type(run).__name__}")
     if run.weights is None:
