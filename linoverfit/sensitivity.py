@@ -121,7 +121,7 @@ def checked_run_task(net, run, task):
     nonlinear network, each by name."""
     check_network(net)
     if not isinstance(run, PretrainResult):
-        raise TypeError(f"run must be a PretrainResult from lo.pretrain, got {type(run).__name__}")
+        raise TypeError(f"run must be a PretrainResult (lo.pretrain or lo.theory.pretrain), got {type(run).__name__}")
     if run.weights is None:
         raise ValueError("run has no weights (it was pre-trained with lo.pretrain(..., keep_weights=False))")
     task = run.task if task is None else task

@@ -317,7 +317,6 @@ def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None,
 
     # ---- theory: lo.theory.curves.finetune_curve (GD at the real lr and steps) on the whole grid at every budget
     t_th = t[:: cfg["theory_every"]]
-    every = cfg["theory_every"]
     edge = 2.0 / lo.theory.curvature.sharpness_from_spectrum(sig_ft, ft, net)  # GD's stability edge at the solution A'
     th = {}  # budget -> FinetunePrediction over the whole grid (C_th, R); NaN where the run diverges or is not predicted
     used = sorted(set(budgets) | set(sum_budgets) | {S})

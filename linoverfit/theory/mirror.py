@@ -52,6 +52,7 @@ from ..networks import DeepLinear, check_linear as check_network
 from ..tasks import Dataset, Task
 # helpers of the theory modules (one block: paths are fixed here when those modules move)
 from ..pretraining import DIVERGENCE_FACTOR
+from ..sensitivity import checked_run_task
 from ..finetuning import check_l2_on
 from ._aligned import _aligned, _mode_map, _modes_layers
 from ._gd import AUTO_EXACT_STEPS, _gd_layers, _penalised_gd
@@ -365,14 +366,7 @@ def gaussian(net: DeepLinear, run: _rt.PretrainResult, task: Task | None = None,
     """
     del samples, key  # an expectation in closed form draws nothing
     net = _net(net)
-    if not isinstance(run, _rt.PretrainResult):
-        raise TypeError(f"run must be a PretrainResult (lo.pretrain or lo.theory.pretrain), got {type(run).__name__}")
-    if run.weights is None:
-        raise ValueError("run has no weights (it was pre-trained with lo.pretrain(..., keep_weights=False))")
-    task = run.task if task is None else task
-    if not isinstance(task, (Task, Dataset)):
-        raise TypeError(f"task must be a linoverfit Task or Dataset, got {type(task).__name__}")
-    net.check_task(task)
+    task = checked_run_task(net, run, task)
     weights = _f64(net.check_weights(run.weights, "run.weights"))
     dtype = _v.working_dtype(run.weights, "run.weights")
     gammas = _v.positive_vector(gamma, "gamma")
