@@ -29,7 +29,9 @@ Rows: one setting (depth x student activation x teacher). Columns:
 (e) fine-tuning T* measured vs the linear theory vs the linearised prediction, per setting and lr.
 
 A verdict per setting and lr is in the summary, with the turning point of the perturbed loss
-``L + S`` (``perturbation``: Monte Carlo, Hutchinson, linear theory). Checks (things
+``L + S`` (``perturbation``: Monte Carlo, Hutchinson, linear theory), the growth of the sensitivity past
+the saddle, the sharpness (``lo.theory.sharpness(run, net=net)``) and the weight-norm growth, each next
+to the linear theory's, and a ``tally`` of the turning points each prediction places. Checks (things
 that must hold): the linearised prediction matches fine-tuning at small lr x steps (a third lr,
 1e-4 x 500 steps), and Hutchinson matches Monte Carlo within standard errors for the smooth (tanh)
 students.
@@ -55,7 +57,7 @@ from linoverfit.experiments import _common as C
 from linoverfit.theory import hutchinson, linearised
 
 NUMBER, NAME = "F12", "nonlinear"
-TITLE = "does the linear mechanism carry over? tanh and ReLU students, linear and tanh teachers"
+TITLE = "does the linear mechanism carry over? tanh and ReLU students of depth 2 and 3, linear and tanh teachers"
 
 # ----------------------------------------------------------------------------- config
 CONFIG = dict(
