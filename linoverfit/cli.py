@@ -112,7 +112,8 @@ def check_out(out) -> Path:
     return out
 
 
-#: Relative run times of the figures (seconds on 2 cores: quick, full), to balance them over processes.
+#: Relative run times of the figures (seconds each took in a two-process run on 2 cores, 2026-12-07: quick,
+#: full), to balance them over processes.
 _COST = {"F1": (5, 5), "F2": (6, 13), "F3": (4, 15), "F4": (6, 69), "F5": (4, 12), "F6": (4, 10), "F7": (4, 21),
          "F8": (7, 26), "F9": (11, 34), "F10": (5, 19), "F11": (9, 16), "F12": (8, 70), "F13": (8, 12)}
 

@@ -245,9 +245,9 @@ def check_linear(net: object, name: str = "net") -> DeepLinear:
     if not isinstance(net, DeepLinear) and is_linear(net) and isinstance(getattr(net, "_linear_net", None), DeepLinear):
         return net._linear_net
     if not isinstance(net, DeepLinear):
-        what = type(net).__name__ + (f" with activation={net.activation!r}" if hasattr(net, "activation") else "")
+        what = type(net).__name__ + (f"(activation={net.activation!r})" if hasattr(net, "activation") else "")
         raise TypeError(f"{name} must be a deep linear network (lo.DeepLinear, or lo.MLP(..., activation='identity')), "
-                        f"got a {what} (the closed forms hold for deep linear networks only; simulate other "
+                        f"got {what} (the closed forms hold for deep linear networks only; simulate other "
                         "networks with lo.pretrain / lo.finetune, and predict them with lo.theory.linearised.finetune or "
                         "lo.theory.hutchinson.second_order_sensitivity)")
     for attr in ("__call__", "apply", "end_to_end"):

@@ -163,7 +163,12 @@ def assert_f12(f12):
         assert row["activation"] in key and row["teacher"] in key and f"depth-{row['depth']} " in key
         assert row["depth"] in f12["depths"]
         assert isinstance(row["verdict"], str) and "linear theory" in row["verdict"]
-        assert row["linearised_small_lr_error_percent"] >= 0 and row["sensitivity_growth_past_saddle"] > 1
+        assert row["linearised_small_lr_error_percent"] >= 0
+        # past the saddle Monte Carlo resolves S (or the growth is None, with its reason in the entry)
+        if row["sensitivity_growth_past_saddle"] is not None:
+            assert row["sensitivity_growth_past_saddle"] > 1 and row["sensitivity_past_saddle_stderrs"] > 2
+        else:
+            assert row["past_saddle_t"] is None or row["sensitivity_past_saddle_stderrs"] <= 2
         assert row["sensitivity_growth"] is None or row["sensitivity_growth"] > 1
         assert row["sharpness_final"] > 0 and row["sharpness_final_linear_theory"] > 0 and row["weight_norm_growth"] > 1
         assert math.isclose(row["sharpness_final_ratio_to_linear_theory"],
@@ -190,6 +195,8 @@ def test_nonlinear_figure_reports_verdicts(quick):
 def test_committed_nonlinear_figure_has_every_setting():
     f12 = json.loads(COMMITTED.read_text())["F12"]
     assert_f12(f12)
+    # every committed setting leaves the saddle and resolves the sensitivity there (the README's growth)
+    assert all(r["sensitivity_growth_past_saddle"] is not None for r in f12["settings"].values())
     assert {(r["depth"], r["activation"], r["teacher"]) for r in f12["settings"].values()} == {
         (d, a, t) for d in (2, 3) for a in ("tanh", "relu") for t in ("linear", "tanh")}
 

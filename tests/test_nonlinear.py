@@ -169,7 +169,7 @@ def test_check_network_accepts_the_protocol_and_refuses_a_disguised_deep_linear(
         check_network(Tanh((4, 4)))
     with pytest.raises(TypeError, match="must be a network"):
         check_network(object())
-    with pytest.raises(TypeError, match=r"deep linear network.*got a MLP with activation='tanh'"):
+    with pytest.raises(TypeError, match=r"deep linear network.*got MLP\(activation='tanh'\)"):
         lo.theory.pretrain(lo.MLP((4, 4, 4)), lo.MLP((4, 4, 4)).init(0), lo.tasks.power_law(4, 4, key=0),
                           lr=0.1, checkpoints=[5])
     assert check_network(lo.MLP((4, 4))) == lo.MLP((4, 4))

@@ -157,21 +157,22 @@ def _key(depth, act, teacher):
     return f"depth-{depth} {act} student, {teacher} teacher"
 
 
-def _per_depth(cfg, name):
-    """``cfg[name]`` as one value per entry of ``cfg["depths"]`` (a scalar applies to every depth)."""
+def _per_depth(cfg, name, depths):
+    """``cfg[name]`` as one value per entry of ``depths`` (a scalar applies to every depth)."""
     v = cfg[name]
-    v = tuple(v) if isinstance(v, (tuple, list)) else (v,) * len(cfg["depths"])
-    if len(v) != len(cfg["depths"]):
-        raise ValueError(f"config {name}={cfg[name]!r} needs one value per depth {tuple(cfg['depths'])} "
-                         f"(or a single value for all)")
+    v = tuple(v) if isinstance(v, (tuple, list)) else (v,) * len(depths)
+    if len(v) != len(depths):
+        raise ValueError(f"config {name}={cfg[name]!r} needs one value per depth {depths} (or a single value for "
+                         f"all): pass e.g. --set {name}=\"{v[:1] * len(depths)}\" with --set depths=\"{depths}\"")
     return v
 
 
 def run(out_dir, quick: bool = False, seed: int = 0, config: dict | None = None, progress=None) -> dict:
     """Make ``F12_nonlinear.png`` / ``.npz`` in ``out_dir``; return the headline numbers."""
     cfg = C.resolve_config(CONFIG, QUICK, quick, config)
-    acts, teachers, depths = tuple(cfg["activations"]), tuple(cfg["teachers"]), tuple(cfg["depths"])
-    scales, budgets = _per_depth(cfg, "init_scale"), _per_depth(cfg, "steps")
+    acts, teachers = tuple(cfg["activations"]), tuple(cfg["teachers"])
+    depths = tuple(cfg["depths"]) if isinstance(cfg["depths"], (tuple, list)) else (cfg["depths"],)
+    scales, budgets = _per_depth(cfg, "init_scale", depths), _per_depth(cfg, "steps", depths)
     stages = C.Stages(len(teachers) * len(depths) * (1 + len(acts)) + 1, progress)
     k_task, k_shift, k_x, k_xf, k_init, k_teach, k_mc, k_probe = jax.random.split(jax.random.key(seed), 8)
     d, N = cfg["width"], cfg["samples"]
@@ -326,7 +327,10 @@ def _summarise(cfg, row, th, th_sens, lin_fit, data_pre, lrs):
         }
         verdicts.append(per_lr[f"{lr:g}"]["verdict"])
     th_s = np.asarray(th_sens.sensitivity, float)[:, 0]
-    i0 = int(np.argmax(row["past"])) if row["past"].any() else 0
+    # the first checkpoint past the saddle, if the run leaves it, and whether Monte Carlo resolves S there
+    i0 = int(np.argmax(row["past"])) if row["past"].any() else None
+    resolved = i0 is not None and row["sm"][i0] > 2 * row["se_m"][i0]
+    at_saddle = lambda x: None if i0 is None else float(x[i0])  # noqa: E731
     return {
         "teacher_linear_fraction_percent": 100 * (1 - float(lin_fit.noise) * d / 2 / float(
             0.5 * np.mean(np.sum(np.asarray(data_pre.y, float) ** 2, 1)))),
@@ -338,16 +342,17 @@ def _summarise(cfg, row, th, th_sens, lin_fit, data_pre, lrs):
         "sensitivity_growth": (float(row["sm"][-1] / row["sm"][0])
                                if row["sm"][0] > 2 * row["se_m"][0] else None),
         "sensitivity_growth_linear_theory": float(th_s[-1] / th_s[0]),
-        # S(last) / S(t_saddle), t_saddle the first checkpoint past the saddle (the MLP's), where
-        # Monte Carlo resolves S: the growth as the later modes are learnt, progressive sensitivity
-        "past_saddle_t": float(t[i0]),
-        "sensitivity_growth_past_saddle": float(row["sm"][-1] / row["sm"][i0]),
-        "sensitivity_growth_past_saddle_linear_theory": float(th_s[-1] / th_s[i0]),
-        "sensitivity_past_saddle_stderrs": float(row["sm"][i0] / row["se_m"][i0]),
+        # S(last) / S(t_saddle), t_saddle the first checkpoint past the saddle (the MLP's): the growth as
+        # the later modes are learnt, progressive sensitivity; None where the run does not leave the
+        # saddle or Monte Carlo does not resolve S there (above 2 standard errors)
+        "past_saddle_t": at_saddle(t),
+        "sensitivity_growth_past_saddle": float(row["sm"][-1] / row["sm"][i0]) if resolved else None,
+        "sensitivity_growth_past_saddle_linear_theory": float(th_s[-1] / th_s[i0]) if resolved else None,
+        "sensitivity_past_saddle_stderrs": at_saddle(row["sm"] / row["se_m"]),
         # the quantities the field reports per checkpoint: sharpness (top Hessian eigenvalue of the
         # pre-training loss) and the weight norm, at the saddle exit and at the end, MLP and linear theory
-        "sharpness_past_saddle": float(row["sharpness"][i0]), "sharpness_final": float(row["sharpness"][-1]),
-        "sharpness_past_saddle_linear_theory": float(row["th_sharpness"][i0]),
+        "sharpness_past_saddle": at_saddle(row["sharpness"]), "sharpness_final": float(row["sharpness"][-1]),
+        "sharpness_past_saddle_linear_theory": at_saddle(row["th_sharpness"]),
         "sharpness_final_linear_theory": float(row["th_sharpness"][-1]),
         "sharpness_final_ratio_to_linear_theory": float(row["sharpness"][-1] / row["th_sharpness"][-1]),
         "weight_norm_growth": float(row["norm"][-1] / row["norm"][0]),
@@ -370,16 +375,19 @@ def _plot(png, rows, lrs, summary):
 
     n, d = len(rows), summary["width"]
     with lp.style():
-        # wider than a page: five panels a row, eight rows at full size
-        fig, axes = lp.subplots(n, 5, width=1.3 * lp.PAGE_WIDTH, aspect=0.62, squeeze=False)
+        # wider than a page: five panels a row, eight rows at full size (taller rows when there are few,
+        # so that the figure legend below leaves the panels room)
+        fig, axes = lp.subplots(n, 5, width=1.3 * lp.PAGE_WIDTH, aspect=0.62 * max(1.0, 4 / n), squeeze=False)
         gs = axes[0, 4].get_gridspec()
         for ax in axes[:, 4]:
             ax.remove()
-        # the last column: (e)'s scatter over the first teacher's rows (its x label then falls between the
-        # teachers); below it one text panel with (e)'s legend on top and the T* table at the bottom
+        # the last column: (e)'s scatter over the top half of the rows (with two teachers, the first
+        # teacher's: its x label then falls between them); below it one text panel with (e)'s legend on
+        # top and the T* table at the bottom (with fewer than 4 rows, the legend stays in (e))
         n_e = max(1, n // 2)
         ex = fig.add_subplot(gs[:n_e, 4])
         tx = fig.add_subplot(gs[n_e:, 4]) if n > 1 else None
+        lx = tx if n >= 4 else ex
         for i, row in enumerate(rows):
             ax, bx, cx, dx = axes[i, :4]
             t = row["t"]
@@ -459,7 +467,7 @@ def _plot(png, rows, lrs, summary):
         for axis in (ex.xaxis, ex.yaxis):
             axis.set_minor_formatter(NullFormatter())
         ex.set_title(r"(e) fine-tuning $T^*$", loc="left", fontsize=7)
-        lp.legend(tx if tx is not None else ex, colors=set_cols, theory_label=None, sim_label=None,
+        lp.legend(lx, colors=set_cols, theory_label=None, sim_label=None,
                   loc="upper left", fontsize=5.5, extra=[
             ("linear theory", Line2D([], [], marker="o", color="0.3", markerfacecolor="none", linestyle="none")),
             ("linearised MLP", Line2D([], [], marker="^", color="0.3", markerfacecolor="none", linestyle="none")),

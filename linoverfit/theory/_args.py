@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import validation as _v
+from ..networks import check_linear
 
 
 def _depth(depth, name: str = "depth") -> int:
@@ -53,7 +54,11 @@ def _lr(lr):
 
 
 def _widths(widths, name: str = "widths") -> tuple[int, ...]:
-    """Layer widths ``(d_in, h_1, ..., d_out)`` from a tuple or a :class:`~linoverfit.DeepLinear`."""
+    """Layer widths ``(d_in, h_1, ..., d_out)`` from a tuple or a linear network (a
+    :class:`~linoverfit.DeepLinear`, an identity :class:`~linoverfit.MLP`); a nonlinear network is
+    refused by name (the closed forms are of deep linear networks)."""
+    if hasattr(widths, "widths") and hasattr(widths, "apply"):
+        check_linear(widths, name)
     return _v.layer_widths(getattr(widths, "widths", widths), name)
 
 

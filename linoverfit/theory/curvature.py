@@ -133,8 +133,9 @@ def sharpness(weights: Sequence[ArrayLike] | PretrainResult | Any, task: Task | 
 
     For a nonlinear ``net`` (:class:`~linoverfit.MLP`, :class:`~linoverfit.Model`) the loss is the sample
     loss :math:`L(W) = \tfrac1{2N}\sum_n\lVert f_W(x_n) - y_n\rVert^2` on a Dataset, :math:`W` every leaf
-    of the params pytree (flattened), so it needs ``f`` twice differentiable almost everywhere (a ReLU
-    network's Hessian is that of its current linear pieces: the kinks carry no curvature).
+    of the params pytree (flattened), so it needs ``f`` twice differentiable where it is evaluated (for a
+    ReLU network autodiff gives the Hessian of its current linear pieces; curvature concentrated at
+    the kinks is not counted).
 
     Args:
       weights: tuple of ``L`` arrays ``(..., n_l, n_{l-1})`` with any leading batch axes
@@ -200,7 +201,12 @@ def _net_sharpness(net, params, task, lam, iters, key):
     net.check_task(task, "task")
     template = jax.eval_shape(net.init, jax.random.key(0))  # one network's leaf shapes
     leaves, t_leaves = jax.tree.leaves(params), jax.tree.leaves(template)
-    lead = tuple(np.shape(leaves[0])[:np.ndim(leaves[0]) - len(t_leaves[0].shape)])
+    leads = [tuple(np.shape(w)[:np.ndim(w) - len(t.shape)]) for w, t in zip(leaves, t_leaves)]
+    for i, lead_i in enumerate(leads):
+        if lead_i != leads[0]:
+            raise ValueError(f"weights leaf {i} has leading (checkpoint, seed) axes {lead_i} but leaf 0 has {leads[0]}; "
+                             "every leaf needs the same leading axes (one network per lane)")
+    lead = leads[0]
     n = sum(int(np.prod(t.shape)) for t in t_leaves)
     m = min(min(n, 96) if iters is None else _v.positive_int(iters, "iters"), n)
     B = int(np.prod(lead)) if lead else 1
