@@ -143,10 +143,10 @@ def sharpness(weights: Sequence[ArrayLike] | PretrainResult | Any, task: Task | 
         :class:`~linoverfit.PretrainResult` (its weights; its task when ``task`` is None).
       task: the :class:`~linoverfit.Task` (population loss) or :class:`~linoverfit.Dataset` (a
         Dataset for a nonlinear ``net``).
-      net: the network the weights are of; needed for a nonlinear one (``None``: a linear network, whose
-        loss is that of its end-to-end map).
         ``sharpness(run, ft_task)`` is each checkpoint's sharpness on the fine-tuning loss (its edge
         for ``lo.finetune``); ``sharpness(finetune_result.weights, task)`` that of fine-tuned weights.
+      net: the network the weights are of; needed for a nonlinear one (``None``: a linear network, whose
+        loss is that of its end-to-end map).
       weight_decay: :math:`\lambda_{wd} \ge 0`; the objective :math:`L + \tfrac{\lambda_{wd}}2\lVert W\rVert^2`
         (as in ``lo.pretrain(weight_decay=)``) has sharpness :math:`\lambda_{max} + \lambda_{wd}`.
       iters: Krylov dimension (default ``min(n_params, 96)``). With ``iters >= n_params`` the
