@@ -130,3 +130,17 @@ def test_theory_functions_documented():
             continue
         doc = inspect.getdoc(obj) or ""
         assert doc.strip() and _MATH_OR_SHAPES.search(doc), f"lo.theory.{n} lacks a docstring with math/shapes"
+
+
+# ----------------------------------------------------------------------------- docs pages
+
+def test_your_network_page_runs_as_written(tmp_path):
+    """docs/your_network.md's code blocks run, in page order, in a fresh (float32) process, as a
+    reader pastes them (the site does not execute this page; the tutorial it builds is executed)."""
+    text = (ROOT / "docs" / "your_network.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 3, "the page's python blocks moved: update this test"
+    script = tmp_path / "your_network.py"
+    script.write_text("\n".join(blocks))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
