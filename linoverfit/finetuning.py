@@ -39,7 +39,7 @@ from . import validation as _v
 from .networks import Network, check_network, end_to_end
 from .pretraining import (DIVERGENCE_FACTOR, WORKING_COPIES, check_batch_size, check_objective, checked_inputs,
                           flop_widths, n_params, rows, run_key)
-from .result_types import DivergenceWarning, FinetuneResult, PretrainResult, checkpoint_axis
+from .result_types import DivergenceWarning, FinetuneResult, PretrainResult, checked_run, checkpoint_axis
 from .sweeps import Footprint, Layout, Work, resolve_layout, sweep
 from .tasks import Dataset, Task
 
@@ -248,10 +248,7 @@ def finetune(
     learning rate, marked in ``diverged``/``diverged_step``, and their after-losses are NaN.
     """
     check_network(net)
-    if not isinstance(run, PretrainResult):
-        raise TypeError(f"run must be a PretrainResult from lo.pretrain or lo.theory.pretrain, got {type(run).__name__}")
-    if run.weights is None:
-        raise ValueError("run has no weights (it was pre-trained with lo.pretrain(..., keep_weights=False)); fine-tuning needs them")
+    checked_run(run, "fine-tuning")
     layout = resolve_layout(layout, devices, chunk, progress)
     task = check_objective(net, task, "task")
     pre_task = check_objective(net, run.task if pretrain_task is None else pretrain_task, "pretrain_task")

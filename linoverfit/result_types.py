@@ -47,6 +47,18 @@ def checkpoint_axis(run) -> dict:
                 pretrain_t=None if run.times is None else np.asarray(run.t))
 
 
+def checked_run(run, needs: str | None = None):
+    """``run`` checked to be a :class:`PretrainResult` that kept its weights (what every call starting
+    from its checkpoints needs); a ``TypeError`` / ``ValueError`` naming ``run`` and the fix, ``needs``
+    (e.g. ``"fine-tuning"``) saying what needs the weights."""
+    if not isinstance(run, PretrainResult):
+        raise TypeError(f"run must be a PretrainResult from lo.pretrain or lo.theory.pretrain, got {type(run).__name__}")
+    if run.weights is None:
+        raise ValueError("run has no weights (it was pre-trained with lo.pretrain(..., keep_weights=False))"
+                         + (f"; {needs} needs them" if needs else ""))
+    return run
+
+
 class DivergenceError(FloatingPointError):
     """Pre-training produced a non-finite or exploding loss; ``.step`` and ``.seed`` say where."""
 

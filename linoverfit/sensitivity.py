@@ -25,7 +25,7 @@ from . import objective as _obj
 from . import progress as _progress
 from . import validation as _v
 from .networks import Network, check_network, end_to_end
-from .result_types import NonFiniteWarning, PretrainResult, SensitivityResult, checkpoint_axis
+from .result_types import NonFiniteWarning, PretrainResult, SensitivityResult, checked_run, checkpoint_axis
 from .pretraining import flop_widths
 from .sweeps import Footprint, Layout, Work, check_footprint, resolve_layout, sweep
 from .tasks import Dataset, Task
@@ -120,10 +120,7 @@ def checked_run_task(net, run, task):
     refuses a network outside the protocol, a run without weights, and a population Task for a
     nonlinear network, each by name."""
     check_network(net)
-    if not isinstance(run, PretrainResult):
-        raise TypeError(f"run must be a PretrainResult (lo.pretrain or lo.theory.pretrain), got {type(run).__name__}")
-    if run.weights is None:
-        raise ValueError("run has no weights (it was pre-trained with lo.pretrain(..., keep_weights=False))")
+    checked_run(run)
     task = run.task if task is None else task
     if not isinstance(task, (Task, Dataset)):
         raise TypeError(f"task must be a linoverfit Task or Dataset, got {type(task).__name__}")

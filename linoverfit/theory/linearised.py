@@ -48,7 +48,7 @@ from ..models import MLP
 from ..networks import DeepLinear, Network, check_network, end_to_end
 from ..precision import enable_x64
 from ..pretraining import DIVERGENCE_FACTOR, check_objective
-from ..result_types import DivergenceWarning, FinetuneResult, PretrainResult, checkpoint_axis
+from ..result_types import DivergenceWarning, FinetuneResult, PretrainResult, checked_run, checkpoint_axis
 from ..tasks import Dataset, Task
 from .curvature import check_edge
 from .hutchinson import _output_loss
@@ -161,10 +161,7 @@ def finetune(
     Cost per checkpoint: the ``(N d_out, n)`` Jacobian and an ``eigh`` of size ``min(N d_out, n)``.
     """
     check_network(net)
-    if not isinstance(run, PretrainResult):
-        raise TypeError(f"run must be a PretrainResult from lo.pretrain or lo.theory.pretrain, got {type(run).__name__}")
-    if run.weights is None:
-        raise ValueError("run has no weights (it was pre-trained with lo.pretrain(..., keep_weights=False)); fine-tuning needs them")
+    checked_run(run, "fine-tuning")
     task = check_objective(net, task, "task")
     pre_task = check_objective(net, run.task if pretrain_task is None else pretrain_task, "pretrain_task")
     weights = net.check_weights(run.weights, "run.weights")

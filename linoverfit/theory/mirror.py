@@ -284,10 +284,7 @@ def finetune(net: DeepLinear, run: _rt.PretrainResult, task: Task, *, lr: float 
     what they mean in ``lo.finetune``.
     """
     net = _net(net)
-    if not isinstance(run, _rt.PretrainResult):
-        raise TypeError(f"run must be a PretrainResult (lo.pretrain or lo.theory.pretrain), got {type(run).__name__}")
-    if run.weights is None:
-        raise ValueError("run has no weights (it was pre-trained with lo.pretrain(..., keep_weights=False)); fine-tuning needs them")
+    _rt.checked_run(run, "fine-tuning")
     task = _population(net.check_task(task), "task")
     pre_task = run.task if pretrain_task is None else net.check_task(pretrain_task, "pretrain_task")
     net.check_weights(run.weights, "run.weights")
