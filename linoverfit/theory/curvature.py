@@ -31,7 +31,7 @@ from jax.flatten_util import ravel_pytree
 
 from .. import objective as _obj
 from .. import validation as _v
-from ..networks import Network, end_to_end
+from ..networks import Network
 from ..result_types import PretrainResult
 from ..tasks import Dataset, Task
 from ._args import _nonneg, _widths
@@ -55,18 +55,6 @@ def _objective(task):
     if not isinstance(task, (Task, Dataset)):
         raise TypeError(f"task must be a linoverfit Task or Dataset, got {type(task).__name__}")
     return task
-
-
-def _flat_loss(task, shapes):
-    """Loss of a flat parameter vector."""
-    sizes = [int(np.prod(s)) for s in shapes]
-    cuts = np.cumsum(sizes)[:-1].tolist()
-
-    def loss(x):
-        parts = jnp.split(x, cuts)
-        return task.loss(end_to_end([p.reshape(s) for p, s in zip(parts, shapes)]))
-
-    return loss
 
 
 def _as_float64(task):
@@ -173,33 +161,17 @@ def sharpness(weights: Sequence[ArrayLike] | PretrainResult | Any, task: Task | 
     task = _objective(task)
     lam = _v.positive_scalar(weight_decay, "weight_decay", allow_zero=True)
     if _obj.nonlinear(net):
-        return _net_sharpness(net, weights, _obj.require_samples(net, task), lam, iters, key)
-    weights = _v.weights_tuple(weights, "weights")
-    with enable_x64(True):
-        ws = [jnp.asarray(w, jnp.float64) for w in weights]
-        shapes = [tuple(w.shape[-2:]) for w in ws]
-        lead = ws[0].shape[:-2]
-        for i, w in enumerate(ws):
-            if w.shape[:-2] != lead:
-                raise ValueError(f"weights[{i}] has leading shape {w.shape[:-2]} but weights[0] has {lead}")
-        if shapes[0][1] != task.d_in or shapes[-1][0] != task.d_out:
-            raise ValueError(f"weights map {shapes[0][1]} -> {shapes[-1][0]} but the task maps {task.d_in} -> {task.d_out}")
-        n = sum(int(np.prod(s)) for s in shapes)
-        m = min(n, 96) if iters is None else _v.positive_int(iters, "iters")
-        m = min(m, n)
-        B = int(np.prod(lead)) if lead else 1
-        flat = jnp.concatenate([w.reshape((B, -1)) for w in ws], axis=1)
-        k = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
-        top = _sharpness_core(_as_float64(task), flat, k, tuple(shapes), m)
-        out = np.asarray(top, dtype=np.float64).reshape(lead) + lam
-    return float(out) if out.ndim == 0 else out
-
-
-def _net_sharpness(net, params, task, lam, iters, key):
-    """:func:`sharpness` of a nonlinear network's params pytree (leading batch axes on every leaf)."""
-    params = net.check_weights(params, "weights")
-    net.check_task(task, "task")
-    template = jax.eval_shape(net.init, jax.random.key(0))  # one network's leaf shapes
+        task = _obj.require_samples(net, task)
+        params = net.check_weights(weights, "weights")
+        net.check_task(task, "task")
+        template = jax.eval_shape(net.init, jax.random.key(0))  # one network's leaf shapes
+    else:
+        net = None  # a linear network: the loss of the end-to-end map (an identity MLP's is that too)
+        params = _v.weights_tuple(weights, "weights")
+        template = tuple(jax.ShapeDtypeStruct(np.shape(w)[-2:], jnp.float64) for w in params)
+        if template[0].shape[1] != task.d_in or template[-1].shape[0] != task.d_out:
+            raise ValueError(f"weights map {template[0].shape[1]} -> {template[-1].shape[0]} but the task maps "
+                             f"{task.d_in} -> {task.d_out}")
     leaves, t_leaves = jax.tree.leaves(params), jax.tree.leaves(template)
     leads = [tuple(np.shape(w)[:np.ndim(w) - len(t.shape)]) for w, t in zip(leaves, t_leaves)]
     for i, lead_i in enumerate(leads):
@@ -214,29 +186,21 @@ def _net_sharpness(net, params, task, lam, iters, key):
         lanes = jax.tree.map(lambda w, t: jnp.reshape(jnp.asarray(w, jnp.float64), (B,) + tuple(t.shape)),
                              params, template)
         k = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
-        top = _net_sharpness_core(net, _as_float64(task), lanes, k, m)
+        top = _sharpness_core(net, _as_float64(task), lanes, k, m)
         out = np.asarray(top, dtype=np.float64).reshape(lead) + lam
     return float(out) if out.ndim == 0 else out
 
 
 @partial(jax.jit, static_argnames=("net", "m"))
-def _net_sharpness_core(net, task, lanes, key, m):
+def _sharpness_core(net, task, lanes, key, m):
+    """Top Hessian eigenvalue of :func:`linoverfit.objective.net_loss` (the end-to-end map's loss for
+    ``net=None``) in every leaf of each lane's params, one ``vmap`` lane per weight set."""
     def lane(params):
         flat, unravel = ravel_pytree(params)
-        grad = jax.grad(lambda x: _obj.sample_loss(net, unravel(x), task.x, task.y))
+        grad = jax.grad(lambda x: _obj.net_loss(net, task, unravel(x)))
         return _lanczos_top(lambda x, v: jax.jvp(grad, (x,), (v,))[1], flat, key, m)
 
     return jax.vmap(lane)(lanes)
-
-
-@partial(jax.jit, static_argnames=("shapes", "m"))
-def _sharpness_core(task, flat, key, shapes, m):
-    grad = jax.grad(_flat_loss(task, shapes))
-
-    def hvp(x, v):
-        return jax.jvp(grad, (x,), (v,))[1]
-
-    return jax.vmap(lambda x: _lanczos_top(hvp, x, key, m))(flat)
 
 
 def stability_edge(weights: Sequence[ArrayLike] | PretrainResult, task: Task | Dataset | None = None,
